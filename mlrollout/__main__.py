@@ -1,0 +1,3 @@
+from mlrollout.cli.app import main
+
+main()

@@ -1,0 +1,107 @@
+"""The ``mlrollout`` command line. Heavy modules (rich, pydantic models, providers) load inside
+the commands that need them, so ``--help`` stays fast and never imports a cloud SDK."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from mlrollout.cli import plan_cmds, rollout_cmds
+from mlrollout.cli.common import DEFAULT_STATE, Settings
+
+app = typer.Typer(
+    name="mlrollout",
+    help=(
+        "Staged, statistically gated, resumable rollouts for ML model endpoints "
+        "(SageMaker, Vertex AI, Azure ML, and a local sandbox).\n\n"
+        "Start with `mlrollout demo`, then `mlrollout plan preview plans/local-canary-good.yaml`."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(plan_cmds.app, name="plan")
+rollout_cmds.register(app)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"mlrollout {version('mlrollout')}")
+        except PackageNotFoundError:
+            typer.echo("mlrollout (not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    state: Annotated[
+        str,
+        typer.Option(
+            "--state",
+            envvar="MLROLLOUT_STATE",
+            help="Where rollouts are recorded: a directory (SQLite inside) or a backend URL.",
+        ),
+    ] = DEFAULT_STATE,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    ctx.obj = Settings(state=state, debug=debug)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app, map errors to one clear line and the documented exit codes."""
+    from mlrollout.errors import ExitCode, MlrolloutError, PlanError
+
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args or bool(os.environ.get("MLROLLOUT_DEBUG"))
+    try:
+        result = app(args=args, prog_name="mlrollout", standalone_mode=False)
+        code = result if isinstance(result, int) else 0
+    except PlanError as exc:
+        for issue in exc.issues:
+            sys.stderr.write(f"{issue}\n")
+        count = len(exc.issues)
+        sys.stderr.write(f"{count} problem{'s' if count != 1 else ''} found\n")
+        code = exc.exit_code
+    except MlrolloutError as exc:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        sys.stderr.write(f"error: {exc.message}\n")
+        if exc.hint:
+            sys.stderr.write(f"hint: {exc.hint}\n")
+        code = exc.exit_code
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except typer.Abort:
+        sys.stderr.write("aborted\n")
+        code = ExitCode.USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        code = ExitCode.WAITING
+    except Exception as exc:
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # a usage error from the parser
+            exc.show()
+            raise SystemExit(ExitCode.USAGE) from None
+        if debug:
+            raise
+        sys.stderr.write(
+            f"internal error: {type(exc).__name__}: {exc}\n"
+            "hint: this is a bug in mlrollout; run again with --debug for the traceback "
+            "and report it\n"
+        )
+        code = 70
+    sys.stdout.flush()
+    raise SystemExit(code)

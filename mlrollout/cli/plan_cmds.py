@@ -1,0 +1,160 @@
+"""``mlrollout plan validate|preview|schema``."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from mlrollout.cli.common import Output, OutputOption, console, print_json
+
+app = typer.Typer(
+    help="Check and preview rollout plans (no credentials, no network).", no_args_is_help=True
+)
+
+
+@app.command()
+def validate(
+    files: Annotated[list[str], typer.Argument(help="Plan files to check.", metavar="FILE...")],
+    output: Output = OutputOption,
+) -> int:
+    """Check plans: YAML, keys, units, steps, gates, provider limits. Exit 4 on any error.
+
+    Every problem is listed as FILE:LINE:COLUMN: KEY.PATH: message.
+    """
+    from mlrollout.errors import ExitCode, PlanError
+    from mlrollout.plan.loader import load_plan
+
+    results = []
+    failed = False
+    for name in files:
+        try:
+            loaded = load_plan(name)
+            results.append(
+                {"file": name, "valid": True, "warnings": [str(w) for w in loaded.warnings]}
+            )
+            if output == Output.text:
+                for warning in loaded.warnings:
+                    sys.stderr.write(f"{warning}\n")
+                sys.stdout.write(
+                    f"{name}: valid ({loaded.plan.strategy.type} on "
+                    f"{loaded.plan.target.provider})\n"
+                )
+        except PlanError as exc:
+            failed = True
+            results.append(
+                {
+                    "file": name,
+                    "valid": False,
+                    "errors": [
+                        {"line": i.line, "column": i.column, "path": i.path, "message": i.message}
+                        for i in exc.issues
+                    ],
+                }
+            )
+            if output == Output.text:
+                for issue in exc.issues:
+                    sys.stderr.write(f"{issue}\n")
+    if output == Output.json:
+        print_json({"valid": not failed, "files": results})
+    elif failed:
+        bad = sum(1 for r in results if not r["valid"])
+        sys.stderr.write(f"{bad} of {len(files)} plan{'s' if len(files) != 1 else ''} invalid\n")
+    return ExitCode.INVALID_PLAN if failed else ExitCode.OK
+
+
+@app.command()
+def schema() -> None:
+    """Print the plan's JSON Schema (for editor completion: yaml-language-server)."""
+    from mlrollout.plan.model import Plan
+
+    data = Plan.model_json_schema()
+    data["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    data["title"] = "mlrollout plan (version 1)"
+    print_json(data)
+
+
+@app.command()
+def preview(
+    file: Annotated[str, typer.Argument(help="The plan file.", metavar="FILE")],
+    output: Output = OutputOption,
+) -> None:
+    """Show what `run` would do: the timeline (weights, shortest and worst-case time), the gates
+    and the API calls. Needs no credentials and no network; changes nothing."""
+    from mlrollout.plan.loader import load_plan
+    from mlrollout.plan.preview import build_preview
+
+    data = build_preview(load_plan(file))
+    if output == Output.json:
+        print_json(data)
+        return
+    render_preview(data)
+
+
+def render_preview(data: dict[str, object], *, stderr: bool = False) -> None:
+    from rich.table import Table
+
+    out = console(stderr=stderr)
+    out.print(
+        f"[bold]{data['name']}[/]  {data['strategy']} on {data['provider']} endpoint "
+        f"[bold]{data['endpoint']}[/]: baseline {data['baseline']} → candidate "
+        f"[bold]{data['candidate']}[/]"
+    )
+    table = Table(show_edge=False, pad_edge=False)
+    for column in ("#", "step", "candidate", "min", "worst case", "gates"):
+        table.add_column(column)
+    steps = data["steps"]
+    assert isinstance(steps, list)
+    for step in steps:
+        table.add_row(
+            str(step["index"] + 1),
+            step["step"],
+            f"{step['candidate_weight']:g}%",
+            step["min"],
+            step["max"],
+            ", ".join(step["gates"]),
+        )
+    promotion = data["promotion"]
+    assert isinstance(promotion, dict)
+    table.add_row("", "promote: candidate to 100%, retire the baseline", "100%", "", "", "")
+    out.print(table)
+    out.print(f"total: at least {data['min']}, at most {data['max']}")
+    gates = data["gates"]
+    assert isinstance(gates, list)
+    if gates:
+        out.print("gates:")
+        for gate in gates:
+            out.print(f"  {gate['name']}: {gate['rule']}")
+    else:
+        out.print("gates: none (analyze steps only bake)")
+    analysis = data["analysis"]
+    assert isinstance(analysis, dict)
+    out.print(
+        f"analysis: a look every {analysis['interval']} after a {analysis['delay']} delay, "
+        f"at least {analysis['min_requests']} requests per variant, no data → "
+        f"{analysis['no_data']} (up to {analysis['max_hold']}, then {analysis['on_inconclusive']})"
+        f", alpha {analysis['alpha']}"
+    )
+    rollback = data["rollback"]
+    assert isinstance(rollback, dict)
+    auto = "automatic" if rollback["automatic"] else "manual (a failing gate pauses)"
+    cleanup = "then remove the candidate" if rollback["cleanup"] else "keep the candidate at 0%"
+    out.print(f"rollback: {auto}; traffic back to the baseline first, {cleanup}")
+    before = data["before"]
+    assert isinstance(before, dict)
+    out.print("API calls `run` would make:")
+    out.print(f"  before:        {', '.join(before['api_calls'])}")
+    calls: dict[str, str] = {}
+    for step in steps:
+        if step["api_calls"]:
+            calls.setdefault(step["kind"], ", ".join(step["api_calls"]))
+    for kind, text in calls.items():
+        label = {"weight": "each weight", "analyze": "each look"}.get(kind, kind)
+        out.print(f"  {label + ':':14} {text}")
+    out.print(f"  promotion:     {', '.join(promotion['api_calls'])}")
+    out.print(f"  rollback:      {', '.join(rollback['api_calls'])}")
+    warnings = data["warnings"]
+    assert isinstance(warnings, list)
+    for warning in warnings:
+        out.print(f"[yellow]{warning}[/]")

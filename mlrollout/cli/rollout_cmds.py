@@ -1,0 +1,391 @@
+"""``mlrollout run|resume|reconcile|promote|abort|status|list|report|providers|demo``."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from mlrollout.cli.common import Output, OutputOption, console, interactive, print_json, settings
+
+if TYPE_CHECKING:
+    from mlrollout.engine.engine import Engine, Listener
+    from mlrollout.engine.runner import RunOutcome, WaitDecision
+    from mlrollout.state.base import RolloutRecord, StateStore
+
+IdArg = Annotated[str, typer.Argument(help="Rollout id (a unique prefix is enough).", metavar="ID")]
+
+
+def register(app: typer.Typer) -> None:
+    for command in (run, resume, status, list_, promote, abort, reconcile, report, providers, demo):
+        name = command.__name__.rstrip("_")
+        app.command(name=name)(command)
+
+
+# ------------------------------------------------------------------------------------- driving
+
+
+class _Display:
+    """Chooses how progress is shown: JSON lines, a live terminal view, or plain lines."""
+
+    def __init__(
+        self, output: Output, record: RolloutRecord, plan_steps: list[Any], worst: float
+    ) -> None:
+        from mlrollout.report.console import JsonReporter, LiveReporter, PlainReporter
+
+        self.live: LiveReporter | None = None
+        self.listener: Listener
+        if output == Output.json:
+            self.listener = JsonReporter(sys.stdout)
+        elif sys.stdout.isatty():
+            self.live = LiveReporter(console(), record.id, record.name, plan_steps, worst)
+            self.listener = self.live
+        else:
+            self.listener = PlainReporter(sys.stdout, record.id, plan_steps)
+
+    def __enter__(self) -> _Display:
+        if self.live is not None:
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        close = getattr(self.listener, "close", None)
+        if close is not None:
+            close()
+
+
+def _ask(engine: Engine) -> WaitDecision:
+    waiting = engine.state.waiting or {}
+    reason = waiting.get("reason", "approval")
+    prompt = "Promote to the next step? [p]romote / [a]bort / [w]ait"
+    if reason != "approval":
+        prompt = f"Paused: {reason}\nContinue? [p]romote / [a]bort / [w]ait"
+    answer = typer.prompt(prompt, default="w").strip().lower()[:1]
+    return {"p": "promote", "a": "abort"}.get(answer, "detach")  # type: ignore[return-value]
+
+
+def _drive(ctx: typer.Context, rollout_id: str, output: Output, detach: bool) -> int:
+    from mlrollout.engine.runner import Runner, plan_of
+    from mlrollout.plan.timeline import expand_steps, timeline
+
+    store = settings(ctx).store()
+    record = store.get_rollout(rollout_id)
+    plan = plan_of(record)
+    worst = sum(r.max_seconds for r in timeline(plan) if r.max_seconds != float("inf"))
+    display = _Display(output, record, expand_steps(plan), worst)
+    runner = Runner(store, listeners=[display.listener])
+    prompt = interactive() and output == Output.text and not detach
+
+    def on_wait(engine: Engine) -> WaitDecision:
+        if detach:
+            return "detach"
+        if prompt:
+            if display.live is not None:
+                display.live.close()
+                display.live = None
+            return _ask(engine)
+        return "detach" if engine.clock.virtual else "wait"
+
+    try:
+        with display:
+            outcome = runner.drive(record.id, on_wait=on_wait)
+    except KeyboardInterrupt:
+        sys.stderr.write(
+            f"interrupted: rollout {record.id} is recorded; continue it with "
+            f"`mlrollout resume {record.id}` or roll it back with `mlrollout abort {record.id}`\n"
+        )
+        return 3
+    _summary(outcome, output)
+    return outcome.exit_code
+
+
+def _summary(outcome: RunOutcome, output: Output) -> None:
+    if output == Output.json:
+        return
+    out = console(stderr=True)
+    rid = outcome.rollout_id
+    state = outcome.state
+    weights = ", ".join(f"{k} {v:g}%" for k, v in state.weights.items())
+    if outcome.exit_code == 0:
+        out.print(f"[green]promoted[/]: {state.candidate} serves 100% ({rid})")
+    elif outcome.exit_code == 1:
+        out.print(f"[red]rolled back[/]: {weights} — {state.reason}")
+    else:
+        waiting = state.waiting or {}
+        out.print(
+            f"[yellow]waiting[/] ({waiting.get('reason', 'for a human')}): "
+            f"`mlrollout promote {rid}` or `mlrollout abort {rid}`, then `mlrollout resume {rid}`"
+        )
+    out.print(f"details: `mlrollout status {rid}`, `mlrollout report {rid}`")
+
+
+def run(
+    ctx: typer.Context,
+    plan_file: Annotated[str, typer.Argument(help="The rollout plan (YAML).", metavar="PLAN")],
+    yes: Annotated[
+        bool,
+        typer.Option("--yes", "-y", help="Skip the confirmation (never answers an approve gate)."),
+    ] = False,
+    detach: Annotated[
+        bool,
+        typer.Option(
+            "--detach", help="Stop (exit 3) at the first wait for a human instead of waiting."
+        ),
+    ] = False,
+    output: Output = OutputOption,
+) -> int:
+    """Validate the plan, show the preview, ask once, then drive the rollout to its end.
+
+    Exit codes: 0 promoted, 1 rolled back, 3 waiting for a human, 4 invalid plan, 5 needs a
+    human, 6 provider error before any change.
+    """
+    from mlrollout.engine.runner import Runner
+    from mlrollout.errors import UsageError
+    from mlrollout.plan.loader import load_plan
+    from mlrollout.plan.preview import build_preview
+
+    loaded = load_plan(plan_file)
+    if not yes:
+        if not interactive():
+            raise UsageError(
+                "no terminal to confirm on", hint="pass --yes to run without confirmation"
+            )
+        from mlrollout.cli.plan_cmds import render_preview
+
+        render_preview(build_preview(loaded))
+        if not typer.confirm("Start this rollout?", default=False):
+            sys.stderr.write("not started\n")
+            return 0
+    store = settings(ctx).store()
+    record = Runner(store).create(loaded)
+    if output == Output.text:
+        sys.stderr.write(f"rollout {record.id} started (state: {store.location})\n")
+    return _drive(ctx, record.id, output, detach)
+
+
+def resume(
+    ctx: typer.Context,
+    rollout_id: IdArg,
+    detach: Annotated[
+        bool, typer.Option("--detach", help="Stop (exit 3) at the first wait for a human.")
+    ] = False,
+    output: Output = OutputOption,
+) -> int:
+    """Continue a rollout from its journal (after a kill, an exit 3, or `promote`)."""
+    record = settings(ctx).store().get_rollout(rollout_id)
+    if record.phase in ("succeeded", "rolled_back", "aborted"):
+        sys.stderr.write(f"rollout {record.id} already ended: {record.phase}\n")
+        return 0 if record.phase == "succeeded" else 1
+    return _drive(ctx, record.id, output, detach)
+
+
+def promote(
+    ctx: typer.Context,
+    rollout_id: IdArg,
+    full: Annotated[
+        bool,
+        typer.Option("--full", help="Skip the remaining steps: straight to 100% and finalize."),
+    ] = False,
+) -> int:
+    """Answer an approve gate (or resume a paused rollout); with --full, promote now."""
+    return _command(ctx, rollout_id, "promote", full=full)
+
+
+def abort(ctx: typer.Context, rollout_id: IdArg) -> int:
+    """Roll back now: traffic to the baseline first, then remove the candidate."""
+    return _command(ctx, rollout_id, "abort")
+
+
+def _command(ctx: typer.Context, rollout_id: str, kind: str, *, full: bool = False) -> int:
+    from mlrollout.engine.runner import Runner
+    from mlrollout.errors import LeaseHeld, UsageError
+
+    store = settings(ctx).store()
+    record = store.get_rollout(rollout_id)
+    if record.phase in ("succeeded", "rolled_back", "aborted"):
+        raise UsageError(f"rollout {record.id} already ended ({record.phase})")
+    runner = Runner(store)
+    runner.command(record.id, kind, full=full)  # type: ignore[arg-type]
+    if kind == "abort":
+        try:
+            outcome = runner.drive(record.id, on_wait=lambda engine: "detach")
+        except LeaseHeld as exc:
+            sys.stderr.write(f"abort recorded; the runner driving it will roll back ({exc})\n")
+            return 0
+        sys.stderr.write(f"{record.id}: {outcome.phase.value} — {outcome.state.reason}\n")
+        return 0
+    sys.stderr.write(
+        f"{kind}{' --full' if full else ''} recorded for {record.id}; a running `mlrollout run` "
+        f"picks it up, or continue with `mlrollout resume {record.id}`\n"
+    )
+    return 0
+
+
+def reconcile(ctx: typer.Context, output: Output = OutputOption) -> int:
+    """One pass over every active rollout: do the work that is due, then exit (for cron)."""
+    from mlrollout.engine.runner import Runner
+    from mlrollout.errors import MlrolloutError
+
+    results = Runner(settings(ctx).store()).reconcile()
+    rows = []
+    worst = 0
+    for record, result in results:
+        if isinstance(result, Exception):
+            message = result.message if isinstance(result, MlrolloutError) else repr(result)
+            rows.append({"id": record.id, "error": message})
+            code = getattr(result, "exit_code", 5)
+            worst = max(worst, 5 if code in (5, 6) else 0)
+        else:
+            rows.append({"id": record.id, "phase": result.phase.value})
+    if output == Output.json:
+        print_json({"rollouts": rows})
+    else:
+        if not rows:
+            sys.stdout.write("no active rollouts\n")
+        for row in rows:
+            sys.stdout.write(f"{row['id']}: {row.get('phase') or 'error: ' + row['error']}\n")
+    return worst
+
+
+# --------------------------------------------------------------------------------- reading
+
+
+def status(
+    ctx: typer.Context,
+    rollout_id: Annotated[
+        str | None, typer.Argument(help="Rollout id; default: the newest.", metavar="[ID]")
+    ] = None,
+    output: Output = OutputOption,
+) -> None:
+    """Where a rollout is: phase, step, weights, each gate's value and verdict."""
+    from mlrollout.engine.engine import RolloutState
+    from mlrollout.engine.runner import plan_of
+    from mlrollout.plan.timeline import expand_steps
+    from mlrollout.report.markdown import render_status, status_summary
+
+    record = _record(settings(ctx).store(), rollout_id)
+    state = RolloutState.from_dict(record.snapshot)
+    steps = expand_steps(plan_of(record))
+    if output == Output.json:
+        print_json(status_summary(record, state, steps))
+    else:
+        console().print(render_status(record, state, steps))
+
+
+def _record(store: StateStore, rollout_id: str | None) -> RolloutRecord:
+    from mlrollout.errors import UsageError
+
+    if rollout_id:
+        return store.get_rollout(rollout_id)
+    newest = store.list_rollouts(limit=1)
+    if not newest:
+        raise UsageError(f"no rollouts in {store.location}", hint="start one with `mlrollout run`")
+    return newest[0]
+
+
+def list_(
+    ctx: typer.Context,
+    active: Annotated[bool, typer.Option("--active", help="Only rollouts still going.")] = False,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 20,
+    output: Output = OutputOption,
+) -> None:
+    """The rollouts in the state store, newest first."""
+    from datetime import UTC, datetime
+
+    records = settings(ctx).store().list_rollouts(active_only=active, limit=limit)
+    rows = [
+        {
+            "id": r.id,
+            "name": r.name,
+            "endpoint": r.endpoint_key,
+            "phase": r.phase,
+            "created": datetime.fromtimestamp(r.created_at, UTC).isoformat(timespec="seconds"),
+            "reason": r.snapshot.get("reason"),
+        }
+        for r in records
+    ]
+    if output == Output.json:
+        print_json(rows)
+        return
+    from rich.table import Table
+
+    table = Table(show_edge=False, pad_edge=False)
+    for column in ("id", "phase", "endpoint", "created", "reason"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row["id"], row["phase"], row["endpoint"], row["created"], (row["reason"] or "")[:60]
+        )
+    if rows:
+        console().print(table)
+    else:
+        sys.stdout.write("no rollouts yet: try `mlrollout demo`\n")
+
+
+def report(
+    ctx: typer.Context,
+    rollout_id: IdArg,
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="md (Markdown) or json (the journal).")
+    ] = "md",
+) -> None:
+    """What happened and why: outcome, timeline, gate verdicts, what to do next."""
+    from mlrollout.engine.runner import plan_of
+    from mlrollout.plan.timeline import expand_steps
+    from mlrollout.report.markdown import markdown_report
+
+    store = settings(ctx).store()
+    record = store.get_rollout(rollout_id)
+    events = store.events(record.id)
+    if output == "json":
+        print_json(
+            {
+                "rollout": record.id,
+                "phase": record.phase,
+                "events": [
+                    {"seq": e.seq, "at": e.at, "kind": e.kind, "data": e.data} for e in events
+                ],
+            }
+        )
+        return
+    sys.stdout.write(markdown_report(record, events, expand_steps(plan_of(record))))
+
+
+def providers(output: Output = OutputOption) -> None:
+    """The installed providers and state backends, and what each can do."""
+    from mlrollout.errors import MlrolloutError
+    from mlrollout.plugins import ENDPOINTS_GROUP, STATE_GROUP, provider_spec, refs
+
+    rows: list[dict[str, Any]] = []
+    for name, found in sorted(refs(ENDPOINTS_GROUP).items()):
+        row: dict[str, Any] = {
+            "kind": "endpoint",
+            "name": name,
+            "from": ", ".join(r.dist for r in found),
+        }
+        try:
+            spec = provider_spec(name)
+            row["strategies"] = sorted(spec.strategies)
+            row["capabilities"] = {k: v for k, v in vars(spec.capabilities).items()}
+        except MlrolloutError as exc:
+            row["error"] = exc.message
+        rows.append(row)
+    for name, found in sorted(refs(STATE_GROUP).items()):
+        rows.append({"kind": "state", "name": name, "from": ", ".join(r.dist for r in found)})
+    if output == Output.json:
+        print_json(rows)
+        return
+    for row in rows:
+        extra = row.get("error") or ", ".join(row.get("strategies", []))
+        sys.stdout.write(f"{row['kind']:9} {row['name']:10} {row['from']:20} {extra}\n")
+
+
+def demo(
+    ctx: typer.Context,
+    output: Output = OutputOption,
+) -> int:
+    """Two sandbox rollouts in a few seconds: a bad candidate rolled back, a good one promoted."""
+    from mlrollout.cli.demo import run_demo
+
+    return run_demo(settings(ctx), output)

@@ -1,0 +1,262 @@
+"""The contracts a provider plugs into. The core defines them; it never imports a cloud SDK.
+
+A provider distribution exposes a :class:`ProviderSpec` through the ``mlrollout.endpoints`` entry
+point group. The spec is cheap to import (no SDK): ``plan validate`` and ``plan preview`` use only
+its declarations. ``open()`` is where the SDK is imported and the live clients are built.
+
+Units everywhere: weights and percents are percentages (0-100), times are seconds (floats since the
+epoch for instants), latencies are seconds, rates are fractions (0-1).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from mlrollout.clock import Clock
+    from mlrollout.plan.model import Candidate, Gate, Plan
+    from mlrollout.state.base import Lease, StateStore
+
+
+# ------------------------------------------------------------------------------------ endpoint
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an endpoint platform can do; ``plan validate`` checks strategies against these."""
+
+    weights: bool = True
+    shadow: bool = False
+    native_blue_green: bool = False
+    segment_routing: bool = False
+
+
+@dataclass(frozen=True)
+class VariantState:
+    """One variant / deployed model / deployment of an endpoint, as the platform reports it."""
+
+    name: str
+    weight: float  # percent of live traffic
+    status: str = "ready"
+    model: str | None = None
+    instance_type: str | None = None
+    instance_count: int | None = None
+    shadow_percent: float = 0.0  # percent of traffic mirrored to it (never served)
+
+
+@dataclass(frozen=True)
+class EndpointState:
+    name: str
+    status: str  # "ready" when it can take changes; the platform's word otherwise
+    variants: tuple[VariantState, ...]
+
+    def weights(self) -> dict[str, float]:
+        return {v.name: v.weight for v in self.variants}
+
+    def variant(self, name: str) -> VariantState | None:
+        return next((v for v in self.variants if v.name == name), None)
+
+    def serving_all(self) -> str | None:
+        """The variant that takes all live traffic, if one does."""
+        for v in self.variants:
+            if v.weight >= 100.0 - 1e-9:
+                return v.name
+        return None
+
+
+class EndpointAdapter(Protocol):
+    """Drives one live endpoint. Every mutation is idempotent: applying the same change twice
+    leaves the endpoint as applying it once does, so a tick after a crash may simply redo it."""
+
+    capabilities: Capabilities
+
+    def describe(self) -> EndpointState: ...
+
+    def prepare(self, candidate: Candidate, baseline: str) -> EndpointState:
+        """Create the candidate beside the baseline at 0 % traffic (no-op if it exists)."""
+        ...
+
+    def set_traffic(self, weights: Mapping[str, float]) -> EndpointState: ...
+
+    def set_shadow(self, variant: str | None, percent: float) -> EndpointState: ...
+
+    def finalize(self, keep: str, retire: str) -> EndpointState:
+        """Remove ``retire`` (which must take no traffic) and leave ``keep`` serving."""
+        ...
+
+    def wait_until_stable(self, timeout: float) -> EndpointState: ...
+
+
+# ------------------------------------------------------------------------------------- metrics
+
+
+@dataclass
+class LatencyHistogram:
+    """Latency counts in buckets: ``counts[i]`` requests took at most ``bounds[i]`` seconds and
+    more than ``bounds[i-1]``; ``counts[-1]`` (one more than bounds) counts the overflow."""
+
+    bounds: tuple[float, ...]
+    counts: list[int]
+
+    def __post_init__(self) -> None:
+        if len(self.counts) != len(self.bounds) + 1:
+            raise ValueError("a histogram has one more count than bounds (the overflow)")
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts)
+
+    def merge(self, other: LatencyHistogram) -> LatencyHistogram:
+        if other.bounds != self.bounds:
+            raise ValueError("cannot merge histograms with different bounds")
+        return LatencyHistogram(
+            self.bounds, [a + b for a, b in zip(self.counts, other.counts, strict=True)]
+        )
+
+    def value_at_rank(self, rank: float) -> float:
+        """The latency of the request of (fractional, 0-based) ``rank``, interpolated linearly
+        inside its bucket. Overflow returns the last bound."""
+        total = self.total
+        if total == 0:
+            return math.nan
+        rank = min(max(rank, 0.0), total - 1e-9)
+        cumulative = 0
+        for i, count in enumerate(self.counts):
+            if count and rank < cumulative + count:
+                if i >= len(self.bounds):
+                    return self.bounds[-1]
+                low = self.bounds[i - 1] if i > 0 else 0.0
+                high = self.bounds[i]
+                return low + (high - low) * (rank - cumulative + 0.5) / count
+            cumulative += count
+        return self.bounds[-1]
+
+    def quantile(self, q: float) -> float:
+        return self.value_at_rank(q * self.total)
+
+    def count_above(self, seconds: float) -> int:
+        """Requests that certainly took longer than ``seconds`` (whole buckets above it)."""
+        index = bisect.bisect_left(self.bounds, seconds)
+        return sum(self.counts[index + 1 :])
+
+
+@dataclass
+class CustomValue:
+    """A custom metric over a window: ``total`` summed and ``count`` observations (so a ratio
+    metric such as thumbs-up rate is ``total / count``)."""
+
+    total: float
+    count: float
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.count if self.count else math.nan
+
+
+@dataclass
+class Window:
+    """Everything measured for one variant over one time window, in the normalized vocabulary.
+    ``None`` means the source returned nothing (no data), never zero."""
+
+    requests: int | None = None
+    errors: int | None = None
+    latency: LatencyHistogram | None = None
+    latency_percentiles: dict[float, float] = field(default_factory=dict)  # q -> seconds
+    custom: dict[str, CustomValue] = field(default_factory=dict)  # by gate name
+    error: str | None = None  # the query failed: an error measurement, not a crash
+
+    @property
+    def error_rate(self) -> float | None:
+        if self.requests is None or self.errors is None or self.requests == 0:
+            return None
+        return self.errors / self.requests
+
+
+@dataclass(frozen=True)
+class MetricsQuery:
+    start: float
+    end: float
+    variants: tuple[str, ...]
+    gates: tuple[Gate, ...]
+    step: float  # the plan's analysis interval, seconds
+
+
+class MetricsSource(Protocol):
+    """Reads per-variant windows. One call per look covers every gate and every variant."""
+
+    def query(self, query: MetricsQuery) -> dict[str, Window]: ...
+
+
+# ------------------------------------------------------------------------------------ provider
+
+
+@dataclass
+class ProviderContext:
+    """What the core hands a provider when opening it."""
+
+    plan: Plan
+    clock: Clock
+    store: StateStore
+    #: The runner's current endpoint lease (changes on renewal); writes to ``store`` pass it.
+    lease: Callable[[], Lease | None] = lambda: None
+    debug: bool = False
+
+
+@dataclass(frozen=True)
+class PlanProblem:
+    """A problem a provider finds in a plan without any network call."""
+
+    path: tuple[str | int, ...]
+    message: str
+
+
+@runtime_checkable
+class ProviderSpec(Protocol):
+    """What a provider declares. Importing it must not import its SDK."""
+
+    name: str
+    #: Provider-specific ``target`` keys (beyond provider, endpoint, endpoint_url, metrics_url).
+    target_keys: frozenset[str]
+    required_keys: frozenset[str]
+    capabilities: Capabilities
+    #: Strategies this provider can run now.
+    strategies: frozenset[str]
+    #: The pip requirement that installs it, for hints.
+    install_hint: str
+
+    def check_plan(self, plan: Plan) -> list[PlanProblem]:
+        """Platform limits, without network (SageMaker canary ≤ 50 %, ...)."""
+        ...
+
+    def describe_calls(self, plan: Plan) -> dict[str, list[str]]:
+        """For ``plan preview``: the API calls each action makes, by action name (``describe``,
+        ``prepare``, ``set_traffic``, ``finalize``, ``metrics``)."""
+        ...
+
+    def open(self, context: ProviderContext) -> tuple[EndpointAdapter, MetricsSource]: ...
+
+
+def endpoint_key(provider: str, settings: Mapping[str, Any], endpoint: str) -> str:
+    """A stable key naming one live endpoint, for leases: ``sagemaker:us-east-1/churn``."""
+    scope = "/".join(
+        str(settings[k])
+        for k in ("region", "project", "location", "subscription_id", "resource_group", "workspace")
+        if settings.get(k)
+    )
+    return f"{provider}:{scope + '/' if scope else ''}{endpoint}"
+
+
+#: A factory for state backends registered under ``mlrollout.state``: URL → store.
+StateFactory = Callable[[str], "StateStore"]
+
+
+def all_variants(*states: EndpointState) -> Sequence[str]:
+    seen: dict[str, None] = {}
+    for state in states:
+        for v in state.variants:
+            seen[v.name] = None
+    return list(seen)

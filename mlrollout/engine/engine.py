@@ -1,0 +1,547 @@
+"""The rollout engine: a persisted phase plus an idempotent :meth:`Engine.tick`.
+
+A tick observes the live endpoint, reads commands from the journal (``promote``, ``abort``),
+does at most one action, appends what happened, and says when the next tick is due. Mutations are
+journalled twice — ``*.requested`` before the call (the intent) and ``*.applied`` after — so a
+tick after a crash finds the intent and finishes it (every adapter mutation is idempotent).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from mlrollout.analysis import GateSet, Outcome, Verdict
+from mlrollout.clock import Clock
+from mlrollout.contracts import EndpointAdapter, EndpointState, MetricsQuery, MetricsSource, Window
+from mlrollout.engine.phases import Phase, can_move
+from mlrollout.errors import (
+    EndpointDrifted,
+    MlrolloutError,
+    ProviderError,
+    RollbackFailed,
+)
+from mlrollout.plan.model import Plan
+from mlrollout.plan.timeline import ExecStep, expand_steps, planned_looks
+from mlrollout.state.base import Event, Lease, StateStore
+from mlrollout.units import format_duration
+
+#: Event kinds written by commands from other processes (``mlrollout promote|abort``).
+COMMANDS = ("command.promote", "command.abort")
+WEIGHT_TOLERANCE = 0.5  # percent: what counts as "the same weights" when comparing live state
+
+
+@dataclass
+class RolloutState:
+    """The engine's state, stored as the rollout's snapshot after every event."""
+
+    phase: str = Phase.PENDING.value
+    baseline: str | None = None
+    candidate: str = ""
+    step: int = 0
+    step_started_at: float | None = None
+    next_look_at: float | None = None
+    looks: int = 0
+    hold_since: float | None = None
+    weights: dict[str, float] = field(default_factory=dict)
+    pending: dict[str, Any] | None = None  # the mutation in flight
+    waiting: dict[str, Any] | None = None  # {"reason", "since", "timeout_at", "on_timeout"}
+    last_verdict: dict[str, Any] | None = None
+    reason: str | None = None  # why it ended / is rolling back
+    commands_seen: int = 0  # journal seq up to which commands were read
+    now: float = 0.0  # engine clock at the last event (virtual clocks resume from it)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RolloutState:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    @property
+    def phase_enum(self) -> Phase:
+        return Phase(self.phase)
+
+
+@dataclass(frozen=True)
+class TickResult:
+    phase: Phase
+    next_at: float | None  # when the next tick is due; None = waiting for a human
+    event: Event | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.phase.terminal
+
+
+Listener = Callable[[Event, RolloutState], None]
+
+
+class Engine:
+    def __init__(
+        self,
+        *,
+        rollout_id: str,
+        plan: Plan,
+        adapter: EndpointAdapter,
+        metrics: MetricsSource,
+        store: StateStore,
+        clock: Clock,
+        lease: Callable[[], Lease | None] = lambda: None,
+        listeners: list[Listener] | None = None,
+        state: RolloutState | None = None,
+    ) -> None:
+        self.rollout_id = rollout_id
+        self.plan = plan
+        self.adapter = adapter
+        self.metrics = metrics
+        self.store = store
+        self.clock = clock
+        self.lease = lease
+        self.listeners = list(listeners or [])
+        self.steps: list[ExecStep] = expand_steps(plan)
+        self.state = state or RolloutState(candidate=plan.candidate.name)
+        looks = planned_looks(plan)
+        self.gates = GateSet.from_plan(plan.analysis, planned_looks=looks)
+        self.absolute_gates = GateSet.from_plan(
+            plan.analysis.model_copy(
+                update={"gates": [g for g in plan.analysis.gates if g.vs_baseline is None]}
+            ),
+            planned_looks=looks,
+        )
+
+    # ------------------------------------------------------------------------------ recording
+
+    def record(self, kind: str, data: dict[str, Any] | None = None) -> Event:
+        self.state.now = self.clock.now()
+        event = self.store.append_event(
+            self.rollout_id,
+            kind,
+            data or {},
+            at=self.state.now,
+            lease=self.lease(),
+            phase=self.state.phase,
+            snapshot=self.state.to_dict(),
+        )
+        for listener in self.listeners:
+            listener(event, self.state)
+        return event
+
+    def _move(self, phase: Phase) -> None:
+        current = self.state.phase_enum
+        if current != phase and not can_move(current, phase):
+            raise AssertionError(f"illegal transition {current.value} -> {phase.value}")
+        self.state.phase = phase.value
+
+    # ----------------------------------------------------------------------------------- tick
+
+    def tick(self) -> TickResult:
+        """Observe, act at most once, record. Safe to call again at any time."""
+        state = self.state
+        if state.phase_enum.terminal:
+            return TickResult(state.phase_enum, None)
+        now = self.clock.now()
+        command = self._read_command()
+        if state.pending is not None:
+            return self._finish_pending()
+        if command is not None:
+            handled = self._apply_command(command)
+            if handled is not None:
+                return handled
+        live = self.adapter.describe()
+        phase = state.phase_enum
+        if phase in (Phase.PROGRESSING, Phase.WAITING):
+            self._check_drift(live)
+        handler = {
+            Phase.PENDING: self._tick_pending,
+            Phase.PREPARING: self._tick_preparing,
+            Phase.PROGRESSING: self._tick_progressing,
+            Phase.WAITING: self._tick_waiting,
+            Phase.PROMOTING: self._tick_promoting,
+            Phase.ROLLING_BACK: self._tick_rolling_back,
+        }[phase]
+        return handler(live, now)
+
+    def _result(self, next_at: float | None, event: Event | None = None) -> TickResult:
+        return TickResult(self.state.phase_enum, next_at, event)
+
+    # ------------------------------------------------------------------------------- commands
+
+    def _read_command(self) -> Event | None:
+        """The newest unread command from the journal (abort wins over promote)."""
+        events = self.store.events(self.rollout_id, after=self.state.commands_seen)
+        if not events:
+            return None
+        commands = [e for e in events if e.kind in COMMANDS]
+        self.state.commands_seen = events[-1].seq
+        if not commands:
+            return None
+        aborts = [e for e in commands if e.kind == "command.abort"]
+        return aborts[-1] if aborts else commands[-1]
+
+    def _apply_command(self, command: Event) -> TickResult | None:
+        phase = self.state.phase_enum
+        who = command.data.get("by", "someone")
+        if command.kind == "command.abort":
+            if phase == Phase.PENDING:
+                self.state.reason = f"aborted by {who} before any change"
+                self._move(Phase.ABORTED)
+                return self._result(None, self.record("aborted", {"by": who}))
+            if phase == Phase.ROLLING_BACK:
+                return None
+            return self._start_rollback(f"aborted by {who}", {"by": who})
+        if command.kind == "command.promote" and phase in (Phase.PROGRESSING, Phase.WAITING):
+            if command.data.get("full"):
+                self.state.waiting = None
+                self._move(Phase.PROMOTING)
+                return self._result(self.clock.now(), self.record("promote.forced", {"by": who}))
+            if phase == Phase.WAITING:
+                self.state.waiting = None
+                self._move(Phase.PROGRESSING)
+                self._advance()
+                return self._result(self.clock.now(), self.record("approved", {"by": who}))
+        return None
+
+    # --------------------------------------------------------------------------- mutations
+
+    def _mutate(self, action: str, args: dict[str, Any]) -> Event:
+        """Journal the intent, call the adapter, journal the result."""
+        self.state.pending = {"action": action, **args}
+        self.record(f"{action}.requested", args)
+        return self._finish_pending_call()
+
+    def _finish_pending_call(self) -> Event:
+        pending = self.state.pending
+        assert pending is not None
+        action = pending["action"]
+        args = {k: v for k, v in pending.items() if k != "action"}
+        if action == "set_traffic":
+            live = self.adapter.set_traffic(args["weights"])
+            self.state.weights = live.weights()
+        elif action == "prepare":
+            live = self.adapter.prepare(self.plan.candidate, args["baseline"])
+            self.state.weights = live.weights()
+        elif action == "finalize":
+            live = self.adapter.finalize(args["keep"], args["retire"])
+            self.state.weights = live.weights()
+        else:  # pragma: no cover - journal from a newer version
+            raise MlrolloutError(f"unknown pending action {action!r} in the journal")
+        self.state.pending = None
+        self._after_mutation(action, args)
+        return self.record(f"{action}.applied", {**args, "weights": self.state.weights})
+
+    def _after_mutation(self, action: str, args: dict[str, Any]) -> None:
+        """Advance the phase once a mutation is applied (also after a crash, on resume)."""
+        phase = self.state.phase_enum
+        if phase == Phase.PREPARING:
+            self._move(Phase.PROGRESSING)
+            self._enter_step(0)
+        elif phase == Phase.PROGRESSING and action == "set_traffic":
+            self._advance()
+        # PROMOTING and ROLLING_BACK end on the next tick, once the live endpoint shows it.
+
+    def _finish_pending(self) -> TickResult:
+        pending = self.state.pending
+        assert pending is not None
+        try:
+            event = self._finish_pending_call()
+        except ProviderError as exc:
+            if self.state.phase_enum == Phase.ROLLING_BACK:
+                raise RollbackFailed(
+                    f"rollback could not {pending['action']}: {exc}",
+                    hint=f"fix the cause, then `mlrollout resume {self.rollout_id}`",
+                ) from exc
+            raise
+        return self._result(self.clock.now(), event)
+
+    # ----------------------------------------------------------------------------- phases
+
+    def _tick_pending(self, live: EndpointState, now: float) -> TickResult:
+        candidate = self.plan.candidate.name
+        if self.plan.baseline == "auto":
+            baseline = live.serving_all()
+            if baseline is None:
+                raise EndpointDrifted(
+                    f"endpoint {live.name!r} splits traffic {_fmt(live.weights())}: "
+                    "no variant takes all of it, so the baseline is ambiguous",
+                    hint="set `baseline:` in the plan to the variant to compare against",
+                )
+        else:
+            baseline = self.plan.baseline
+            if live.variant(baseline) is None:
+                raise EndpointDrifted(
+                    f"the baseline {baseline!r} is not on endpoint {live.name!r} "
+                    f"(it has {', '.join(live.weights()) or 'no variants'})"
+                )
+        if baseline == candidate:
+            raise EndpointDrifted(
+                f"the candidate {candidate!r} already serves all traffic on {live.name!r}: "
+                "nothing to roll out"
+            )
+        existing = live.variant(candidate)
+        if existing is not None and existing.weight > 0:
+            raise EndpointDrifted(
+                f"the candidate {candidate!r} already takes {existing.weight:g}% on "
+                f"{live.name!r}; bring it to 0% or pick another name"
+            )
+        self.state.baseline = baseline
+        self.state.weights = live.weights()
+        self._move(Phase.PREPARING)
+        event = self.record(
+            "started",
+            {"baseline": baseline, "candidate": candidate, "weights": live.weights()},
+        )
+        return self._result(now, event)
+
+    def _tick_preparing(self, live: EndpointState, now: float) -> TickResult:
+        event = self._mutate("prepare", {"baseline": self.state.baseline})
+        return self._result(self.clock.now(), event)
+
+    def _tick_progressing(self, live: EndpointState, now: float) -> TickResult:
+        state = self.state
+        if state.step >= len(self.steps):
+            self._move(Phase.PROMOTING)
+            return self._result(now, self.record("steps.completed", {}))
+        step = self.steps[state.step]
+        if step.kind == "weight":
+            assert step.weight is not None
+            event = self._mutate("set_traffic", {"weights": self._split(step.weight)})
+            return self._result(self.clock.now(), event)
+        if step.kind == "pause":
+            assert step.pause is not None and state.step_started_at is not None
+            done_at = state.step_started_at + step.pause
+            if now < done_at:
+                return self._result(done_at)
+            self._advance()
+            return self._result(now, self.record("step.completed", {"step": step.index}))
+        if step.kind == "approve":
+            assert step.approve is not None
+            timeout = step.approve.timeout
+            state.waiting = {
+                "reason": "approval",
+                "since": now,
+                "timeout_at": None if timeout is None else now + timeout,
+                "on_timeout": step.approve.on_timeout,
+            }
+            self._move(Phase.WAITING)
+            event = self.record(
+                "waiting",
+                {
+                    "reason": "approval",
+                    "step": step.index,
+                    "timeout_at": state.waiting["timeout_at"],
+                },
+            )
+            return self._result(state.waiting["timeout_at"], event)
+        return self._tick_analyze(step, now)
+
+    def _tick_analyze(self, step: ExecStep, now: float) -> TickResult:
+        state = self.state
+        analysis = self.plan.analysis
+        window = step.window
+        assert window is not None and state.step_started_at is not None
+        start = state.step_started_at + analysis.delay
+        if state.next_look_at is None:
+            state.next_look_at = start + analysis.interval
+        if now < state.next_look_at:
+            return self._result(state.next_look_at)
+        verdict = self._look(start, now)
+        state.looks += 1
+        state.next_look_at = now + analysis.interval
+        state.last_verdict = verdict.to_dict()
+        elapsed = now - start
+        outcome = verdict.outcome
+        look = {"step": step.index, "elapsed": elapsed, "verdict": state.last_verdict}
+        if outcome == Outcome.FAIL:
+            return self._on_failure(_why(verdict), look)
+        decided = None
+        if window.adaptive:
+            if elapsed >= window.min and outcome == Outcome.PASS:
+                decided = "passed"
+            elif elapsed >= window.max:
+                decided = "inconclusive"
+        elif elapsed >= window.max:
+            decided = "hold" if outcome == Outcome.HOLD else "passed"
+        if decided == "hold":
+            if analysis.no_data == "rollback":
+                return self._on_failure(
+                    "not enough data at the end of the analysis (no_data: rollback): "
+                    + _why(verdict),
+                    look,
+                )
+            if state.hold_since is None:
+                state.hold_since = now
+            if now - state.hold_since >= analysis.max_hold:
+                decided = "inconclusive"
+        if decided == "inconclusive":
+            return self._inconclusive(verdict, look)
+        if decided == "passed":
+            self._advance()
+            return self._result(now, self.record("analysis.passed", look))
+        return self._result(state.next_look_at, self.record("look", look))
+
+    def _look(self, start: float, now: float) -> Verdict:
+        state = self.state
+        assert state.baseline is not None
+        query = MetricsQuery(
+            start=start,
+            end=now,
+            variants=(state.candidate, state.baseline),
+            gates=tuple(self.plan.analysis.gates),
+            step=self.plan.analysis.interval,
+        )
+        try:
+            windows = self.metrics.query(query)
+        except ProviderError as exc:
+            windows = {
+                state.candidate: Window(error=str(exc)),
+                state.baseline: Window(error=str(exc)),
+            }
+        candidate = windows.get(state.candidate, Window())
+        baseline = windows.get(state.baseline, Window())
+        # With no traffic on the baseline there is nothing to compare against: only absolute
+        # gates judge (e.g. a bake at 100 %).
+        gates = self.gates if state.weights.get(state.baseline, 0) > 0 else self.absolute_gates
+        return gates.look(candidate, baseline)
+
+    def _inconclusive(self, verdict: Verdict, look: dict[str, Any]) -> TickResult:
+        analysis = self.plan.analysis
+        why = "undecided at the end of the analysis: " + _why(verdict)
+        self.state.hold_since = None
+        if analysis.on_inconclusive == "rollback":
+            return self._on_failure(why + " (on_inconclusive: rollback)", look)
+        if analysis.on_inconclusive == "continue":
+            self._advance()
+            return self._result(
+                self.clock.now(), self.record("analysis.inconclusive", {**look, "then": "continue"})
+            )
+        return self._pause(why + " (on_inconclusive: pause)", look)
+
+    def _on_failure(self, reason: str, look: dict[str, Any]) -> TickResult:
+        self.record("analysis.failed", {**look, "reason": reason})
+        if self.plan.rollback.automatic:
+            return self._start_rollback(reason, {})
+        return self._pause(reason + " (rollback.automatic is false)", look)
+
+    def _pause(self, reason: str, look: dict[str, Any]) -> TickResult:
+        self.state.waiting = {
+            "reason": reason,
+            "since": self.clock.now(),
+            "timeout_at": None,
+            "on_timeout": None,
+        }
+        self._move(Phase.WAITING)
+        return self._result(None, self.record("paused", {"reason": reason}))
+
+    def _tick_waiting(self, live: EndpointState, now: float) -> TickResult:
+        waiting = self.state.waiting or {}
+        timeout_at = waiting.get("timeout_at")
+        if timeout_at is None or now < timeout_at:
+            return self._result(timeout_at)
+        waited = format_duration(now - waiting.get("since", now))
+        if waiting.get("on_timeout") == "continue":
+            self.state.waiting = None
+            self._move(Phase.PROGRESSING)
+            self._advance()
+            return self._result(now, self.record("approval.timed_out", {"then": "continue"}))
+        return self._start_rollback(
+            f"no approval after {waited} (on_timeout: rollback)", {"timed_out": True}
+        )
+
+    def _tick_promoting(self, live: EndpointState, now: float) -> TickResult:
+        state = self.state
+        assert state.baseline is not None
+        target = {state.candidate: 100.0}
+        if live.variant(state.baseline) is not None:
+            target[state.baseline] = 0.0
+        if not _same(live.weights(), target):
+            return self._result(now, self._mutate("set_traffic", {"weights": target}))
+        if live.variant(state.baseline) is not None:
+            event = self._mutate("finalize", {"keep": state.candidate, "retire": state.baseline})
+            return self._result(self.clock.now(), event)
+        self._move(Phase.SUCCEEDED)
+        return self._result(None, self.record("promoted", {"weights": live.weights()}))
+
+    def _start_rollback(self, reason: str, data: dict[str, Any]) -> TickResult:
+        self.state.reason = reason
+        self.state.waiting = None
+        self._move(Phase.ROLLING_BACK)
+        return self._result(
+            self.clock.now(), self.record("rollback.started", {"reason": reason, **data})
+        )
+
+    def _tick_rolling_back(self, live: EndpointState, now: float) -> TickResult:
+        state = self.state
+        baseline = state.baseline
+        if baseline is None:  # nothing was prepared
+            self._move(Phase.ROLLED_BACK)
+            return self._result(None, self.record("rolled_back", {"reason": state.reason}))
+        candidate = live.variant(state.candidate)
+        target = {baseline: 100.0}
+        if candidate is not None:
+            target[state.candidate] = 0.0
+        try:
+            if not _same(live.weights(), target):
+                return self._result(now, self._mutate("set_traffic", {"weights": target}))
+            if candidate is not None and self.plan.rollback.cleanup:
+                event = self._mutate("finalize", {"keep": baseline, "retire": state.candidate})
+                return self._result(self.clock.now(), event)
+        except ProviderError as exc:
+            raise RollbackFailed(
+                f"rollback failed: {exc}",
+                hint=f"fix the cause, then `mlrollout resume {self.rollout_id}`",
+            ) from exc
+        self._move(Phase.ROLLED_BACK)
+        return self._result(
+            None, self.record("rolled_back", {"reason": state.reason, "weights": live.weights()})
+        )
+
+    # ------------------------------------------------------------------------------ helpers
+
+    def _split(self, candidate_weight: float) -> dict[str, float]:
+        assert self.state.baseline is not None
+        return {
+            self.state.candidate: candidate_weight,
+            self.state.baseline: 100.0 - candidate_weight,
+        }
+
+    def _enter_step(self, index: int) -> None:
+        self.state.step = index
+        self.state.step_started_at = self.clock.now()
+        self.state.next_look_at = None
+        self.state.hold_since = None
+
+    def _advance(self) -> None:
+        self._enter_step(self.state.step + 1)
+
+    def _check_drift(self, live: EndpointState) -> None:
+        expected = self.state.weights
+        if expected and not _same(live.weights(), expected):
+            raise EndpointDrifted(
+                f"endpoint {live.name!r} changed outside this rollout: the journal expects "
+                f"{_fmt(expected)}, the endpoint has {_fmt(live.weights())}",
+                hint=f"`mlrollout abort {self.rollout_id}` restores the baseline",
+            )
+
+    def current_step(self) -> ExecStep | None:
+        if self.state.step < len(self.steps):
+            return self.steps[self.state.step]
+        return None
+
+
+def _same(a: dict[str, float], b: dict[str, float]) -> bool:
+    """Equal weights within tolerance (a missing variant counts as 0 %)."""
+    return all(
+        abs(a.get(name, 0.0) - b.get(name, 0.0)) <= WEIGHT_TOLERANCE for name in set(a) | set(b)
+    )
+
+
+def _why(verdict: Verdict) -> str:
+    """The reasons of the gates that decided this look (the failing ones, or the undecided)."""
+    return "; ".join(f"{g.gate}: {g.reason}" for g in verdict.deciding) or "no gate decided"
+
+
+def _fmt(weights: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:g}%" for k, v in weights.items()) or "no variants"

@@ -1,0 +1,257 @@
+"""Driving rollouts: create one from a plan, take the endpoint's lease, open the provider, and
+loop ticks on the right clock until the rollout ends or waits for a human."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from mlrollout.clock import Clock, ScaledClock, SystemClock, VirtualClock
+from mlrollout.contracts import ProviderContext, ProviderSpec, endpoint_key
+from mlrollout.engine.engine import Engine, Listener, RolloutState
+from mlrollout.engine.phases import Phase
+from mlrollout.errors import ExitCode, NeedsHuman
+from mlrollout.plan.loader import LoadedPlan, parse_plan
+from mlrollout.plan.model import Plan
+from mlrollout.plugins import provider_spec
+from mlrollout.state.base import Lease, RolloutRecord, StateStore
+
+LEASE_TTL = 60.0  # wall-clock seconds; renewed every third of it while running
+MAX_REAL_SLEEP = 5.0  # wall-clock seconds between ticks at most: commands are noticed quickly
+
+#: What a caller decides when a rollout waits for a human (an approve gate, a policy pause).
+WaitDecision = Literal["promote", "abort", "detach", "wait"]
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    rollout_id: str
+    phase: Phase
+    state: RolloutState
+
+    @property
+    def exit_code(self) -> int:
+        if self.phase == Phase.SUCCEEDED:
+            return ExitCode.OK
+        if self.phase in (Phase.ROLLED_BACK, Phase.ABORTED):
+            return ExitCode.ROLLED_BACK
+        return ExitCode.WAITING
+
+
+def holder_name() -> str:
+    try:
+        user = getpass.getuser()
+    except Exception:  # no user database entry (containers)
+        user = "unknown"
+    return f"{user}@{socket.gethostname()} pid {os.getpid()}"
+
+
+def plan_endpoint_key(plan: Plan) -> str:
+    return endpoint_key(plan.target.provider, plan.target.settings(), plan.target.endpoint)
+
+
+def new_rollout_id(plan: Plan) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", plan.name.lower()).strip("-")[:40] or "rollout"
+    return f"{slug}-{secrets.token_hex(3)}"
+
+
+def plan_of(record: RolloutRecord) -> Plan:
+    """The plan a rollout was started with (stored verbatim, re-validated)."""
+    return parse_plan(str(record.plan["yaml"]), record.plan_path).plan
+
+
+def clock_for(plan: Plan, resume_at: float | None) -> Clock:
+    """Virtual time for the sandbox at ``speed: max``, sped-up time for a numeric speed, real time
+    for cloud providers. A resumed virtual clock continues from the journal's last instant."""
+    sandbox = plan.sandbox
+    if plan.target.provider == "local" and sandbox is not None:
+        start = resume_at if resume_at else time.time()
+        if sandbox.speed == "max":
+            return VirtualClock(start)
+        return ScaledClock(float(sandbox.speed), start)
+    return SystemClock()
+
+
+class Runner:
+    """Runs rollouts kept in one state store, on behalf of one holder."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        *,
+        listeners: list[Listener] | None = None,
+        holder: str | None = None,
+        wall: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        lease_ttl: float = LEASE_TTL,
+    ) -> None:
+        self.store = store
+        self.listeners = list(listeners or [])
+        self.holder = holder or holder_name()
+        self.wall = wall
+        self.real_sleep = sleep
+        self.lease_ttl = lease_ttl
+        self._lease: Lease | None = None
+        self._renewed_at = 0.0
+
+    # ------------------------------------------------------------------------------- create
+
+    def create(self, loaded: LoadedPlan) -> RolloutRecord:
+        """Record a new rollout (nothing changes on the endpoint yet)."""
+        plan = loaded.plan
+        key = plan_endpoint_key(plan)
+        for other in self.store.list_rollouts(active_only=True, limit=1000):
+            if other.endpoint_key == key:
+                raise NeedsHuman(
+                    f"rollout {other.id} is still active on {key} (phase {other.phase})",
+                    hint=f"finish it with `mlrollout resume {other.id}` or "
+                    f"`mlrollout abort {other.id}`",
+                )
+        record = RolloutRecord(
+            id=new_rollout_id(plan),
+            name=plan.name,
+            endpoint_key=key,
+            plan={"yaml": loaded.text},
+            plan_path=loaded.path,
+            created_at=self.wall(),
+            phase=Phase.PENDING.value,
+            snapshot=RolloutState(candidate=plan.candidate.name).to_dict(),
+        )
+        self.store.create_rollout(record)
+        return record
+
+    # -------------------------------------------------------------------------------- drive
+
+    def open_engine(self, record: RolloutRecord, clock: Clock | None = None) -> Engine:
+        plan = plan_of(record)
+        state = RolloutState.from_dict(record.snapshot) if record.snapshot else None
+        if state is None:
+            state = RolloutState(candidate=plan.candidate.name)
+        clock = clock or clock_for(plan, state.now or None)
+        spec: ProviderSpec = provider_spec(plan.target.provider)
+        context = ProviderContext(plan=plan, clock=clock, store=self.store, lease=self.lease)
+        adapter, metrics = spec.open(context)
+        return Engine(
+            rollout_id=record.id,
+            plan=plan,
+            adapter=adapter,
+            metrics=metrics,
+            store=self.store,
+            clock=clock,
+            lease=self.lease,
+            listeners=self.listeners,
+            state=state,
+        )
+
+    def lease(self) -> Lease | None:
+        return self._lease
+
+    def _take_lease(self, key: str) -> None:
+        self._lease = self.store.acquire_lease(key, self.holder, self.lease_ttl)
+        self._renewed_at = self.wall()
+
+    def _renew_lease(self) -> None:
+        if self._lease is not None and self.wall() - self._renewed_at >= self.lease_ttl / 3:
+            self._lease = self.store.renew_lease(self._lease, self.lease_ttl)
+            self._renewed_at = self.wall()
+
+    def _release_lease(self) -> None:
+        if self._lease is not None:
+            self.store.release_lease(self._lease)
+            self._lease = None
+
+    def drive(
+        self,
+        rollout_id: str,
+        *,
+        on_wait: Callable[[Engine], WaitDecision] = lambda engine: "detach",
+        clock: Clock | None = None,
+        max_ticks: int | None = None,
+        until_idle: bool = False,
+    ) -> RunOutcome:
+        """Tick the rollout until it ends, or waits for a human and ``on_wait`` says detach.
+
+        ``on_wait`` is asked each time the rollout waits for a human: ``promote``/``abort`` answer
+        it (an interactive prompt), ``wait`` keeps waiting (polling the journal for a
+        ``mlrollout promote|abort`` from elsewhere), ``detach`` returns (exit code 3).
+        With ``until_idle`` it returns as soon as the next tick lies in the future (for
+        ``reconcile``); virtual clocks have no future to wait for and run on.
+        """
+        record = self.store.get_rollout(rollout_id)
+        self._take_lease(record.endpoint_key)
+        try:
+            engine = self.open_engine(record, clock)
+            ticks = 0
+            while True:
+                result = engine.tick()
+                ticks += 1
+                self._renew_lease()
+                if result.done or (max_ticks is not None and ticks >= max_ticks):
+                    break
+                if result.phase == Phase.WAITING:
+                    decision = on_wait(engine)
+                    if decision == "detach":
+                        break
+                    if decision in ("promote", "abort"):
+                        self.command(record.id, decision)
+                        continue
+                    if engine.clock.virtual:
+                        # Virtual time cannot pass while a human decides: wait on the wall clock.
+                        self.real_sleep(min(MAX_REAL_SLEEP, 1.0))
+                        continue
+                idle = result.next_at is None or result.next_at > engine.clock.now()
+                if until_idle and idle and not engine.clock.virtual:
+                    break
+                self._sleep_until(engine.clock, result.next_at)
+            return RunOutcome(record.id, engine.state.phase_enum, engine.state)
+        finally:
+            self._release_lease()
+
+    def _sleep_until(self, clock: Clock, next_at: float | None) -> None:
+        if next_at is None:
+            self.real_sleep(1.0)
+            return
+        delay = next_at - clock.now()
+        if delay <= 0:
+            return
+        if clock.virtual:
+            clock.sleep(delay)
+            return
+        factor = getattr(clock, "factor", 1.0)
+        clock.sleep(min(delay, MAX_REAL_SLEEP * factor))
+
+    # ----------------------------------------------------------------------------- commands
+
+    def command(
+        self, rollout_id: str, kind: Literal["promote", "abort"], *, full: bool = False
+    ) -> None:
+        """Record ``mlrollout promote|abort`` in the journal; the driving runner acts on it."""
+        record = self.store.get_rollout(rollout_id)
+        data: dict[str, object] = {"by": self.holder}
+        if full:
+            data["full"] = True
+        at = float(record.snapshot.get("now") or self.wall())
+        self.store.append_event(record.id, f"command.{kind}", data, at=at, lease=None)
+
+    def reconcile(
+        self, *, clock_for_record: Callable[[RolloutRecord], Clock | None] | None = None
+    ) -> list[tuple[RolloutRecord, RunOutcome | Exception]]:
+        """One pass over every active rollout: do whatever work is due, then move on."""
+        results: list[tuple[RolloutRecord, RunOutcome | Exception]] = []
+        for record in self.store.list_rollouts(active_only=True, limit=1000):
+            try:
+                clock = clock_for_record(record) if clock_for_record else None
+                outcome = self.drive(
+                    record.id, on_wait=lambda engine: "detach", clock=clock, until_idle=True
+                )
+                results.append((record, outcome))
+            except Exception as exc:  # one stuck rollout must not stop the others
+                results.append((record, exc))
+        return results

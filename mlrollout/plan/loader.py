@@ -1,0 +1,263 @@
+"""Load a plan file: read safely, parse YAML with locations, validate, check; report every problem
+with file:line:column and the key path."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from mlrollout.errors import PlanError, PlanIssue
+from mlrollout.plan.checks import Finding, check_plan
+from mlrollout.plan.model import STRATEGY_TYPES, Plan
+from mlrollout.plan.yamlsafe import MAX_BYTES, Located, YamlProblem, load_located
+
+KeyPath = tuple[str | int, ...]
+
+
+@dataclass
+class LoadedPlan:
+    plan: Plan
+    path: str
+    text: str
+    warnings: list[PlanIssue] = field(default_factory=list)
+
+
+def format_path(path: KeyPath) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def load_plan(path: str | os.PathLike[str]) -> LoadedPlan:
+    """Read and validate a plan file. Raises :class:`PlanError` listing every problem."""
+    name = str(path)
+    file = Path(path)
+    try:
+        if file.is_dir():
+            raise PlanError([PlanIssue(name, 0, 0, "", "is a directory, not a plan file")])
+        size = file.stat().st_size
+        if size > MAX_BYTES:
+            raise PlanError(
+                [
+                    PlanIssue(
+                        name,
+                        0,
+                        0,
+                        "",
+                        f"the file is {size // 1024} KiB; "
+                        f"a plan is at most {MAX_BYTES // 1024} KiB",
+                    )
+                ]
+            )
+        raw = file.read_bytes()
+    except FileNotFoundError:
+        raise PlanError([PlanIssue(name, 0, 0, "", "no such file")]) from None
+    except PermissionError:
+        raise PlanError(
+            [PlanIssue(name, 0, 0, "", "cannot read the file (permission denied)")]
+        ) from None
+    except OSError as exc:
+        raise PlanError(
+            [PlanIssue(name, 0, 0, "", f"cannot read the file: {exc.strerror}")]
+        ) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PlanError(
+            [PlanIssue(name, 0, 0, "", f"not UTF-8 text (bad byte at offset {exc.start})")]
+        ) from None
+    return parse_plan(text, name)
+
+
+def parse_plan(text: str, filename: str = "<plan>") -> LoadedPlan:
+    try:
+        located = load_located(text)
+    except YamlProblem as exc:
+        raise PlanError([PlanIssue(filename, exc.line, exc.column, "", exc.message)]) from None
+    issues: list[PlanIssue] = []
+    for dup_path, line, column in located.duplicates:
+        issues.append(
+            PlanIssue(filename, line, column, format_path(dup_path), "the key appears twice")
+        )
+    data = located.data
+    if not isinstance(data, dict):
+        kind = "a list" if isinstance(data, list) else f"a single value ({data!r:.40})"
+        raise PlanError(
+            [
+                PlanIssue(
+                    filename,
+                    1,
+                    1,
+                    "",
+                    f"a plan is a mapping of keys (version, name, target, ...), not {kind}",
+                )
+            ]
+        )
+    try:
+        plan = Plan.model_validate(data)
+    except ValidationError as exc:
+        issues += [_issue(filename, located, err) for err in exc.errors()]
+        raise PlanError(_dedupe(issues)) from None
+    warnings: list[PlanIssue] = []
+    for finding in check_plan(plan):
+        issue = _finding_issue(filename, located, finding)
+        (issues if finding.severity == "error" else warnings).append(issue)
+    if issues:
+        raise PlanError(_dedupe(issues))
+    return LoadedPlan(plan=plan, path=filename, text=text, warnings=warnings)
+
+
+def _dedupe(issues: list[PlanIssue]) -> list[PlanIssue]:
+    seen: set[tuple[int, int, str, str]] = set()
+    out = []
+    for issue in sorted(issues, key=lambda i: (i.line, i.column)):
+        key = (issue.line, issue.column, issue.path, issue.message)
+        if key not in seen:
+            seen.add(key)
+            out.append(issue)
+    return out
+
+
+def _finding_issue(filename: str, located: Located, finding: Finding) -> PlanIssue:
+    line, column = located.mark(finding.path)
+    prefix = "warning: " if finding.severity == "warning" else ""
+    return PlanIssue(filename, line, column, format_path(finding.path), prefix + finding.message)
+
+
+# ------------------------------------------------------------------ pydantic errors → plan issues
+
+
+def _data_path(loc: tuple[int | str, ...], data: Any) -> KeyPath:
+    """Drop pydantic's union/tag members from ``loc`` by walking the real data alongside it."""
+    path: list[str | int] = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and isinstance(part, str) and part in node:
+            path.append(part)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            path.append(part)
+            node = node[part]
+        elif isinstance(node, dict) and isinstance(part, str):
+            # a missing key, an extra key not in the data, or a union tag: keep only real keys
+            if not _is_tag(part):
+                path.append(part)
+                node = None
+        else:
+            continue
+    return tuple(path)
+
+
+def _is_tag(part: str) -> bool:
+    return (
+        part in STRATEGY_TYPES
+        or part[:1].isupper()
+        or part.startswith(("literal[", "function-", "str", "float", "int", "dict[", "list["))
+    )
+
+
+def _model_at(path: KeyPath, data: Any) -> type[BaseModel] | None:
+    """The model class that validates the mapping at ``path`` (for did-you-mean hints)."""
+    model: type[BaseModel] | None = Plan
+    node = data
+    for part in path:
+        if model is None:
+            return None
+        if isinstance(part, int):
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+            continue
+        info = model.model_fields.get(part)
+        node = node.get(part) if isinstance(node, dict) else None
+        if info is None:
+            return None
+        model = _pick_model(info.annotation, node)
+    return model
+
+
+def _pick_model(annotation: Any, node: Any) -> type[BaseModel] | None:
+    candidates: list[type[BaseModel]] = []
+
+    def collect(tp: Any) -> None:
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            candidates.append(tp)
+            return
+        origin = typing.get_origin(tp)
+        if origin in (typing.Union, types.UnionType, list, typing.Annotated):
+            for arg in typing.get_args(tp):
+                collect(arg)
+
+    collect(annotation)
+    if len(candidates) > 1 and isinstance(node, dict):
+        for model in candidates:
+            tag = model.model_fields.get("type")
+            if tag is not None and node.get("type") in typing.get_args(tag.annotation):
+                return model
+        return None
+    return candidates[0] if candidates else None
+
+
+def _issue(filename: str, located: Located, err: Any) -> PlanIssue:
+    kind = err["type"]
+    path = _data_path(tuple(err["loc"]), located.data)
+    message = str(err["msg"])
+    if message.startswith(("Value error, ", "Assertion failed, ")):
+        message = message.split(", ", 1)[1]
+    if kind == "extra_forbidden":
+        key = path[-1] if path else "?"
+        model = _model_at(path[:-1], located.data)
+        allowed = sorted(model.model_fields) if model else []
+        close = difflib.get_close_matches(str(key), allowed, n=1)
+        message = f"unknown key {key!r}"
+        if close:
+            message += f" (did you mean {close[0]!r}?)"
+        elif allowed:
+            message += f"; allowed here: {', '.join(allowed)}"
+        line, column = located.mark(path, key=True)
+        return PlanIssue(filename, line, column, format_path(path), message)
+    if kind == "missing":
+        key = path[-1] if path else "?"
+        message = f"missing required key {key!r}"
+        line, column = located.mark(path[:-1])
+        return PlanIssue(filename, line, column, format_path(path), message)
+    if kind == "union_tag_not_found":
+        message = f"the strategy needs a type: one of {', '.join(STRATEGY_TYPES)}"
+    elif kind == "union_tag_invalid":
+        tag = str(err.get("ctx", {}).get("tag", ""))
+        close = difflib.get_close_matches(tag, STRATEGY_TYPES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        message = f"unknown strategy type {tag!r}{hint}; one of {', '.join(STRATEGY_TYPES)}"
+        path = (*path, "type") if path and path[-1] != "type" else path
+    elif kind == "literal_error":
+        expected = str(err.get("ctx", {}).get("expected", ""))
+        options = [o.strip().strip("'") for o in expected.replace(" or ", ",").split(",")]
+        got = err.get("input")
+        close = difflib.get_close_matches(str(got), options, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        message = f"got {got!r}, expected {expected}{hint}"
+    elif kind in ("model_type", "model_attributes_type", "dict_type"):
+        message = f"expected a mapping of keys, got {_type_name(err.get('input'))}"
+    elif kind == "list_type":
+        message = f"expected a list, got {_type_name(err.get('input'))}"
+    line, column = located.mark(path)
+    return PlanIssue(filename, line, column, format_path(path), message)
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return f"{type(value).__name__} {value!r:.40}"

@@ -1,0 +1,464 @@
+"""The typed rollout plan (version 1). See PLAN-FORMAT.md for the stable core.
+
+Models only check what a single value can tell; checks that need the whole plan or a provider's
+capabilities live in :mod:`mlrollout.plan.checks`. Every model rejects unknown keys.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from mlrollout.units import parse_duration, parse_latency, parse_percent, parse_points
+
+_DURATION_SCHEMA = {
+    "type": "string",
+    "pattern": r"^[0-9]+(\.[0-9]+)?(ms|s|m|h|d)$",
+    "description": "A duration with a unit: 90s, 10m, 2h, 7d.",
+    "examples": ["90s", "10m", "2h"],
+}
+_LATENCY_SCHEMA = {
+    "type": "string",
+    "pattern": r"^[0-9]+(\.[0-9]+)?(us|ms|s)$",
+    "description": "A latency with a unit: 300ms, 1.2s.",
+}
+_PERCENT_SCHEMA = {
+    "anyOf": [
+        {"type": "number", "minimum": 0, "maximum": 100},
+        {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?%$"},
+    ],
+    "description": "A percentage: 25 or 25%.",
+}
+
+Duration = Annotated[float, BeforeValidator(parse_duration), WithJsonSchema(_DURATION_SCHEMA)]
+NonNegDuration = Annotated[
+    float,
+    BeforeValidator(lambda v: parse_duration(v, allow_zero=True)),
+    WithJsonSchema(_DURATION_SCHEMA),
+]
+Latency = Annotated[float, BeforeValidator(parse_latency), WithJsonSchema(_LATENCY_SCHEMA)]
+Percent = Annotated[float, BeforeValidator(parse_percent), WithJsonSchema(_PERCENT_SCHEMA)]
+
+
+def _rate(value: object) -> float:
+    """An error rate as a fraction: ``0.01`` or ``'1%'``."""
+    if isinstance(value, str):
+        return parse_percent(value) / 100.0
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"expected a rate such as 0.01 or 1%, got {value!r}")
+    return float(value)
+
+
+Rate = Annotated[
+    float,
+    BeforeValidator(_rate),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0, "maximum": 1},
+                {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?%$"},
+            ],
+            "description": "A rate: a fraction such as 0.01, or a percentage such as 1%.",
+        }
+    ),
+]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------------------- target
+
+#: Keys every provider accepts in ``target``.
+COMMON_TARGET_KEYS = frozenset({"provider", "endpoint", "endpoint_url", "metrics_url"})
+
+
+class Target(BaseModel):
+    """Where the rollout happens. Provider-specific keys are allowed here and checked against the
+    provider's own list (:attr:`mlrollout.providers.ProviderSpec.target_keys`)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    provider: str = Field(description="local | sagemaker | vertex | azureml | a plugin's name")
+    endpoint: str = Field(min_length=1, max_length=256)
+    endpoint_url: str | None = Field(
+        default=None, description="Point the control-plane clients at an emulator."
+    )
+    metrics_url: str | None = Field(default=None, description="Where the metrics live.")
+
+    def setting(self, key: str) -> Any:
+        """A provider-specific key (``region``, ``project``...), or None."""
+        if key in type(self).model_fields:
+            return getattr(self, key)
+        return (self.model_extra or {}).get(key)
+
+    def settings(self) -> dict[str, Any]:
+        data = self.model_dump(exclude_none=True)
+        return data
+
+
+# ------------------------------------------------------------------------------------ candidate
+
+
+class Candidate(StrictModel):
+    name: str = Field(min_length=1, max_length=63, description="Variant/deployment name.")
+    model: str | None = Field(default=None, description="The platform's model reference.")
+    instance_type: str | None = None
+    instance_count: int = Field(default=1, ge=1, le=1000)
+
+
+# ------------------------------------------------------------------------------------- strategy
+
+
+class AnalyzeWindow(StrictModel):
+    """How long an ``analyze`` step watches. ``fixed`` windows bake for ``max``; adaptive ones
+    (``{min, max}``) go on as soon as every gate has passed after ``min``."""
+
+    min: float
+    max: float
+    adaptive: bool
+
+
+def _analyze(value: object) -> AnalyzeWindow:
+    if isinstance(value, AnalyzeWindow):
+        return value
+    if isinstance(value, dict):
+        unknown = set(value) - {"min", "max"}
+        if unknown:
+            raise ValueError(
+                f"unknown key {sorted(unknown)[0]!r} in analyze: use {{min: 5m, max: 30m}}"
+            )
+        if "min" not in value or "max" not in value:
+            raise ValueError("an adaptive analyze needs both min and max, e.g. {min: 5m, max: 30m}")
+        low, high = parse_duration(value["min"]), parse_duration(value["max"])
+        if low > high:
+            raise ValueError(f"analyze min ({value['min']}) is longer than max ({value['max']})")
+        return AnalyzeWindow(min=low, max=high, adaptive=True)
+    seconds = parse_duration(value)
+    return AnalyzeWindow(min=seconds, max=seconds, adaptive=False)
+
+
+class Approve(StrictModel):
+    timeout: Duration | None = Field(
+        default=None, description="How long to wait for `mlrollout promote`; none = forever."
+    )
+    on_timeout: Literal["rollback", "continue"] = "rollback"
+
+
+def _approve(value: object) -> object:
+    if value is True or value is None:
+        return {}
+    return value
+
+
+class Step(StrictModel):
+    """One canary step: exactly one of ``weight``, ``analyze``, ``pause``, ``approve``."""
+
+    weight: Percent | None = Field(default=None, description="Candidate share of traffic, %.")
+    analyze: Annotated[
+        AnalyzeWindow | None,
+        BeforeValidator(lambda v: None if v is None else _analyze(v)),
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    _DURATION_SCHEMA,
+                    {
+                        "type": "object",
+                        "properties": {"min": _DURATION_SCHEMA, "max": _DURATION_SCHEMA},
+                        "required": ["min", "max"],
+                        "additionalProperties": False,
+                    },
+                ]
+            }
+        ),
+    ] = None
+    pause: Duration | None = Field(default=None, description="Wait without judging.")
+    approve: Annotated[Approve | None, BeforeValidator(_approve)] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _exactly_one(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise ValueError(
+                "a step is a mapping with one key: weight, analyze, pause or approve "
+                f"(e.g. '- weight: 5'), got {data!r}"
+            )
+        kinds = [k for k in ("weight", "analyze", "pause", "approve") if k in data]
+        if len(kinds) > 1:
+            raise ValueError(
+                f"a step has exactly one of weight, analyze, pause, approve; this one has "
+                f"{' and '.join(kinds)}: split it into {len(kinds)} steps"
+            )
+        if not kinds and not (set(data) - {"weight", "analyze", "pause", "approve"}):
+            raise ValueError("an empty step: give one of weight, analyze, pause, approve")
+        return data
+
+    @field_validator("weight")
+    @classmethod
+    def _weight_range(cls, value: float | None) -> float | None:
+        if value is not None and not 0 <= value <= 100:
+            raise ValueError(f"a weight is a percentage from 0 to 100, got {value:g}")
+        return value
+
+    @property
+    def kind(self) -> str:
+        for name in ("weight", "analyze", "pause", "approve"):
+            if getattr(self, name) is not None:
+                return name
+        raise AssertionError("validated step without a kind")
+
+
+class CanaryStrategy(StrictModel):
+    type: Literal["canary"]
+    steps: list[Step] = Field(min_length=1)
+
+
+class LinearStrategy(StrictModel):
+    type: Literal["linear"]
+    step: Percent = Field(description="Percent added to the candidate at each increment.")
+    every: Duration = Field(description="Analysis time between increments.")
+
+    @field_validator("step")
+    @classmethod
+    def _step_range(cls, value: float) -> float:
+        if not 0 < value <= 100:
+            raise ValueError(
+                f"a linear step is a percentage above 0 and at most 100, got {value:g}"
+            )
+        return value
+
+
+class BlueGreenStrategy(StrictModel):
+    type: Literal["blue_green"]
+    pre_promotion: Duration | None = None
+    post_promotion: Duration | None = None
+    keep_previous: NonNegDuration = 0.0
+
+
+class ShadowStrategy(StrictModel):
+    type: Literal["shadow"]
+    percent: Percent = 100.0
+    duration: Duration
+    then: Literal["promote", "rollback", "stop"] = "stop"
+
+    @field_validator("percent")
+    @classmethod
+    def _percent_range(cls, value: float) -> float:
+        if not 0 < value <= 100:
+            raise ValueError(f"shadow percent is above 0 and at most 100, got {value:g}")
+        return value
+
+
+class ABTestStrategy(StrictModel):
+    type: Literal["ab_test"]
+    split: Percent = 50.0
+    max_duration: Duration
+    then: Literal["promote_winner", "stop"] = "stop"
+
+    @field_validator("split")
+    @classmethod
+    def _split_range(cls, value: float) -> float:
+        if not 0 < value < 100:
+            raise ValueError(f"an A/B split is above 0 and below 100, got {value:g}")
+        return value
+
+
+Strategy = Annotated[
+    CanaryStrategy | LinearStrategy | BlueGreenStrategy | ShadowStrategy | ABTestStrategy,
+    Field(discriminator="type"),
+]
+STRATEGY_TYPES = ("canary", "linear", "blue_green", "shadow", "ab_test")
+
+# ------------------------------------------------------------------------------------- analysis
+
+GateMetric = Literal[
+    "error_rate", "latency_p50", "latency_p90", "latency_p99", "requests", "custom"
+]
+LATENCY_METRICS = {"latency_p50": 0.50, "latency_p90": 0.90, "latency_p99": 0.99}
+
+
+class Comparison(StrictModel):
+    """``vs_baseline``: how much worse than the baseline the candidate may be."""
+
+    max_increase: str | float | None = Field(
+        default=None, description="Relative (25%) or absolute (0.5pp, 20ms) margin."
+    )
+    max_decrease: str | float | None = Field(default=None)
+
+    @model_validator(mode="after")
+    def _one(self) -> Comparison:
+        if (self.max_increase is None) == (self.max_decrease is None):
+            raise ValueError("vs_baseline needs exactly one of max_increase or max_decrease")
+        return self
+
+    @property
+    def raw(self) -> str | float:
+        value = self.max_increase if self.max_increase is not None else self.max_decrease
+        assert value is not None
+        return value
+
+
+class Margin(StrictModel):
+    """A parsed ``vs_baseline`` margin: ``relative`` as a fraction (0.25 = +25 %), ``absolute`` in
+    the metric's own unit (a rate difference for error_rate, seconds for latency)."""
+
+    kind: Literal["relative", "absolute"]
+    amount: float
+
+
+class Gate(StrictModel):
+    name: str = Field(min_length=1, max_length=64)
+    metric: GateMetric
+    max: str | float | None = Field(default=None, description="Absolute upper bound.")
+    min: str | float | None = Field(default=None, description="Absolute lower bound.")
+    vs_baseline: Comparison | None = None
+    query: dict[str, Any] | None = Field(
+        default=None, description="Provider-native query for a custom metric."
+    )
+    direction: Literal["increase", "decrease"] | None = Field(
+        default=None, description="Which way is worse (custom metrics); default increase."
+    )
+    dry_run: bool = Field(default=False, description="Record the verdict, never decide on it.")
+
+    @property
+    def worse_when(self) -> Literal["increase", "decrease"]:
+        if self.direction is not None:
+            return self.direction
+        if self.vs_baseline is not None and self.vs_baseline.max_decrease is not None:
+            return "decrease"
+        return "increase"
+
+    # Parsed bounds, in the metric's unit (rate fraction, seconds, count, raw value).
+    def parse_bound(self, raw: str | float) -> float:
+        return parse_metric_value(self.metric, raw)
+
+    @property
+    def max_value(self) -> float | None:
+        return None if self.max is None else self.parse_bound(self.max)
+
+    @property
+    def min_value(self) -> float | None:
+        return None if self.min is None else self.parse_bound(self.min)
+
+    @property
+    def margin(self) -> Margin | None:
+        if self.vs_baseline is None:
+            return None
+        return parse_margin(self.metric, self.vs_baseline.raw)
+
+
+def parse_metric_value(metric: str, raw: str | float) -> float:
+    """A gate bound in the metric's unit: error_rate → fraction, latency → seconds."""
+    if metric == "error_rate":
+        return _rate(raw)
+    if metric in LATENCY_METRICS:
+        return parse_latency(raw)
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        raise ValueError(f"expected a number, got {raw!r}")
+    return float(raw)
+
+
+def parse_margin(metric: str, raw: str | float) -> Margin:
+    if isinstance(raw, str) and raw.strip().endswith("pp"):
+        if metric != "error_rate" and metric != "custom":
+            raise ValueError(f"percentage points (pp) only apply to rates, not {metric}")
+        return Margin(kind="absolute", amount=parse_points(raw) / 100.0)
+    if metric in LATENCY_METRICS and isinstance(raw, str) and not raw.strip().endswith("%"):
+        return Margin(kind="absolute", amount=parse_latency(raw))
+    amount = parse_percent(raw)
+    if amount < 0:
+        raise ValueError(f"a margin is not negative, got {raw!r}")
+    return Margin(kind="relative", amount=amount / 100.0)
+
+
+class PrometheusSource(StrictModel):
+    url: str = Field(min_length=1)
+
+
+class MetricsSourceChoice(StrictModel):
+    prometheus: PrometheusSource
+
+
+class Analysis(StrictModel):
+    source: Literal["default"] | MetricsSourceChoice = "default"
+    interval: Duration = Field(default=60.0, description="One look per interval.")
+    delay: NonNegDuration = Field(default=0.0, description="Ingestion lag after a traffic change.")
+    min_requests: int = Field(default=100, ge=0, le=10**9)
+    no_data: Literal["hold", "rollback"] = "hold"
+    max_hold: Duration = 1800.0
+    on_inconclusive: Literal["rollback", "continue", "pause"] = "rollback"
+    alpha: float = Field(default=0.05, gt=0, le=0.5)
+    gates: list[Gate] = Field(default_factory=list)
+
+
+class RollbackPolicy(StrictModel):
+    automatic: bool = True
+    cleanup: bool = True
+
+
+class Notification(StrictModel):
+    webhook: str = Field(pattern=r"^https?://", description="POSTed a JSON event per change.")
+
+
+# -------------------------------------------------------------------------------------- sandbox
+
+
+class SandboxVariant(StrictModel):
+    error_rate: Rate = 0.0
+    latency_p50: Latency = 0.05
+    latency_p99: Latency = 0.2
+
+    @field_validator("error_rate")
+    @classmethod
+    def _rate_range(cls, value: float) -> float:
+        if not 0 <= value <= 1:
+            raise ValueError(f"an error rate is between 0 and 1 (or 0% and 100%), got {value:g}")
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SandboxVariant:
+        if self.latency_p99 < self.latency_p50:
+            raise ValueError("latency_p99 is below latency_p50")
+        return self
+
+
+class Sandbox(StrictModel):
+    seed: int = Field(default=0, ge=0, le=2**63 - 1)
+    rps: float = Field(default=100.0, gt=0, le=1_000_000)
+    speed: Literal["max"] | Annotated[float, Field(gt=0, le=1_000_000)] = "max"
+    variants: dict[str, SandboxVariant] = Field(
+        description="Simulated variants; the first one serves 100 % at the start."
+    )
+
+    @field_validator("variants")
+    @classmethod
+    def _some(cls, value: dict[str, SandboxVariant]) -> dict[str, SandboxVariant]:
+        if not value:
+            raise ValueError("the sandbox names no variants: list the baseline and the candidate")
+        return value
+
+
+# ----------------------------------------------------------------------------------------- plan
+
+
+class Plan(StrictModel):
+    version: Literal[1] = Field(description="The plan format's version; only 1 exists.")
+    name: str = Field(min_length=1, max_length=128, description="Free text, shown in reports.")
+    target: Target
+    baseline: str = Field(default="auto", min_length=1)
+    candidate: Candidate
+    strategy: Strategy
+    analysis: Analysis = Field(default_factory=Analysis)
+    rollback: RollbackPolicy = Field(default_factory=RollbackPolicy)
+    notify: list[Notification] = Field(default_factory=list)
+    sandbox: Sandbox | None = None

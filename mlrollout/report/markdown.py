@@ -1,0 +1,156 @@
+"""After-the-fact views of one rollout: a Markdown report (CI summaries, pull-request comments),
+the JSON summary of ``mlrollout status --output json`` and its human rendering."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.text import Text
+
+from mlrollout.engine.engine import RolloutState
+from mlrollout.plan.timeline import ExecStep
+from mlrollout.report.console import describe_event, gate_name, gates_of, iso, join, outcome, render
+from mlrollout.state.base import Event, RolloutRecord
+from mlrollout.units import format_duration
+
+TERMINAL = ("succeeded", "rolled_back", "aborted")
+
+
+def _cell(text: object) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+
+
+def next_steps(record: RolloutRecord, state: RolloutState) -> list[str]:
+    """What a human can do now, as commands."""
+    rid, plan = record.id, record.plan_path or "PLAN"
+    phase = state.phase
+    if phase in ("rolled_back", "aborted"):
+        return [
+            f"Inspect the candidate `{state.candidate}`: its logs, and the gate numbers above.",
+            f"Check what a new attempt would do: `mlrollout plan preview {plan}`.",
+            f"Fix the model or the plan, then run again: `mlrollout run {plan}`.",
+        ]
+    if phase == "waiting":
+        return [
+            f"Go on: `mlrollout promote {rid}` (or `--full` to skip the remaining steps).",
+            f"Give up and restore `{state.baseline}`: `mlrollout abort {rid}`.",
+        ]
+    if phase == "succeeded":
+        return [f"Nothing: `{state.candidate}` serves all traffic. Watch its dashboards."]
+    return [
+        f"Follow it: `mlrollout status {rid}`; stop it: `mlrollout abort {rid}`.",
+        f"If no runner drives it any more: `mlrollout resume {rid}`.",
+    ]
+
+
+def markdown_report(record: RolloutRecord, events: list[Event], steps: list[ExecStep]) -> str:
+    """A Markdown summary of one rollout from its record and journal."""
+    state = RolloutState.from_dict(record.snapshot)
+    started = next((e for e in events if e.kind == "started"), None)
+    if started is not None and state.baseline is None:
+        state.baseline = started.data.get("baseline")
+    head, detail = outcome(state, steps)
+    first = events[0].at if events else None
+    end = events[-1] if events and state.phase in TERMINAL else None
+    last = events[-1].at if events else None
+    duration = format_duration(last - first) if first is not None and last is not None else "-"
+    headline = join(f"**{head.capitalize()}**", detail)
+    lines = [f"# {record.name} — rollout `{record.id}`", "", headline + "."]
+    facts = [
+        ["Endpoint", f"`{record.endpoint_key}`"],
+        ["Baseline → candidate", f"`{state.baseline or '?'}` → `{state.candidate or '?'}`"],
+        ["Started", iso(first)],
+        ["Ended", iso(end.at) if end else "not yet"],
+        ["Duration (rollout time)", duration],
+        ["Looks", str(state.looks or sum(e.kind == "look" for e in events))],
+    ]
+    lines += ["", *_table(["", ""], facts), "", "## Timeline", ""]
+    rows, previous = [], None
+    for event in events:
+        if event.kind == "look":  # only the looks that changed the picture
+            verdict = (event.data.get("verdict") or {}).get("outcome")
+            if verdict == previous:
+                continue
+            previous = verdict
+        text = describe_event(event, state)
+        if text is not None and first is not None:
+            rows.append([f"+{format_duration(event.at - first)}", text])
+    lines += _table(["Time", "Event"], rows)
+    gates = gates_of(state.last_verdict)
+    if gates:
+        gate_rows = [
+            [
+                gate_name(g) + (" (dry run)" if g.get("dry_run") else ""),
+                str(g.get("metric", "")),
+                f"**{g.get('outcome', '?')}**",
+                str(g.get("reason", "")),
+            ]
+            for g in gates
+        ]
+        lines += ["", "## Final gate verdicts", ""]
+        lines += _table(["Gate", "Metric", "Outcome", "Reason"], gate_rows)
+    lines += ["", "## What to do next", ""]
+    lines += [f"- {item}" for item in next_steps(record, state)]
+    return "\n".join(lines) + "\n"
+
+
+def status_summary(
+    record: RolloutRecord, state: RolloutState, steps: list[ExecStep]
+) -> dict[str, Any]:
+    """The JSON of ``mlrollout status --output json``."""
+    head, detail = outcome(state, steps)
+    current = steps[state.step] if state.step < len(steps) else None
+    waiting = state.waiting
+    return {
+        "id": record.id,
+        "name": record.name,
+        "endpoint": record.endpoint_key,
+        "phase": state.phase,
+        "summary": join(head, detail),
+        "baseline": state.baseline,
+        "candidate": state.candidate,
+        "step": {
+            "index": state.step,
+            "count": len(steps),
+            "description": current.describe() if current else None,
+        },
+        "weights": dict(state.weights),
+        "looks": state.looks,
+        "verdict": (state.last_verdict or {}).get("outcome"),
+        "gates": [
+            {
+                "name": gate_name(g),
+                "metric": g.get("metric"),
+                "outcome": g.get("outcome"),
+                "reason": g.get("reason"),
+                "dry_run": bool(g.get("dry_run")),
+            }
+            for g in gates_of(state.last_verdict)
+        ],
+        "reason": state.reason,
+        "waiting": None
+        if waiting is None
+        else {
+            "reason": waiting.get("reason"),
+            "since": iso(waiting.get("since")),
+            "timeout_at": iso(waiting.get("timeout_at")),
+            "on_timeout": waiting.get("on_timeout"),
+            "commands": [f"mlrollout promote {record.id}", f"mlrollout abort {record.id}"],
+        },
+        "updated_at": iso(state.now or None),
+    }
+
+
+def render_status(
+    record: RolloutRecord, state: RolloutState, steps: list[ExecStep]
+) -> RenderableType:
+    """The human ``mlrollout status ID`` output: the live view, then what to do next."""
+    body = render(state, rollout_id=record.id, plan_name=record.name, steps=steps)
+    hints = Text("\n".join(f"→ {s}" for s in next_steps(record, state)), style="dim")
+    return Group(body, hints)

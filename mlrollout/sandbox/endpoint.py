@@ -1,0 +1,248 @@
+"""The ``local`` sandbox's simulated endpoint and its metrics.
+
+The endpoint lives in the state store (namespace ``sandbox``, key = endpoint name) so that every
+runner sharing the store sees the same endpoint, and a new process resumes it::
+
+    {"origin": t0, "order": ["v6", "v7"],
+     "variants": {"v6": {"weight": 100.0, "model": null, "instance_type": null,
+                         "instance_count": 1}, ...},
+     "history": [[t0, {"v6": 100.0}], [t1, {"v6": 90.0, "v7": 10.0}], ...],
+     "shadow": {"v7": 100.0}}
+
+The first ``describe()`` creates it from the plan's ``sandbox`` section: the first listed variant
+serves 100 %; the others are only behaviours a candidate may take. Every write passes the runner's
+lease, so a runner that lost its lease cannot move the simulated traffic.
+
+:class:`LocalMetrics` reads windows from :class:`~mlrollout.sandbox.traffic.TrafficModel` with the
+stored weight history. Only buckets that have *completed* by the clock's ``now`` are visible (as a
+real metrics backend shows only finished periods), so a window's numbers never change once seen.
+Custom metrics are not simulated: ``Window.custom`` stays empty, i.e. a custom gate sees no data.
+Mirrored (shadow) traffic is recorded on the endpoint but not simulated yet.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from mlrollout.clock import Clock
+from mlrollout.contracts import (
+    Capabilities,
+    EndpointState,
+    MetricsQuery,
+    VariantState,
+    Window,
+)
+from mlrollout.errors import ProviderError
+from mlrollout.plan.model import Candidate, Sandbox
+from mlrollout.sandbox.traffic import History, TrafficModel
+from mlrollout.state.base import Lease
+
+NAMESPACE = "sandbox"
+CAPABILITIES = Capabilities(
+    weights=True, shadow=True, native_blue_green=False, segment_routing=False
+)
+_TOLERANCE = 1e-6
+
+
+class ValueStore(Protocol):
+    """The part of :class:`~mlrollout.state.base.StateStore` the sandbox uses."""
+
+    def get_value(self, namespace: str, key: str) -> dict[str, Any] | None: ...
+
+    def put_value(
+        self, namespace: str, key: str, value: dict[str, Any], *, lease: Lease | None
+    ) -> None: ...
+
+
+class LocalEndpoint:
+    """A simulated endpoint named ``name`` whose variants behave as ``sandbox`` describes."""
+
+    capabilities: Capabilities = CAPABILITIES
+
+    def __init__(
+        self,
+        name: str,
+        sandbox: Sandbox,
+        store: ValueStore,
+        clock: Clock,
+        lease: Callable[[], Lease | None] = lambda: None,
+    ) -> None:
+        self.name = name
+        self.sandbox = sandbox
+        self.store = store
+        self.clock = clock
+        self.lease = lease
+
+    # ----------------------------------------------------------------------------- record
+
+    def record(self) -> dict[str, Any] | None:
+        """The stored record, re-read on every call (another runner may have changed it)."""
+        return self.store.get_value(NAMESPACE, self.name)
+
+    def _load(self) -> dict[str, Any]:
+        record = self.record()
+        if record is None:
+            first = next(iter(self.sandbox.variants))
+            now = self.clock.now()
+            record = {
+                "origin": now,
+                "order": [first],
+                "variants": {first: _variant(100.0, None, None, 1)},
+                "history": [[now, {first: 100.0}]],
+                "shadow": {},
+            }
+            self._save(record)
+        return record
+
+    def _save(self, record: dict[str, Any]) -> None:
+        self.store.put_value(NAMESPACE, self.name, record, lease=self.lease())
+
+    def _state(self, record: Mapping[str, Any]) -> EndpointState:
+        shadow: Mapping[str, float] = record.get("shadow", {})
+        variants = tuple(
+            VariantState(
+                name=name,
+                weight=float(v["weight"]),
+                model=v.get("model"),
+                instance_type=v.get("instance_type"),
+                instance_count=v.get("instance_count"),
+                shadow_percent=float(shadow.get(name, 0.0)),
+            )
+            for name in record["order"]
+            for v in (record["variants"][name],)
+        )
+        return EndpointState(name=self.name, status="ready", variants=variants)
+
+    # ---------------------------------------------------------------------------- adapter
+
+    def describe(self) -> EndpointState:
+        return self._state(self._load())
+
+    def prepare(self, candidate: Candidate, baseline: str) -> EndpointState:
+        if candidate.name not in self.sandbox.variants:
+            raise ProviderError(
+                f"candidate {candidate.name!r} is not a sandbox variant "
+                f"(the sandbox lists {', '.join(self.sandbox.variants)})",
+                hint="name the candidate after one of the plan's sandbox.variants",
+            )
+        record = self._load()
+        if candidate.name in record["variants"]:
+            return self._state(record)
+        if baseline not in record["variants"]:
+            raise ProviderError(
+                f"baseline {baseline!r} is not deployed on sandbox endpoint {self.name!r} "
+                f"(deployed: {', '.join(record['order'])})"
+            )
+        record["variants"][candidate.name] = _variant(
+            0.0, candidate.model, candidate.instance_type, candidate.instance_count
+        )
+        record["order"].append(candidate.name)
+        self._save(record)
+        return self._state(record)
+
+    def set_traffic(self, weights: Mapping[str, float]) -> EndpointState:
+        record = self._load()
+        deployed: dict[str, Any] = record["variants"]
+        unknown = [name for name in weights if name not in deployed]
+        if unknown:
+            raise ProviderError(
+                f"cannot route traffic to {', '.join(map(repr, unknown))}: not deployed on "
+                f"sandbox endpoint {self.name!r} (deployed: {', '.join(record['order'])})"
+            )
+        bad = [f"{n}={w}" for n, w in weights.items() if not (math.isfinite(w) and 0 <= w <= 100)]
+        total = sum(weights.values())
+        if bad or abs(total - 100.0) > _TOLERANCE:
+            detail = f"weights out of 0..100: {', '.join(bad)}" if bad else f"they sum to {total:g}"
+            raise ProviderError(f"invalid traffic weights {dict(weights)}: {detail}")
+        new = {name: float(weights.get(name, 0.0)) for name in record["order"]}
+        if all(abs(deployed[n]["weight"] - w) <= 1e-9 for n, w in new.items()):
+            return self._state(record)
+        for name, weight in new.items():
+            deployed[name]["weight"] = weight
+        history: list[list[Any]] = record["history"]
+        at = max(self.clock.now(), history[-1][0]) if history else self.clock.now()
+        history.append([at, new])
+        self._save(record)
+        return self._state(record)
+
+    def set_shadow(self, variant: str | None, percent: float) -> EndpointState:
+        record = self._load()
+        if variant is not None and variant not in record["variants"]:
+            raise ProviderError(
+                f"cannot mirror traffic to {variant!r}: not deployed on sandbox endpoint "
+                f"{self.name!r}"
+            )
+        if not (math.isfinite(percent) and 0 <= percent <= 100):
+            raise ProviderError(f"a shadow percent is from 0 to 100, got {percent:g}")
+        shadow = {variant: float(percent)} if variant is not None and percent > 0 else {}
+        if shadow != record.get("shadow", {}):
+            record["shadow"] = shadow
+            self._save(record)
+        return self._state(record)
+
+    def finalize(self, keep: str, retire: str) -> EndpointState:
+        record = self._load()
+        deployed: dict[str, Any] = record["variants"]
+        if keep == retire or keep not in deployed:
+            raise ProviderError(
+                f"cannot finalize sandbox endpoint {self.name!r}: keep {keep!r}, retire "
+                f"{retire!r} (deployed: {', '.join(record['order'])})"
+            )
+        if retire not in deployed:
+            return self._state(record)  # already retired
+        if deployed[retire]["weight"] > 0:
+            raise ProviderError(
+                f"cannot retire {retire!r}: it still takes {deployed[retire]['weight']:g}% "
+                "of the traffic",
+                hint="move its traffic away first (set_traffic)",
+            )
+        del deployed[retire]
+        record["order"].remove(retire)
+        record["shadow"] = {n: p for n, p in record.get("shadow", {}).items() if n != retire}
+        self._save(record)
+        return self._state(record)
+
+    def wait_until_stable(self, timeout: float) -> EndpointState:
+        return self.describe()  # a simulated endpoint is always ready
+
+
+class LocalMetrics:
+    """Seeded synthetic windows for a :class:`LocalEndpoint` (one call per look)."""
+
+    def __init__(self, endpoint: LocalEndpoint) -> None:
+        self.endpoint = endpoint
+        self._model: TrafficModel | None = None
+
+    def model(self, origin: float) -> TrafficModel:
+        """The traffic model for the endpoint created at ``origin`` (kept between looks)."""
+        if self._model is None or self._model.origin != origin:
+            self._model = TrafficModel(self.endpoint.sandbox, origin)
+        return self._model
+
+    def query(self, query: MetricsQuery) -> dict[str, Window]:
+        record = self.endpoint.record()
+        if record is None:
+            return {v: Window() for v in query.variants}
+        origin = float(record["origin"])
+        model = self.model(origin)
+        history: History = [(float(at), ws) for at, ws in record["history"]]
+        seen = set(record["variants"]).union(*(ws for _, ws in history))
+        # Only completed buckets are visible: cut the window at the last bucket boundary <= now.
+        end = min(query.end, model.boundary_before(self.endpoint.clock.now()))
+        return {
+            v: model.window(v, query.start, end, history) if v in seen else Window()
+            for v in query.variants
+        }
+
+
+def _variant(
+    weight: float, model: str | None, instance_type: str | None, count: int
+) -> dict[str, Any]:
+    return {
+        "weight": weight,
+        "model": model,
+        "instance_type": instance_type,
+        "instance_count": count,
+    }

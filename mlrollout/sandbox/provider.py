@@ -1,0 +1,97 @@
+"""The built-in ``local`` provider: a simulated endpoint with seeded synthetic traffic.
+
+The ``mlrollout.endpoints`` entry point ``local = "mlrollout.sandbox.provider:LocalProviderSpec"``
+loads :data:`LocalProviderSpec`, the one instance of :class:`LocalProvider` (entry points load an
+object, and the registry expects a :class:`~mlrollout.contracts.ProviderSpec` instance).
+"""
+
+from __future__ import annotations
+
+from mlrollout.contracts import (
+    Capabilities,
+    EndpointAdapter,
+    MetricsSource,
+    PlanProblem,
+    ProviderContext,
+    ProviderSpec,
+)
+from mlrollout.errors import ProviderError
+from mlrollout.plan.model import Plan
+from mlrollout.sandbox.endpoint import CAPABILITIES, LocalEndpoint, LocalMetrics
+
+
+class LocalProvider:
+    """``target.provider: local`` — needs the plan's ``sandbox`` section, nothing else."""
+
+    name: str = "local"
+    target_keys: frozenset[str] = frozenset()
+    required_keys: frozenset[str] = frozenset()
+    capabilities: Capabilities = CAPABILITIES
+    strategies: frozenset[str] = frozenset({"canary", "linear"})
+    install_hint: str = "built in"
+
+    def check_plan(self, plan: Plan) -> list[PlanProblem]:
+        sandbox = plan.sandbox
+        if sandbox is None:
+            return [
+                PlanProblem(
+                    ("sandbox",),
+                    "the local provider simulates the endpoint from a sandbox section: add "
+                    "sandbox.variants with the baseline first, then the candidate",
+                )
+            ]
+        names = list(sandbox.variants)
+        listed = ", ".join(names)
+        problems = []
+        candidate = plan.candidate.name
+        if candidate not in sandbox.variants:
+            problems.append(
+                PlanProblem(
+                    ("candidate", "name"),
+                    f"candidate {candidate!r} is not a sandbox variant (the sandbox lists "
+                    f"{listed})",
+                )
+            )
+        elif candidate == names[0]:
+            problems.append(
+                PlanProblem(
+                    ("candidate", "name"),
+                    f"candidate {candidate!r} is the first sandbox variant, which serves 100 % "
+                    "at the start (it is the baseline): list the baseline first, then the "
+                    "candidate",
+                )
+            )
+        if plan.baseline != "auto" and plan.baseline not in sandbox.variants:
+            problems.append(
+                PlanProblem(
+                    ("baseline",),
+                    f"baseline {plan.baseline!r} is not a sandbox variant (the sandbox lists "
+                    f"{listed})",
+                )
+            )
+        return problems
+
+    def describe_calls(self, plan: Plan) -> dict[str, list[str]]:
+        return {
+            "describe": ["sandbox: read endpoint record"],
+            "prepare": [f"sandbox: add variant {plan.candidate.name} at 0%"],
+            "set_traffic": ["sandbox: set weights"],
+            "finalize": ["sandbox: remove variant"],
+            "metrics": ["sandbox: synthesize windows (seeded)"],
+        }
+
+    def open(self, context: ProviderContext) -> tuple[EndpointAdapter, MetricsSource]:
+        plan = context.plan
+        if plan.sandbox is None:
+            raise ProviderError(
+                "the local provider needs the plan's sandbox section",
+                hint="run `mlrollout plan validate` for details",
+            )
+        endpoint = LocalEndpoint(
+            plan.target.endpoint, plan.sandbox, context.store, context.clock, context.lease
+        )
+        return endpoint, LocalMetrics(endpoint)
+
+
+#: The object the ``local`` entry point loads.
+LocalProviderSpec: ProviderSpec = LocalProvider()
