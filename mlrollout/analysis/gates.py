@@ -24,6 +24,8 @@ rule without touching the engine. :class:`FixedHorizonBonferroni` (v1) tests eac
 - **vs_baseline on latency** (and non-rate custom means): both intervals at ``alpha_per_look/2``;
   FAIL when the candidate's lower bound is beyond the limit computed from the baseline's upper
   bound, PASS when the candidate's upper bound is within the limit from the baseline's lower bound.
+- A gate with several criteria (``max`` and ``vs_baseline``...) splits ``alpha_per_look`` evenly
+  between them; its outcome is the worst of theirs.
 - **requests**: the candidate's count, exactly (no statistics): above ``max`` FAILs at once, below
   ``min`` (or ``min_requests``) HOLDs while traffic accrues, otherwise PASS. ``vs_baseline`` on
   requests is not a meaningful comparison (the traffic split decides it): HOLD with an error.
@@ -203,6 +205,13 @@ def _change(kind: Kind, margin: Margin, candidate: float, baseline: float) -> st
     return f" ({change:+.0f}%)" if abs(change) >= 100 else f" ({change:+.3g}%)"
 
 
+def _effect(margin: Margin, candidate: float, baseline: float) -> float | None:
+    """The difference (absolute margin) or the relative change (relative margin)."""
+    if margin.kind == "absolute":
+        return candidate - baseline
+    return candidate / baseline - 1 if baseline > 0 else None
+
+
 def _margin_text(kind: Kind, margin: Margin, worse: Direction) -> str:
     sign = "+" if worse == "increase" else "-"
     if margin.kind == "relative":
@@ -274,10 +283,14 @@ def _fm_statistic(c: _Counts, b: _Counts, offset: float, slope: float) -> float:
         s -= (n2 - x2) / (1 - p) if n2 > x2 else 0.0
         return s
 
-    for _ in range(45):  # bisection; 45 halvings never reach a domain edge in floating point
-        mid = (left + right) / 2
-        left, right = (mid, right) if score(mid) > 0 else (left, mid)
-    p2 = (left + right) / 2
+    if offset == 0:  # a relative margin: the score equation is a quadratic (smaller root)
+        qa, qb, qc = slope * (n1 + n2), -(slope * (n1 + x2) + x1 + n2), x1 + x2
+        p2 = (-qb - math.sqrt(max(0.0, qb * qb - 4 * qa * qc))) / (2 * qa)
+    else:  # bisection; 45 halvings never reach a domain edge in floating point
+        for _ in range(45):
+            mid = (left + right) / 2
+            left, right = (mid, right) if score(mid) > 0 else (left, mid)
+        p2 = (left + right) / 2
     p1 = offset + slope * p2
     variance = p1 * (1 - p1) / n1 + slope * slope * p2 * (1 - p2) / n2
     diff = c.rate - offset - slope * b.rate
@@ -307,9 +320,7 @@ def _rates_vs_baseline(
     numbers: Numbers = {
         "candidate": c.rate,
         "baseline": b.rate,
-        "estimate": c.rate - b.rate
-        if margin.kind == "absolute"
-        else (c.rate / b.rate - 1 if b.rate > 0 else None),
+        "estimate": _effect(margin, c.rate, b.rate),
         "lower": est.lower,
         "upper": est.upper,
         "threshold": limit,
@@ -368,9 +379,7 @@ def _intervals_vs_baseline(
     numbers: Numbers = {
         "candidate": c.value,
         "baseline": b.value,
-        "estimate": c.value - b.value
-        if margin.kind == "absolute"
-        else (c.value / b.value - 1 if b.value > 0 else None),
+        "estimate": _effect(margin, c.value, b.value),
         "lower": c.lower,
         "upper": c.upper,
         "baseline_lower": b.lower,
@@ -469,18 +478,21 @@ class FixedHorizonBonferroni:
             return problem
 
         label, conf, checks = _label(gate), ctx.confidence, []
+        # A gate with several criteria (max, min, vs_baseline) splits its share of alpha.
+        split = max(1, sum(x is not None for x in (gate.max, gate.min, gate.vs_baseline)))
+        z = ctx.z(split)
         for bound, is_max in ((gate.max_value, True), (gate.min_value, False)):
             if bound is None:
                 continue
-            m = _measure(gate, candidate, "candidate", ctx.z())
+            m = _measure(gate, candidate, "candidate", z)
             if isinstance(m, str):
                 return _Result(Outcome.HOLD, m)
             checks.append(
-                _bound_check(label, _kind(gate, m), _as_estimate(m, ctx.z()), bound, is_max, conf)
+                _bound_check(label, _kind(gate, m), _as_estimate(m, z), bound, is_max, conf)
             )
         margin = gate.margin
         if margin is not None:
-            z2 = ctx.z(2)  # two intervals, one statement
+            z2 = ctx.z(2 * split)  # two intervals, one statement
             mc = _measure(gate, candidate, "candidate", z2)
             mb = _measure(gate, baseline, "baseline", z2)
             if isinstance(mc, str) or isinstance(mb, str):
@@ -488,7 +500,7 @@ class FixedHorizonBonferroni:
             kind = _kind(gate, mc)
             if isinstance(mc, _Counts) and isinstance(mb, _Counts):
                 checks.append(
-                    _rates_vs_baseline(label, kind, mc, mb, margin, gate.worse_when, ctx.z(), conf)
+                    _rates_vs_baseline(label, kind, mc, mb, margin, gate.worse_when, z, conf)
                 )
             else:
                 checks.append(

@@ -113,8 +113,12 @@ def event_line(event: Event, state: RolloutState) -> tuple[str, str] | None:
         return "passed", f"analysis passed after {when}: {gates}"
     if kind == "waiting":
         timeout_at = data.get("timeout_at")
-        within = "no timeout" if timeout_at is None else format_duration(timeout_at - event.at)
-        return "waiting", f"waiting for approval ({within})"
+        within = (
+            "no timeout"
+            if timeout_at is None
+            else f"times out in {format_duration(timeout_at - event.at)}"
+        )
+        return "waiting", f"for approval ({within})"
     if kind == "paused":
         return "paused", str(data.get("reason", ""))
     simple = {
@@ -237,6 +241,8 @@ def render(
     for step in steps:
         if step.index < state.step or state.phase == "succeeded":
             step_list.append(f"  ✓ {step.describe()}\n", style="green")
+        elif step.index == state.step and state.phase in ("rolling_back", "rolled_back"):
+            step_list.append(f"  ✗ {step.describe()}\n", style="red")
         elif step.index == state.step and state.phase in ("progressing", "waiting"):
             step_list.append(f"  ▶ {step.describe()}\n", style="bold")
         else:

@@ -57,7 +57,8 @@ def test_clearly_bad_candidate_fails_with_numbers_in_the_reason() -> None:
     assert g.numbers["threshold"] == pytest.approx(0.0125)
     assert g.numbers["candidate_requests"] == 2000
     assert g.numbers["baseline_requests"] == 5000
-    assert g.numbers["statistic"] is not None and g.numbers["statistic"] > 10
+    assert g.numbers["statistic"] is not None and g.numbers["critical"] is not None
+    assert g.numbers["statistic"] > g.numbers["critical"]
 
 
 def test_clearly_good_candidate_passes() -> None:
@@ -257,7 +258,7 @@ def verdict_of(*outcomes: Outcome, dry: tuple[bool, ...] = ()) -> Verdict:
     return Verdict(
         [
             GateVerdict(f"g{i}", "error_rate", o, "r", {}, d)
-            for i, (o, d) in enumerate(zip(outcomes, flags))
+            for i, (o, d) in enumerate(zip(outcomes, flags, strict=True))
         ]
     )
 
@@ -339,16 +340,13 @@ def fail_rate(candidate_rate: float, runs: int = 300, looks: int = 20, seed: int
     gs = gate_set(ERRORS_25, looks=looks)
     rng, failures = random.Random(seed), 0
     for _ in range(runs):
-        cand, base = Window(requests=0, errors=0), Window(requests=0, errors=0)
+        n_c = x_c = n_b = x_b = 0
         for _ in range(looks):
-            cand = Window(
-                requests=cand.requests + 150,
-                errors=cand.errors + binomial(rng, 150, candidate_rate),
-            )  # type: ignore[operator]
-            base = Window(
-                requests=base.requests + 600, errors=base.errors + binomial(rng, 600, 0.02)
-            )  # type: ignore[operator]
-            outcome = gs.look(cand, base).outcome
+            n_c, x_c = n_c + 150, x_c + binomial(rng, 150, candidate_rate)
+            n_b, x_b = n_b + 600, x_b + binomial(rng, 600, 0.02)
+            outcome = gs.look(
+                Window(requests=n_c, errors=x_c), Window(requests=n_b, errors=x_b)
+            ).outcome
             if outcome is Outcome.FAIL:
                 failures += 1
             if outcome in (Outcome.FAIL, Outcome.PASS):
@@ -360,3 +358,14 @@ def test_simulated_false_fail_rate_stays_within_alpha() -> None:
     assert fail_rate(0.02) <= 0.05  # healthy: same rate as the baseline
     assert fail_rate(0.025) <= 0.05  # worst case: exactly at the +25% margin
     assert fail_rate(0.06, runs=50) >= 0.9  # and the gate does catch a real regression
+
+
+def test_a_gate_with_several_criteria_takes_the_worst() -> None:
+    gate = {**ERRORS_25, "max": "2%"}
+    g = only(
+        gate_set(gate).look(
+            Window(requests=50_000, errors=2500), Window(requests=50_000, errors=500)
+        )
+    )
+    assert g.outcome is Outcome.FAIL
+    assert "above the 2% maximum" in g.reason and "beyond the +25% margin" in g.reason

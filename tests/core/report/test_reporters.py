@@ -132,7 +132,7 @@ def test_describe_event_sentences() -> None:
         "promoted: v7 serves 100%"
     )
     assert describe_event(ev(3, 0, "waiting", step=2, timeout_at=T0 + 7200), st) == (
-        "waiting: waiting for approval (2h)"
+        "waiting: for approval (times out in 2h)"
     )
     odd = ev(4, 0, "look", verdict={"gates": [{"name": "x", "numbers": None}, "junk"]})
     assert describe_event(odd, st) == "look: 0s in: x: ? (no data)"

@@ -1,0 +1,44 @@
+# The two commands of the README's quick start: `make demo` and `make test`.
+# Both set up everything on a fresh machine with Python 3.11+, pip and make.
+
+PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
+	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+	&& { command -v $$p; break; }; done)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PROVIDERS := $(wildcard providers/*/pyproject.toml)
+
+.PHONY: setup demo test lint typecheck unit bench clean
+
+$(STAMP): pyproject.toml $(PROVIDERS)
+	@test -n "$(PYTHON)" || { echo "error: Python 3.11 or newer is needed (set PYTHON=...)"; exit 2; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
+		echo "venv is unavailable; trying virtualenv"; \
+		$(PYTHON) -m pip install --user -q virtualenv && $(PYTHON) -m virtualenv $(VENV); }
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[dev]" \
+		$(foreach p,$(PROVIDERS),-e ./$(patsubst %/,%,$(dir $(p))))
+	@touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv and install mlrollout (editable) with the dev tools
+
+demo: $(STAMP)  ## two sandbox rollouts: one rolled back, one promoted
+	$(BIN)/mlrollout demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test: lint typecheck unit  ## ruff, mypy (strict on the core), the whole pytest suite
+
+bench: $(STAMP)  ## benchmark figures (not timed tests)
+	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
