@@ -113,8 +113,9 @@ def test_good_candidate_is_promoted_and_baseline_retired(tmp_path: Path) -> None
     assert world.run_to_end() == Phase.SUCCEEDED
     assert world.endpoint() == {"v2": 100.0}
     assert world.kinds()[-1] == "promoted"
-    looks = [e for e in world.store.events(world.record.id) if e.kind in ("look",
-                                                                           "analysis.passed")]
+    looks = [
+        e for e in world.store.events(world.record.id) if e.kind in ("look", "analysis.passed")
+    ]
     assert len(looks) == 20  # one per minute over two 10-minute analyses
 
 
@@ -192,7 +193,9 @@ def test_abort_mid_analysis_restores_the_baseline(tmp_path: Path) -> None:
 
 
 def test_approval_waits_then_promote_continues(tmp_path: Path) -> None:
-    text = plan_text().replace("    - weight: 50\n", "    - approve: {timeout: 1h}\n    - weight: 50\n")
+    text = plan_text().replace(
+        "    - weight: 50\n", "    - approve: {timeout: 1h}\n    - weight: 50\n"
+    )
     world = World(tmp_path, text)
     assert world.run_to_end() == Phase.WAITING
     assert world.engine.state.waiting is not None
@@ -203,7 +206,9 @@ def test_approval_waits_then_promote_continues(tmp_path: Path) -> None:
 
 
 def test_approval_timeout_rolls_back(tmp_path: Path) -> None:
-    text = plan_text().replace("    - weight: 50\n", "    - approve: {timeout: 1h}\n    - weight: 50\n")
+    text = plan_text().replace(
+        "    - weight: 50\n", "    - approve: {timeout: 1h}\n    - weight: 50\n"
+    )
     world = World(tmp_path, text)
     result = None
     for _ in range(200):
@@ -241,8 +246,10 @@ def test_no_data_holds_then_applies_on_inconclusive(tmp_path: Path) -> None:
 
 
 def test_no_data_continue_policy_goes_on(tmp_path: Path) -> None:
-    text = plan_text().replace("rps: 100", "rps: 1").replace(
-        "  max_hold: 5m\n", "  max_hold: 5m\n  on_inconclusive: continue\n"
+    text = (
+        plan_text()
+        .replace("rps: 100", "rps: 1")
+        .replace("  max_hold: 5m\n", "  max_hold: 5m\n  on_inconclusive: continue\n")
     )
     world = World(tmp_path, text)
     assert world.run_to_end() == Phase.SUCCEEDED
@@ -294,8 +301,11 @@ def test_linear_strategy_walks_the_increments(tmp_path: Path) -> None:
     )
     world = World(tmp_path, text)
     assert world.run_to_end() == Phase.SUCCEEDED
-    weights = [e.data["weights"].get("v2") for e in world.store.events(world.record.id)
-               if e.kind == "set_traffic.applied"]
+    weights = [
+        e.data["weights"].get("v2")
+        for e in world.store.events(world.record.id)
+        if e.kind == "set_traffic.applied"
+    ]
     assert weights == [25.0, 50.0, 75.0, 100.0]
 
 
@@ -306,8 +316,9 @@ def test_dry_run_gate_records_but_never_rolls_back(tmp_path: Path) -> None:
     world = World(tmp_path, text)
     assert world.run_to_end() == Phase.SUCCEEDED
     looks = [e for e in world.store.events(world.record.id) if e.kind == "look"]
-    outcomes = {g["outcome"] for e in looks for g in e.data["verdict"]["gates"]
-                if g["gate"] == "errors"}
+    outcomes = {
+        g["outcome"] for e in looks for g in e.data["verdict"]["gates"] if g["gate"] == "errors"
+    }
     assert "fail" in outcomes
 
 
@@ -320,6 +331,13 @@ def test_second_runner_cannot_drive_the_same_endpoint(tmp_path: Path) -> None:
 
 
 def test_snapshot_roundtrip_keeps_every_field() -> None:
-    state = RolloutState(phase="waiting", baseline="a", candidate="b", step=3, looks=7,
-                         weights={"a": 90.0, "b": 10.0}, waiting={"reason": "approval"})
+    state = RolloutState(
+        phase="waiting",
+        baseline="a",
+        candidate="b",
+        step=3,
+        looks=7,
+        weights={"a": 90.0, "b": 10.0},
+        waiting={"reason": "approval"},
+    )
     assert RolloutState.from_dict(state.to_dict()) == state
