@@ -21,6 +21,7 @@ app = typer.Typer(
     ),
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: rendering it through rich.markdown doubles --help's time
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )

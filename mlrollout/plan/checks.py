@@ -29,6 +29,7 @@ class Finding:
     path: Path
     message: str
     severity: Literal["error", "warning"] = "error"
+    at_key: bool = False  # point at the key itself (an unknown key), not its value
 
 
 def check_plan(plan: Plan) -> list[Finding]:
@@ -64,6 +65,7 @@ def _check_provider(plan: Plan) -> list[Finding]:
                     ("target", key),
                     f"unknown key {key!r} for provider {spec.name!r}{hint}; "
                     f"allowed: {', '.join(sorted(allowed))}",
+                    at_key=True,
                 )
             )
     for key in sorted(spec.required_keys):

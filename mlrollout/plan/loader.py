@@ -130,7 +130,7 @@ def _dedupe(issues: list[PlanIssue]) -> list[PlanIssue]:
 
 
 def _finding_issue(filename: str, located: Located, finding: Finding) -> PlanIssue:
-    line, column = located.mark(finding.path)
+    line, column = located.mark(finding.path, key=finding.at_key)
     prefix = "warning: " if finding.severity == "warning" else ""
     return PlanIssue(filename, line, column, format_path(finding.path), prefix + finding.message)
 
