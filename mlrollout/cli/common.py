@@ -65,7 +65,10 @@ def open_store(location: str) -> StateStore:
 def console(stderr: bool = False) -> Console:
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+    stream = sys.stderr if stderr else sys.stdout
+    # Off a terminal (CI logs, pipes) rich would wrap at 80 columns: give lines room instead.
+    width = None if stream.isatty() else 160
+    return Console(stderr=stderr, highlight=False, soft_wrap=False, width=width)
 
 
 def interactive() -> bool:

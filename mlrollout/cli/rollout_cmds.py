@@ -10,9 +10,9 @@ import typer
 from mlrollout.cli.common import Output, OutputOption, console, interactive, print_json, settings
 
 if TYPE_CHECKING:
-    from mlrollout.engine.engine import Engine, Listener
+    from mlrollout.engine.engine import Engine, Listener, RolloutState
     from mlrollout.engine.runner import RunOutcome, WaitDecision
-    from mlrollout.state.base import RolloutRecord, StateStore
+    from mlrollout.state.base import Event, RolloutRecord, StateStore
 
 IdArg = Annotated[str, typer.Argument(help="Rollout id (a unique prefix is enough).", metavar="ID")]
 
@@ -34,15 +34,29 @@ class _Display:
     ) -> None:
         from mlrollout.report.console import JsonReporter, LiveReporter, PlainReporter
 
+        self.record = record
+        self.steps = plan_steps
         self.live: LiveReporter | None = None
-        self.listener: Listener
+        self.current: Listener
         if output == Output.json:
-            self.listener = JsonReporter(sys.stdout)
+            self.current = JsonReporter(sys.stdout)
         elif sys.stdout.isatty():
             self.live = LiveReporter(console(), record.id, record.name, plan_steps, worst)
-            self.listener = self.live
+            self.current = self.live
         else:
-            self.listener = PlainReporter(sys.stdout, record.id, plan_steps)
+            self.current = PlainReporter(sys.stdout, record.id, plan_steps)
+
+    def __call__(self, event: Event, state: RolloutState) -> None:
+        self.current(event, state)
+
+    def to_plain(self) -> None:
+        """Leave the live view (before a prompt); go on with plain lines."""
+        from mlrollout.report.console import PlainReporter
+
+        if self.live is not None:
+            self.live.close()
+            self.live = None
+            self.current = PlainReporter(sys.stdout, self.record.id, self.steps)
 
     def __enter__(self) -> _Display:
         if self.live is not None:
@@ -50,7 +64,7 @@ class _Display:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        close = getattr(self.listener, "close", None)
+        close = getattr(self.current, "close", None)
         if close is not None:
             close()
 
@@ -74,16 +88,14 @@ def _drive(ctx: typer.Context, rollout_id: str, output: Output, detach: bool) ->
     plan = plan_of(record)
     worst = sum(r.max_seconds for r in timeline(plan) if r.max_seconds != float("inf"))
     display = _Display(output, record, expand_steps(plan), worst)
-    runner = Runner(store, listeners=[display.listener])
+    runner = Runner(store, listeners=[display])
     prompt = interactive() and output == Output.text and not detach
 
     def on_wait(engine: Engine) -> WaitDecision:
         if detach:
             return "detach"
         if prompt:
-            if display.live is not None:
-                display.live.close()
-                display.live = None
+            display.to_plain()
             return _ask(engine)
         return "detach" if engine.clock.virtual else "wait"
 
@@ -300,7 +312,7 @@ def list_(
             "name": r.name,
             "endpoint": r.endpoint_key,
             "phase": r.phase,
-            "created": datetime.fromtimestamp(r.created_at, UTC).isoformat(timespec="seconds"),
+            "created": datetime.fromtimestamp(r.created_at, UTC).strftime("%Y-%m-%d %H:%M"),
             "reason": r.snapshot.get("reason"),
         }
         for r in records

@@ -107,8 +107,8 @@ def timeline(plan: Plan) -> list[TimedStep]:
             assert step.window is not None
             low = analysis.delay + step.window.min
             high = analysis.delay + step.window.max
-            if analysis.no_data == "hold" or step.window.adaptive:
-                high += analysis.max_hold if analysis.no_data == "hold" else 0.0
+            if analysis.no_data == "hold" and not step.window.adaptive:
+                high += analysis.max_hold  # short of data at the end: hold up to max_hold
             looks = math.ceil((high - analysis.delay) / analysis.interval)
         elif step.kind == "pause":
             assert step.pause is not None
