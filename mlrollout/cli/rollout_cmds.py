@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -99,6 +100,7 @@ def _drive(ctx: typer.Context, rollout_id: str, output: Output, detach: bool) ->
             return _ask(engine)
         return "detach" if engine.clock.virtual else "wait"
 
+    previous = signal.signal(signal.SIGTERM, _terminate)  # CI cancels with SIGTERM
     try:
         with display:
             outcome = runner.drive(record.id, on_wait=on_wait)
@@ -108,8 +110,14 @@ def _drive(ctx: typer.Context, rollout_id: str, output: Output, detach: bool) ->
             f"`mlrollout resume {record.id}` or roll it back with `mlrollout abort {record.id}`\n"
         )
         return 3
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     _summary(outcome, output)
     return outcome.exit_code
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _summary(outcome: RunOutcome, output: Output) -> None:
