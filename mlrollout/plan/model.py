@@ -161,6 +161,13 @@ def _approve(value: object) -> object:
     return value
 
 
+_STEP_EXAMPLES = {
+    "weight": "'- weight: 10'",
+    "analyze": "'- analyze: 10m'",
+    "pause": "'- pause: 5m'",
+}
+
+
 class Step(StrictModel):
     """One canary step: exactly one of ``weight``, ``analyze``, ``pause``, ``approve``."""
 
@@ -194,6 +201,9 @@ class Step(StrictModel):
                 f"(e.g. '- weight: 5'), got {data!r}"
             )
         kinds = [k for k in ("weight", "analyze", "pause", "approve") if k in data]
+        for kind in kinds:
+            if data[kind] is None and kind != "approve":
+                raise ValueError(f"'{kind}' needs a value, e.g. " + _STEP_EXAMPLES[kind])
         if len(kinds) > 1:
             raise ValueError(
                 f"a step has exactly one of weight, analyze, pause, approve; this one has "
