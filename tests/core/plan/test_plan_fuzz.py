@@ -1,4 +1,4 @@
-"""Hostile plans: whatever the input, loading ends in a plan or a PlanError — never anything else."""
+"""Hostile plans: whatever the input, loading ends in a plan or a PlanError, nothing else."""
 
 from __future__ import annotations
 
