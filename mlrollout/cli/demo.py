@@ -26,14 +26,30 @@ def plans_dir() -> Path:
     raise FileNotFoundError("the example plans are missing from this installation")
 
 
+def demo_state(state: str) -> Path:
+    """Where the demo keeps its rollouts: beside the user's state, never inside it.
+
+    ``.mlrollout`` → ``.mlrollout/demo``; ``x/state.db`` → ``x/state-demo.db``; a backend URL →
+    ``.mlrollout/demo`` (the demo only runs on the local sandbox)."""
+    if "://" in state:
+        return Path(".mlrollout") / "demo"
+    path = Path(state).expanduser()
+    if path.suffix in (".db", ".sqlite"):
+        return path.with_name(f"{path.stem}-demo{path.suffix}")
+    return path / "demo"
+
+
 def run_demo(settings: Settings, output: Output) -> int:
     from mlrollout.engine.runner import Runner
     from mlrollout.plan.loader import load_plan
     from mlrollout.report.console import JsonReporter, PlainReporter
 
-    state_dir = Path(settings.state) / "demo"
-    if state_dir.exists():
-        shutil.rmtree(state_dir)  # the demo's own sandbox endpoints start fresh each time
+    state_dir = demo_state(settings.state)
+    if state_dir.exists():  # the demo's own sandbox endpoints start fresh each time
+        if state_dir.is_dir():
+            shutil.rmtree(state_dir)
+        else:
+            state_dir.unlink()
     store = open_store(str(state_dir))
     folder = plans_dir()
     say = (

@@ -17,7 +17,7 @@ from mlrollout.clock import Clock, ScaledClock, SystemClock, VirtualClock
 from mlrollout.contracts import ProviderContext, ProviderSpec, endpoint_key
 from mlrollout.engine.engine import Engine, Listener, RolloutState
 from mlrollout.engine.phases import Phase
-from mlrollout.errors import ExitCode, NeedsHuman
+from mlrollout.errors import ExitCode, LeaseHeld, NeedsHuman
 from mlrollout.plan.loader import LoadedPlan, parse_plan
 from mlrollout.plan.model import Plan
 from mlrollout.plugins import provider_spec
@@ -51,6 +51,26 @@ def holder_name() -> str:
     except Exception:  # no user database entry (containers)
         user = "unknown"
     return f"{user}@{socket.gethostname()} pid {os.getpid()}"
+
+
+_HOLDER = re.compile(r"@(?P<host>\S+) pid (?P<pid>\d+)$")
+
+
+def _dead_local_holder(holder: str) -> bool:
+    """True when ``holder`` names a process on this host that is not running any more."""
+    match = _HOLDER.search(holder)
+    if match is None or match["host"] != socket.gethostname():
+        return False
+    pid = int(match["pid"])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, owned by someone else
+        return False
+    return False
 
 
 def plan_endpoint_key(plan: Plan) -> str:
@@ -154,7 +174,17 @@ class Runner:
         return self._lease
 
     def _take_lease(self, key: str) -> None:
-        self._lease = self.store.acquire_lease(key, self.holder, self.lease_ttl)
+        try:
+            self._lease = self.store.acquire_lease(key, self.holder, self.lease_ttl)
+        except LeaseHeld:
+            held = self.store.current_lease(key)
+            if held is None or not _dead_local_holder(held.holder):
+                raise
+            # The holder was a process on this machine that no longer exists (killed): its
+            # lease would only expire after the TTL. Release it in its name (the store checks
+            # the token, so a lease that changed hands meanwhile is left alone) and take it.
+            self.store.release_lease(held)
+            self._lease = self.store.acquire_lease(key, self.holder, self.lease_ttl)
         self._renewed_at = self.wall()
 
     def _renew_lease(self) -> None:

@@ -34,7 +34,9 @@ class Finding:
 
 def check_plan(plan: Plan) -> list[Finding]:
     found: list[Finding] = []
-    found += _check_provider(plan)
+    provider_problems = _check_provider(plan)
+    found += provider_problems
+    provider_known = not any(f.path == ("target", "provider") for f in provider_problems)
     found += _check_steps(plan)
     found += _check_gates(plan)
     found += _check_analysis(plan)
@@ -46,7 +48,7 @@ def check_plan(plan: Plan) -> list[Finding]:
                 ("notify",), "webhook notifications are not sent yet (recorded only)", "warning"
             )
         )
-    if plan.sandbox is not None and plan.target.provider != "local":
+    if plan.sandbox is not None and plan.target.provider != "local" and provider_known:
         found.append(
             Finding(("sandbox",), "a sandbox section only applies to provider: local; remove it")
         )

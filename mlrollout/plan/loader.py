@@ -159,11 +159,17 @@ def _data_path(loc: tuple[int | str, ...], data: Any) -> KeyPath:
     return tuple(path)
 
 
+_TYPE_NAMES = frozenset({"str", "int", "float", "bool", "none", "bytes"})
+
+
 def _is_tag(part: str) -> bool:
+    """Is this ``loc`` element a pydantic union member/tag rather than a key of the plan?"""
     return (
-        part in STRATEGY_TYPES
-        or part[:1].isupper()
-        or part.startswith(("literal[", "function-", "str", "float", "int", "dict[", "list["))
+        part in STRATEGY_TYPES  # discriminated union tags
+        or part in _TYPE_NAMES
+        or part[:1].isupper()  # model classes
+        or "[" in part  # literal[...], function-after[...], dict[...], list[...]
+        or part.startswith("constrained-")
     )
 
 
@@ -249,6 +255,8 @@ def _issue(filename: str, located: Located, err: Any) -> PlanIssue:
         message = f"expected a mapping of keys, got {_type_name(err.get('input'))}"
     elif kind == "list_type":
         message = f"expected a list, got {_type_name(err.get('input'))}"
+    elif kind.endswith(("_parsing", "_type")) and "input" in err:
+        message = f"{message}, got {_type_name(err['input'])}"
     line, column = located.mark(path)
     return PlanIssue(filename, line, column, format_path(path), message)
 
