@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -19,9 +20,10 @@ IdArg = Annotated[str, typer.Argument(help="Rollout id (a unique prefix is enoug
 
 
 def register(app: typer.Typer) -> None:
-    for command in (run, resume, status, list_, promote, abort, reconcile, report, providers, demo):
+    for command in (run, resume, status, list_, promote, abort, reconcile, report, demo):
         name = command.__name__.rstrip("_")
         app.command(name=name)(command)
+    app.add_typer(providers_app, name="providers")
 
 
 # ------------------------------------------------------------------------------------- driving
@@ -80,7 +82,27 @@ def _ask(engine: Engine) -> WaitDecision:
     return {"p": "promote", "a": "abort"}.get(answer, "detach")  # type: ignore[return-value]
 
 
-def _drive(ctx: typer.Context, rollout_id: str, output: Output, detach: bool) -> int:
+class OnInterrupt(StrEnum):
+    stop = "stop"
+    rollback = "rollback"
+
+
+OnInterruptOption = typer.Option(
+    OnInterrupt.stop,
+    "--on-interrupt",
+    help="On Ctrl-C or SIGTERM: stop (finish the change in flight, record it, exit 3; "
+    "`resume` continues) or rollback (then roll back and exit 1). A second signal stops at once.",
+)
+
+
+def _drive(
+    ctx: typer.Context,
+    rollout_id: str,
+    output: Output,
+    detach: bool,
+    on_interrupt: OnInterrupt = OnInterrupt.stop,
+    adopt: bool = False,
+) -> int:
     from mlrollout.engine.runner import Runner, plan_of
     from mlrollout.plan.timeline import expand_steps, timeline
 
@@ -100,24 +122,36 @@ def _drive(ctx: typer.Context, rollout_id: str, output: Output, detach: bool) ->
             return _ask(engine)
         return "detach" if engine.clock.virtual else "wait"
 
-    previous = signal.signal(signal.SIGTERM, _terminate)  # CI cancels with SIGTERM
+    def request_stop(signum: int, frame: object) -> None:
+        if runner.stop_requested:  # the second signal: stop now
+            raise KeyboardInterrupt
+        runner.stop_requested = True
+        sys.stderr.write(
+            "\nstopping after the change in flight is recorded (again to stop at once)\n"
+        )
+
+    handlers = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with display:
-            outcome = runner.drive(record.id, on_wait=on_wait)
+            outcome = runner.drive(record.id, on_wait=on_wait, adopt=adopt)
+            if outcome.interrupted and on_interrupt == OnInterrupt.rollback:
+                sys.stderr.write(f"interrupted: rolling {record.id} back (--on-interrupt)\n")
+                runner.stop_requested = False
+                runner.command(record.id, "abort")
+                outcome = runner.drive(record.id, on_wait=lambda engine: "detach")
     except KeyboardInterrupt:
+        outcome = None
+    finally:
+        for sig, previous in handlers.items():
+            signal.signal(sig, previous)
+    if outcome is None or (outcome.interrupted and not outcome.phase.terminal):
         sys.stderr.write(
             f"interrupted: rollout {record.id} is recorded; continue it with "
             f"`mlrollout resume {record.id}` or roll it back with `mlrollout abort {record.id}`\n"
         )
         return 3
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     _summary(outcome, output)
     return outcome.exit_code
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def _summary(outcome: RunOutcome, output: Output) -> None:
@@ -153,6 +187,7 @@ def run(
             "--detach", help="Stop (exit 3) at the first wait for a human instead of waiting."
         ),
     ] = False,
+    on_interrupt: OnInterrupt = OnInterruptOption,
     output: Output = OutputOption,
 ) -> int:
     """Validate the plan, show the preview, ask once, then drive the rollout to its end.
@@ -181,7 +216,7 @@ def run(
     record = Runner(store).create(loaded)
     if output == Output.text:
         sys.stderr.write(f"rollout {record.id} started (state: {store.location})\n")
-    return _drive(ctx, record.id, output, detach)
+    return _drive(ctx, record.id, output, detach, on_interrupt)
 
 
 def resume(
@@ -190,6 +225,15 @@ def resume(
     detach: Annotated[
         bool, typer.Option("--detach", help="Stop (exit 3) at the first wait for a human.")
     ] = False,
+    adopt: Annotated[
+        bool,
+        typer.Option(
+            "--adopt",
+            help="The endpoint was changed by hand (exit 5, 'changed outside this rollout'): "
+            "take its live weights as the rollout's and continue from there.",
+        ),
+    ] = False,
+    on_interrupt: OnInterrupt = OnInterruptOption,
     output: Output = OutputOption,
 ) -> int:
     """Continue a rollout from its journal (after a kill, an exit 3, or `promote`)."""
@@ -197,7 +241,7 @@ def resume(
     if record.phase in ("succeeded", "rolled_back", "aborted"):
         sys.stderr.write(f"rollout {record.id} already ended: {record.phase}\n")
         return 0 if record.phase == "succeeded" else 1
-    return _drive(ctx, record.id, output, detach)
+    return _drive(ctx, record.id, output, detach, on_interrupt, adopt=adopt)
 
 
 def promote(
@@ -372,8 +416,14 @@ def report(
     sys.stdout.write(markdown_report(record, events, expand_steps(plan_of(record))))
 
 
-def providers(output: Output = OutputOption) -> None:
+providers_app = typer.Typer(rich_markup_mode=None, no_args_is_help=False)
+
+
+@providers_app.callback(invoke_without_command=True)
+def providers(ctx: typer.Context, output: Output = OutputOption) -> None:
     """The installed providers and state backends, and what each can do."""
+    if ctx.invoked_subcommand is not None:
+        return
     from mlrollout.errors import MlrolloutError
     from mlrollout.plugins import ENDPOINTS_GROUP, STATE_GROUP, provider_spec, refs
 
@@ -399,6 +449,35 @@ def providers(output: Output = OutputOption) -> None:
     for row in rows:
         extra = row.get("error") or ", ".join(row.get("strategies", []))
         sys.stdout.write(f"{row['kind']:9} {row['name']:10} {row['from']:20} {extra}\n")
+
+
+aws_app = typer.Typer(rich_markup_mode=None, no_args_is_help=True)
+providers_app.add_typer(aws_app, name="aws", help="Tools of the AWS provider (mlrollout[aws]).")
+
+
+@aws_app.command("iam-policy")
+def aws_iam_policy(
+    ctx: typer.Context,
+    plan_file: Annotated[str, typer.Argument(help="The rollout plan (YAML).", metavar="PLAN")],
+) -> None:
+    """Print the least-privilege IAM policy (JSON) that running PLAN needs; with an s3:// --state,
+    the state bucket's permissions too. No network."""
+    from mlrollout.errors import ProviderUnavailable, UsageError
+    from mlrollout.plan.loader import load_plan
+
+    plan = load_plan(plan_file).plan
+    if plan.target.provider != "sagemaker":
+        raise UsageError(
+            f"{plan_file} targets provider {plan.target.provider!r}, not sagemaker",
+            hint="the AWS IAM policy only applies to sagemaker plans",
+        )
+    try:
+        from mlrollout_aws.iam import iam_policy  # type: ignore[import-not-found,unused-ignore]
+    except ImportError as exc:
+        raise ProviderUnavailable(
+            "the AWS provider is not installed", hint="install it: pip install 'mlrollout[aws]'"
+        ) from exc
+    print_json(iam_policy(plan, state=settings(ctx).state))
 
 
 def demo(

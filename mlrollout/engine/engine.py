@@ -513,6 +513,10 @@ class Engine:
         self.state.next_look_at = None
         self.state.hold_since = None
 
+    def restart_step(self) -> None:
+        """Start the current step over (after adopting a hand-made change)."""
+        self._enter_step(self.state.step)
+
     def _advance(self) -> None:
         self._enter_step(self.state.step + 1)
 
@@ -522,7 +526,8 @@ class Engine:
             raise EndpointDrifted(
                 f"endpoint {live.name!r} changed outside this rollout: the journal expects "
                 f"{_fmt(expected)}, the endpoint has {_fmt(live.weights())}",
-                hint=f"`mlrollout abort {self.rollout_id}` restores the baseline",
+                hint=f"`mlrollout abort {self.rollout_id}` restores the baseline; "
+                f"`mlrollout resume --adopt {self.rollout_id}` continues from the live weights",
             )
 
     def current_step(self) -> ExecStep | None:

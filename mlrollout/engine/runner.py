@@ -25,6 +25,7 @@ from mlrollout.state.base import Lease, RolloutRecord, StateStore
 
 LEASE_TTL = 60.0  # wall-clock seconds; renewed every third of it while running
 MAX_REAL_SLEEP = 5.0  # wall-clock seconds between ticks at most: commands are noticed quickly
+STOP_POLL = 0.2  # wall-clock seconds: how soon a requested stop is noticed while waiting
 
 #: What a caller decides when a rollout waits for a human (an approve gate, a policy pause).
 WaitDecision = Literal["promote", "abort", "detach", "wait"]
@@ -35,6 +36,7 @@ class RunOutcome:
     rollout_id: str
     phase: Phase
     state: RolloutState
+    interrupted: bool = False  # stopped by a signal between two ticks
 
     @property
     def exit_code(self) -> int:
@@ -120,6 +122,9 @@ class Runner:
         self.lease_ttl = lease_ttl
         self._lease: Lease | None = None
         self._renewed_at = 0.0
+        #: Set (e.g. by a signal handler) to stop between two ticks: the change in flight is
+        #: finished and recorded first, so `resume` continues exactly there.
+        self.stop_requested = False
 
     # ------------------------------------------------------------------------------- create
 
@@ -205,6 +210,7 @@ class Runner:
         clock: Clock | None = None,
         max_ticks: int | None = None,
         until_idle: bool = False,
+        adopt: bool = False,
     ) -> RunOutcome:
         """Tick the rollout until it ends, or waits for a human and ``on_wait`` says detach.
 
@@ -212,12 +218,23 @@ class Runner:
         it (an interactive prompt), ``wait`` keeps waiting (polling the journal for a
         ``mlrollout promote|abort`` from elsewhere), ``detach`` returns (exit code 3).
         With ``until_idle`` it returns as soon as the next tick lies in the future (for
-        ``reconcile``); virtual clocks have no future to wait for and run on.
+        ``reconcile``); virtual clocks have no future to wait for and run on. With ``adopt``, the
+        live endpoint's weights are taken as the journal's (after a change made by hand).
         """
         record = self.store.get_rollout(rollout_id)
         self._take_lease(record.endpoint_key)
         try:
             engine = self.open_engine(record, clock)
+            if adopt:
+                live = engine.adapter.describe()
+                engine.record(
+                    "adopted", {"weights": live.weights(), "journal": dict(engine.state.weights)}
+                )
+                engine.state.weights = live.weights()
+                if engine.state.phase_enum == Phase.PROGRESSING:
+                    # the current step starts over: its windows must not mix the two splits
+                    engine.restart_step()
+                engine.record("adopted.applied", {"weights": live.weights()})
             ticks = 0
             while True:
                 result = engine.tick()
@@ -225,6 +242,10 @@ class Runner:
                 self._renew_lease()
                 if result.done or (max_ticks is not None and ticks >= max_ticks):
                     break
+                if self.stop_requested:
+                    return RunOutcome(
+                        record.id, engine.state.phase_enum, engine.state, interrupted=True
+                    )
                 if result.phase == Phase.WAITING:
                     decision = on_wait(engine)
                     if decision == "detach":
@@ -234,7 +255,7 @@ class Runner:
                         continue
                     if engine.clock.virtual:
                         # Virtual time cannot pass while a human decides: wait on the wall clock.
-                        self.real_sleep(min(MAX_REAL_SLEEP, 1.0))
+                        self.real_sleep(STOP_POLL)
                         continue
                 idle = result.next_at is None or result.next_at > engine.clock.now()
                 if until_idle and idle and not engine.clock.virtual:
@@ -245,8 +266,10 @@ class Runner:
             self._release_lease()
 
     def _sleep_until(self, clock: Clock, next_at: float | None) -> None:
+        """Sleep until the next tick is due (at most MAX_REAL_SLEEP of wall time, so commands
+        and lease renewals keep flowing), waking early when a stop is requested."""
         if next_at is None:
-            self.real_sleep(1.0)
+            self.real_sleep(STOP_POLL)
             return
         delay = next_at - clock.now()
         if delay <= 0:
@@ -254,8 +277,12 @@ class Runner:
         if clock.virtual:
             clock.sleep(delay)
             return
-        factor = getattr(clock, "factor", 1.0)
-        clock.sleep(min(delay, MAX_REAL_SLEEP * factor))
+        factor = float(getattr(clock, "factor", 1.0))
+        remaining = min(delay, MAX_REAL_SLEEP * factor)
+        while remaining > 0 and not self.stop_requested:
+            chunk = min(remaining, STOP_POLL * factor)
+            clock.sleep(chunk)
+            remaining -= chunk
 
     # ----------------------------------------------------------------------------- commands
 

@@ -231,3 +231,53 @@ def test_ctrl_c_leaves_a_resumable_rollout_that_abort_rolls_back(cli, tmp_path):
         store.close()
     assert record is not None
     assert {k: v["weight"] for k, v in record["variants"].items()} == {"v6": 100.0}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupt_with_on_interrupt_rollback_restores_the_baseline(cli, tmp_path, sig):
+    """`--on-interrupt rollback`: the change in flight is finished and recorded, then the
+    rollout is rolled back by the same process, which exits 1."""
+    plan = scaled_plan(tmp_path)
+    state = tmp_path / "state"
+    env = {k: v for k, v in os.environ.items() if k != "MLROLLOUT_DEBUG"}
+    runner = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlrollout",
+            "--state",
+            str(state),
+            "run",
+            "--yes",
+            "--on-interrupt",
+            "rollback",
+            str(plan),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while not after_events(6)(journal(state / "state.db")):
+            assert runner.poll() is None, "the run ended before the interrupt"
+            assert time.monotonic() < deadline, "no look recorded in 15 s"
+            time.sleep(POLL)
+        runner.send_signal(sig)
+        _, err = runner.communicate(timeout=15)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait()
+    assert runner.returncode == 1, err
+    assert "Traceback" not in err
+    rid = only_rollout(state)
+    kinds = [kind for _, kind, _ in journal(state / "state.db")]
+    # every change that was asked for was also recorded as applied
+    assert kinds.count("set_traffic.requested") == kinds.count("set_traffic.applied")
+    assert "command.abort" in kinds and kinds[-1] == "rolled_back"
+    status = json.loads(cli("--state", state, "status", rid, "-o", "json").out)
+    assert status["phase"] == "rolled_back"
