@@ -37,6 +37,7 @@ def check_plan(plan: Plan) -> list[Finding]:
     provider_problems = _check_provider(plan)
     found += provider_problems
     provider_known = not any(f.path == ("target", "provider") for f in provider_problems)
+    found += _check_secrets(plan)
     found += _check_steps(plan)
     found += _check_gates(plan)
     found += _check_analysis(plan)
@@ -53,6 +54,54 @@ def check_plan(plan: Plan) -> list[Finding]:
             Finding(("sandbox",), "a sandbox section only applies to provider: local; remove it")
         )
     return found
+
+
+_SECRET_WORDS = ("password", "passwd", "secret", "token", "credential", "access_key", "api_key")
+
+
+def _check_secrets(plan: Plan) -> list[Finding]:
+    """A plan is recorded verbatim in the state store and shown in previews and reports: it must
+    not carry credentials. They come from the environment (or the cloud's credential chain)."""
+    found: list[Finding] = []
+    for key, value in plan.target.settings().items():
+        if any(word in key.lower() for word in _SECRET_WORDS):
+            found.append(
+                Finding(
+                    ("target", key),
+                    "credentials do not belong in a plan (it is "
+                    "recorded and shown): use the environment or the provider's "
+                    "credential chain",
+                    at_key=True,
+                )
+            )
+        elif isinstance(value, str) and _userinfo(value):
+            found.append(
+                Finding(
+                    ("target", key),
+                    "this URL carries credentials (user:password@):"
+                    " use the environment or the provider's credential chain",
+                )
+            )
+    for i, note in enumerate(plan.notify):
+        if _userinfo(note.webhook):
+            found.append(
+                Finding(
+                    ("notify", i, "webhook"),
+                    "this URL carries credentials "
+                    "(user:password@): pass them through the environment",
+                )
+            )
+    return found
+
+
+def _userinfo(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return bool(parts.scheme and parts.netloc and parts.password)
 
 
 def _check_provider(plan: Plan) -> list[Finding]:
