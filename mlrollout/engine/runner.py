@@ -15,9 +15,9 @@ from typing import Literal
 
 from mlrollout.clock import Clock, ScaledClock, SystemClock, VirtualClock
 from mlrollout.contracts import ProviderContext, ProviderSpec, endpoint_key
-from mlrollout.engine.engine import Engine, Listener, RolloutState
+from mlrollout.engine.engine import Engine, Listener, RolloutState, TickResult
 from mlrollout.engine.phases import Phase
-from mlrollout.errors import ExitCode, LeaseHeld, NeedsHuman
+from mlrollout.errors import ExitCode, LeaseHeld, NeedsHuman, ProviderError
 from mlrollout.plan.loader import LoadedPlan, parse_plan
 from mlrollout.plan.model import Plan
 from mlrollout.plugins import provider_spec
@@ -237,7 +237,7 @@ class Runner:
                 engine.record("adopted.applied", {"weights": live.weights()})
             ticks = 0
             while True:
-                result = engine.tick()
+                result = self._tick(engine)
                 ticks += 1
                 self._renew_lease()
                 if result.done or (max_ticks is not None and ticks >= max_ticks):
@@ -264,6 +264,24 @@ class Runner:
             return RunOutcome(record.id, engine.state.phase_enum, engine.state)
         finally:
             self._release_lease()
+
+    @staticmethod
+    def _tick(engine: Engine) -> TickResult:
+        """One tick. A provider error once the rollout has begun changing the endpoint is no
+        longer "before any change" (exit 6): the endpoint is in a recorded state and a human
+        decides whether to resume (which retries) or abort (exit 5)."""
+        try:
+            return engine.tick()
+        except ProviderError as exc:
+            if engine.state.phase_enum == Phase.PENDING and engine.state.pending is None:
+                raise
+            rid = engine.rollout_id
+            raise NeedsHuman(
+                f"rollout {rid} stopped in phase {engine.state.phase}: {exc.message}; the "
+                "endpoint is as the journal's last event says",
+                hint=f"{exc.hint + '; then ' if exc.hint else ''}`mlrollout resume {rid}` retries,"
+                f" `mlrollout abort {rid}` rolls back",
+            ) from exc
 
     def _sleep_until(self, clock: Clock, next_at: float | None) -> None:
         """Sleep until the next tick is due (at most MAX_REAL_SLEEP of wall time, so commands

@@ -111,3 +111,30 @@ def test_a_requested_stop_ends_between_ticks_and_resume_continues(
     assert store.current_lease(record.endpoint_key) is None  # released for whoever resumes
     resumed = Runner(store).drive(record.id, clock=clock)
     assert resumed.phase == Phase.SUCCEEDED
+
+
+def test_a_provider_failure_mid_rollout_needs_a_human_and_resume_retries(
+    store: SqliteStateStore,
+) -> None:
+    from mlrollout.errors import ExitCode, NeedsHuman, ProviderError
+
+    runner, rid, clock = _started(store)
+    original = runner.open_engine
+
+    def failing_engine(record: object, clock: object = None) -> object:
+        engine = original(record, clock)  # type: ignore[arg-type]
+
+        def down(weights: object) -> object:
+            raise ProviderError("set_traffic: service unavailable", hint="check the platform")
+
+        engine.adapter.set_traffic = down  # type: ignore[method-assign]
+        return engine
+
+    runner.open_engine = failing_engine  # type: ignore[method-assign]
+    with pytest.raises(NeedsHuman) as caught:
+        runner.drive(rid, clock=clock)
+    assert caught.value.exit_code == ExitCode.NEEDS_HUMAN
+    assert f"mlrollout resume {rid}" in (caught.value.hint or "")
+    assert [e.kind for e in store.events(rid)][-1] == "set_traffic.requested"
+    assert store.current_lease(store.get_rollout(rid).endpoint_key) is None
+    assert Runner(store).drive(rid, clock=clock).phase == Phase.SUCCEEDED
