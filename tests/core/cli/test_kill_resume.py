@@ -188,15 +188,23 @@ def test_resume_right_after_sigkill(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
 
 
-@pytest.mark.slow
-def test_ctrl_c_leaves_a_resumable_rollout_that_abort_rolls_back(cli, tmp_path):
-    """SIGINT (Ctrl-C, or CI cancelling the job): exit 3 with the next steps, the lease is released
-    so `abort` works at once, and abort restores the baseline."""
+def interrupt_run(tmp_path: Path, state: Path, sig: int, *flags: str) -> tuple[int, str]:
+    """Start `run --yes` on the real-time plan, send ``sig`` once a look is recorded, and return
+    the exit code and stderr."""
     plan = scaled_plan(tmp_path)
-    state = tmp_path / "state"
     env = {k: v for k, v in os.environ.items() if k != "MLROLLOUT_DEBUG"}
     runner = subprocess.Popen(
-        [sys.executable, "-m", "mlrollout", "--state", str(state), "run", "--yes", str(plan)],
+        [
+            sys.executable,
+            "-m",
+            "mlrollout",
+            "--state",
+            str(state),
+            "run",
+            "--yes",
+            *flags,
+            str(plan),
+        ],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -209,13 +217,22 @@ def test_ctrl_c_leaves_a_resumable_rollout_that_abort_rolls_back(cli, tmp_path):
             assert runner.poll() is None, "the run ended before the interrupt"
             assert time.monotonic() < deadline, "no look recorded in 15 s"
             time.sleep(POLL)
-        runner.send_signal(signal.SIGINT)
+        runner.send_signal(sig)
         _, err = runner.communicate(timeout=15)
     finally:
         if runner.poll() is None:
             runner.kill()
             runner.wait()
-    assert runner.returncode == 3, err
+    return runner.returncode, err
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_a_resumable_rollout_that_abort_rolls_back(cli, tmp_path):
+    """SIGINT (Ctrl-C, or CI cancelling the job): exit 3 with the next steps, the lease is released
+    so `abort` works at once, and abort restores the baseline."""
+    state = tmp_path / "state"
+    returncode, err = interrupt_run(tmp_path, state, signal.SIGINT)
+    assert returncode == 3, err
     assert "Traceback" not in err
     rid = only_rollout(state)
     assert f"mlrollout resume {rid}" in err and f"mlrollout abort {rid}" in err
@@ -238,41 +255,9 @@ def test_ctrl_c_leaves_a_resumable_rollout_that_abort_rolls_back(cli, tmp_path):
 def test_interrupt_with_on_interrupt_rollback_restores_the_baseline(cli, tmp_path, sig):
     """`--on-interrupt rollback`: the change in flight is finished and recorded, then the
     rollout is rolled back by the same process, which exits 1."""
-    plan = scaled_plan(tmp_path)
     state = tmp_path / "state"
-    env = {k: v for k, v in os.environ.items() if k != "MLROLLOUT_DEBUG"}
-    runner = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlrollout",
-            "--state",
-            str(state),
-            "run",
-            "--yes",
-            "--on-interrupt",
-            "rollback",
-            str(plan),
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        deadline = time.monotonic() + 15
-        while not after_events(6)(journal(state / "state.db")):
-            assert runner.poll() is None, "the run ended before the interrupt"
-            assert time.monotonic() < deadline, "no look recorded in 15 s"
-            time.sleep(POLL)
-        runner.send_signal(sig)
-        _, err = runner.communicate(timeout=15)
-    finally:
-        if runner.poll() is None:
-            runner.kill()
-            runner.wait()
-    assert runner.returncode == 1, err
+    returncode, err = interrupt_run(tmp_path, state, sig, "--on-interrupt", "rollback")
+    assert returncode == 1, err
     assert "Traceback" not in err
     rid = only_rollout(state)
     kinds = [kind for _, kind, _ in journal(state / "state.db")]
