@@ -78,6 +78,14 @@ def schema() -> None:
 @app.command()
 def preview(
     file: Annotated[str, typer.Argument(help="The plan file.", metavar="FILE")],
+    offline: Annotated[
+        bool,
+        typer.Option(
+            "--offline",
+            help="Never contact the provider. (Today every preview is offline; reading the live "
+            "endpoint and showing the diff comes with the cloud providers.)",
+        ),
+    ] = True,
     output: Output = OutputOption,
 ) -> None:
     """Show what `run` would do: the timeline (weights, shortest and worst-case time), the gates

@@ -163,6 +163,12 @@ class Runner:
         spec: ProviderSpec = provider_spec(plan.target.provider)
         context = ProviderContext(plan=plan, clock=clock, store=self.store, lease=self.lease)
         adapter, metrics = spec.open(context)
+        listeners = list(self.listeners)
+        if plan.notify:
+            from mlrollout.report.webhook import WebhookNotifier
+
+            urls = [n.webhook for n in plan.notify]
+            listeners.append(WebhookNotifier(urls, record.id, plan.name))
         return Engine(
             rollout_id=record.id,
             plan=plan,
@@ -171,7 +177,7 @@ class Runner:
             store=self.store,
             clock=clock,
             lease=self.lease,
-            listeners=self.listeners,
+            listeners=listeners,
             state=state,
         )
 

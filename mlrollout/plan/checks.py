@@ -43,12 +43,6 @@ def check_plan(plan: Plan) -> list[Finding]:
     found += _check_analysis(plan)
     if plan.baseline != "auto" and plan.baseline == plan.candidate.name:
         found.append(Finding(("candidate", "name"), "the candidate has the baseline's name"))
-    if plan.notify:
-        found.append(
-            Finding(
-                ("notify",), "webhook notifications are not sent yet (recorded only)", "warning"
-            )
-        )
     if plan.sandbox is not None and plan.target.provider != "local" and provider_known:
         found.append(
             Finding(("sandbox",), "a sandbox section only applies to provider: local; remove it")
