@@ -273,14 +273,14 @@ class Runner:
 
     @staticmethod
     def _tick(engine: Engine) -> TickResult:
-        """One tick. A provider error once the rollout has begun changing the endpoint is no
-        longer "before any change" (exit 6): the endpoint is in a recorded state and a human
-        decides whether to resume (which retries) or abort (exit 5)."""
+        """One tick. A provider error once traffic has begun to move is no longer "before any
+        change" (exit 6): the endpoint is in a recorded state and a human decides whether to
+        resume (which retries) or abort (exit 5)."""
         try:
             return engine.tick()
         except ProviderError as exc:
-            if engine.state.phase_enum == Phase.PENDING and engine.state.pending is None:
-                raise
+            if engine.state.phase_enum in (Phase.PENDING, Phase.PREPARING):
+                raise  # no traffic has moved: the candidate is at most created at 0 %
             rid = engine.rollout_id
             raise NeedsHuman(
                 f"rollout {rid} stopped in phase {engine.state.phase}: {exc.message}; the "

@@ -1,0 +1,1 @@
+"""mlrollout provider for Google Cloud."""

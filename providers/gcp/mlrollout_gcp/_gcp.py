@@ -1,0 +1,208 @@
+"""The one seam to the Google libraries: credentials, retries and error mapping.
+
+Every call goes through :func:`call`, which
+
+- retries 429, 503 (and 500/502/504) and connection errors with exponential backoff and full
+  jitter (tenacity), sleeping on the injected clock. ``aiplatform_v1`` clients do not retry them
+  themselves, and mlrollout passes ``retry=None`` to the Monitoring client, so there is exactly one
+  retry policy and call counts are what they look like;
+- for a mutation, asks ``applied()`` before each retry whether the earlier attempt already took
+  effect (the response may be lost after the change was made), so no mutation is applied twice;
+- maps what is left to the mlrollout error tree at the boundary, by HTTP code only (the REST
+  transport turns FAILED_PRECONDITION into ``BadRequest``), naming the call and the IAM
+  permission it needs::
+
+      google.auth DefaultCredentialsError     -> ProviderAuthError   (exit 6)
+      401 / 403                               -> ProviderAuthError   (exit 6)
+      429, retries exhausted                  -> ProviderThrottled   (exit 6)
+      5xx / connection, retries exhausted     -> ProviderError       (exit 6)
+      any other API error                     -> GcpCallError        (exit 6; callers may look at
+                                                 its HTTP code: 404 unknown endpoint or model)
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import google.auth
+import google.auth.exceptions
+import requests.exceptions
+from google.api_core import exceptions as gexc
+from google.auth.credentials import AnonymousCredentials, Credentials
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
+
+from mlrollout.errors import ProviderAuthError, ProviderError, ProviderThrottled
+
+RETRY_CODES = frozenset({429, 500, 502, 503, 504})
+SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
+
+#: The IAM permission each call needs, by the client method's name.
+PERMISSIONS = {
+    "get_endpoint": "aiplatform.endpoints.get",
+    "list_endpoints": "aiplatform.endpoints.list",
+    "deploy_model": "aiplatform.endpoints.deploy (and aiplatform.models.deploy on the model)",
+    "undeploy_model": "aiplatform.endpoints.undeploy",
+    "update_endpoint": "aiplatform.endpoints.update",
+    "get_operation": "aiplatform.operations.get",
+    "list_operations": "aiplatform.operations.list",
+    "get_model": "aiplatform.models.get",
+    "list_time_series": "monitoring.timeSeries.list",
+}
+#: The API name each call shows in messages.
+API_NAMES = {
+    "get_endpoint": "Vertex.GetEndpoint",
+    "list_endpoints": "Vertex.ListEndpoints",
+    "deploy_model": "Vertex.DeployModel",
+    "undeploy_model": "Vertex.UndeployModel",
+    "update_endpoint": "Vertex.UpdateEndpoint",
+    "get_operation": "Vertex.GetOperation",
+    "list_operations": "Vertex.ListOperations",
+    "get_model": "Vertex.GetModel",
+    "list_time_series": "Monitoring.ListTimeSeries",
+}
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff, full jitter: retry ``n`` sleeps up to ``min(cap, base * 2**(n-1))``."""
+
+    attempts: int = 8
+    base: float = 0.5
+    cap: float = 20.0
+    sleep: Callable[[float], None] = time.sleep
+    rng: random.Random = field(default_factory=random.Random)
+
+    def wait(self, state: RetryCallState) -> float:
+        return self.rng.uniform(0, min(self.cap, self.base * 2 ** (state.attempt_number - 1)))
+
+
+class GcpCallError(ProviderError):
+    """An API error the caller may handle by its HTTP code (404 unknown resource, 400...)."""
+
+    def __init__(self, message: str, *, code: int, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.code = code
+
+
+def is_plain_http(url: str | None) -> bool:
+    return bool(url) and urlsplit(str(url)).scheme == "http"
+
+
+def credentials_for(url: str | None, *, what: str) -> Credentials:
+    """Application Default Credentials; anonymous ones for a plain-HTTP emulator (no token ever
+    travels in clear text, and an emulator needs none)."""
+    if is_plain_http(url):
+        return AnonymousCredentials()  # type: ignore[no-untyped-call]
+    try:
+        credentials, _project = google.auth.default(scopes=SCOPES)
+    except google.auth.exceptions.DefaultCredentialsError as exc:
+        raise ProviderAuthError(
+            f"no Google Cloud credentials for {what}: {exc}",
+            hint="run `gcloud auth application-default login`, set "
+            "GOOGLE_APPLICATION_CREDENTIALS, or run with a service account that has the "
+            "Vertex AI User role (aiplatform.endpoints.* permissions)",
+        ) from exc
+    return credentials
+
+
+def http_code(exc: BaseException) -> int:
+    if isinstance(exc, gexc.GoogleAPICallError):
+        return int(exc.code or 0)
+    return 0
+
+
+def retryable(exc: BaseException) -> bool:
+    if isinstance(exc, _CONNECTION_ERRORS):
+        return True
+    if isinstance(exc, gexc.RetryError):
+        return True
+    return http_code(exc) in RETRY_CODES
+
+
+def call(
+    method: Callable[..., Any],
+    operation: str,
+    *,
+    retry: RetryPolicy,
+    applied: Callable[[], bool] | None = None,
+    **params: Any,
+) -> Any:
+    """``method(**params)`` with retries and mapped errors (see the module doc).
+
+    ``applied``: for a mutation, returns True when the change is already in effect; asked before
+    each retry, and a True ends the call without sending it again (the result is then None).
+    """
+    attempt = 0
+    try:
+        for try_ in Retrying(
+            stop=stop_after_attempt(retry.attempts),
+            wait=retry.wait,
+            sleep=retry.sleep,
+            retry=retry_if_exception(retryable),
+            reraise=True,
+        ):
+            with try_:
+                attempt += 1
+                if attempt > 1 and applied is not None and applied():
+                    return None
+                return method(**params)
+    except ProviderError:
+        raise
+    except Exception as exc:
+        raise map_error(operation, exc, attempts=attempt) from exc
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def map_error(operation: str, exc: BaseException, *, attempts: int = 1) -> ProviderError:
+    """The mlrollout error for a failed call (foreign exceptions never escape the provider)."""
+    name = API_NAMES.get(operation, operation)
+    permission = PERMISSIONS.get(operation, "the Vertex AI User role")
+    if isinstance(exc, google.auth.exceptions.DefaultCredentialsError):
+        return ProviderAuthError(
+            f"no Google Cloud credentials for {name}: {exc}",
+            hint="run `gcloud auth application-default login` or set "
+            f"GOOGLE_APPLICATION_CREDENTIALS; the identity needs {permission}",
+        )
+    if isinstance(exc, google.auth.exceptions.GoogleAuthError):
+        return ProviderAuthError(
+            f"{name}: Google Cloud credentials could not be used: {exc}",
+            hint=f"refresh the credentials; the identity needs {permission}",
+        )
+    if isinstance(exc, _CONNECTION_ERRORS):
+        return ProviderError(
+            f"{name} could not reach Google Cloud after {attempts} attempts: {exc}",
+            hint="check the network, target.location and target.endpoint_url / metrics_url",
+        )
+    code = http_code(exc)
+    message = getattr(exc, "message", None) or str(exc)
+    if code in (401, 403):
+        return ProviderAuthError(
+            f"{name} was denied ({code}): {message}",
+            hint=f"grant IAM permission {permission} (e.g. the Vertex AI User role, "
+            "roles/aiplatform.user; Monitoring Viewer for metrics)",
+        )
+    if code == 429:
+        return ProviderThrottled(
+            f"{name} stayed throttled after {attempts} attempts (429): {message}",
+            hint="lower the call rate (a longer analysis.interval) or raise the project's quota",
+        )
+    if retryable(exc):
+        return ProviderError(
+            f"{name} kept failing after {attempts} attempts ({code or type(exc).__name__}): "
+            f"{message}",
+            hint="Google Cloud reports a server-side problem; try again later",
+        )
+    if isinstance(exc, gexc.GoogleAPICallError):
+        return GcpCallError(f"{name} failed ({code}): {message}", code=code)
+    return ProviderError(f"{name} failed: {type(exc).__name__}: {exc}")

@@ -1,0 +1,479 @@
+"""A Vertex AI online prediction endpoint as an :class:`~mlrollout.contracts.EndpointAdapter`.
+
+Variants are the endpoint's deployed models, named by their display name (the plan's
+``candidate.name``); the split is the endpoint's ``trafficSplit`` (deployed-model id → integer
+percent, summing to 100). Calls, all through ``aiplatform_v1.EndpointServiceClient`` on the REST
+transport (the gRPC default hangs against emulators and needs more plumbing behind proxies):
+
+- describe: ``GetEndpoint`` (``ListEndpoints`` once when the plan names the endpoint by its display
+  name; ``GetModel`` once, before any change, to check the candidate's model exists);
+- prepare: ``ListOperations`` (an operation still running on the endpoint — a lost response, a
+  crashed runner's deployment — is waited for, never repeated), then ``DeployModel`` with a
+  ``trafficSplit`` that keeps the current split (100 % on the baseline) and gives ``"0"`` — the
+  model being deployed — 0 %, then ``GetOperation`` polls on the injected clock until the
+  long-running operation is done or ``deploy_timeout`` passes;
+- set_traffic: ``UpdateEndpoint`` with update mask ``traffic_split`` (integer percents summing to
+  100, rounded by largest remainder);
+- finalize: ``ListOperations`` as for prepare, ``UndeployModel`` of the retired model with the
+  final split, then ``GetOperation``.
+
+Every mutation is idempotent: it is skipped when the endpoint already shows it, and a retried call
+first checks whether the earlier attempt took effect.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from google.api_core.client_options import ClientOptions
+from google.cloud import aiplatform_v1
+from google.protobuf import field_mask_pb2
+
+from mlrollout.clock import Clock
+from mlrollout.contracts import (
+    Capabilities,
+    EndpointState,
+    ProviderContext,
+    VariantState,
+)
+from mlrollout.errors import ProviderError
+from mlrollout.plan.model import Candidate
+from mlrollout_gcp._gcp import (
+    GcpCallError,
+    RetryPolicy,
+    call,
+    credentials_for,
+    map_error,
+)
+from mlrollout_gcp.spec import CAPABILITIES
+
+_RESOURCE = re.compile(r"^projects/[^/]+/locations/[^/]+/endpoints/[^/]+$")
+_MODEL_RESOURCE = re.compile(r"^projects/[^/]+/locations/[^/]+/models/[^/]+$")
+CALL_TIMEOUT = 60.0  # seconds per HTTP request
+DEPLOY_TIMEOUT = 3600.0  # a deployment can take tens of minutes (machines start, images pull)
+POLL_FIRST, POLL_MAX = 5.0, 30.0
+
+
+@dataclass(frozen=True)
+class DeployedModel:
+    id: str
+    name: str  # display name (the variant's name); the id when it has none
+    model: str
+    machine_type: str | None
+    replicas: int | None
+
+
+def integer_split(weights: Mapping[str, float]) -> dict[str, int]:
+    """Whole percents summing to 100, each within 1 of its weight (largest remainder; ties go to
+    the larger weight, then to the name, so the result is deterministic)."""
+    total = sum(weights.values())
+    if not weights or not math.isfinite(total) or total <= 0:
+        raise ProviderError(f"invalid traffic weights {dict(weights)}: they sum to {total:g}")
+    scaled = {name: 100.0 * w / total for name, w in weights.items()}
+    floors = {name: math.floor(v + 1e-9) for name, v in scaled.items()}
+    left = 100 - sum(floors.values())
+    order = sorted(scaled, key=lambda n: (-(scaled[n] - floors[n]), -scaled[n], n))
+    for name in order[:left]:
+        floors[name] += 1
+    return floors
+
+
+class VertexEndpoint:
+    """One Vertex AI endpoint, named by id, resource name or display name."""
+
+    capabilities: Capabilities = CAPABILITIES
+
+    def __init__(
+        self,
+        endpoint: str,
+        client: Any,
+        clock: Clock,
+        *,
+        project: str,
+        location: str,
+        model_client: Any = None,
+        candidate: Candidate | None = None,
+        retry: RetryPolicy | None = None,
+        deploy_timeout: float = DEPLOY_TIMEOUT,
+    ) -> None:
+        self.endpoint = endpoint
+        self.client = client
+        self.model_client = model_client
+        self.clock = clock
+        self.project = project
+        self.location = location
+        self.candidate = candidate
+        self.retry = retry or RetryPolicy(sleep=clock.sleep)
+        self.deploy_timeout = deploy_timeout
+        self._resource: str | None = None
+        self._model_checked = False
+        #: Display name → deployed model id, for every deployed model seen (the metrics source
+        #: reads it; ids never change, and a retired model keeps its metrics).
+        self.ids: dict[str, str] = {}
+
+    @classmethod
+    def from_context(cls, context: ProviderContext) -> VertexEndpoint:
+        target = context.plan.target
+        location = str(target.setting("location") or "")
+        project = str(target.setting("project") or "")
+        url = target.endpoint_url
+        credentials = credentials_for(url, what="Vertex AI")
+        options = ClientOptions(api_endpoint=url or f"{location}-aiplatform.googleapis.com")
+        try:
+            client = aiplatform_v1.EndpointServiceClient(
+                transport="rest", client_options=options, credentials=credentials
+            )
+            models = aiplatform_v1.ModelServiceClient(
+                transport="rest", client_options=options, credentials=credentials
+            )
+        except Exception as exc:
+            raise map_error("get_endpoint", exc) from exc
+        return cls(
+            target.endpoint,
+            client,
+            context.clock,
+            project=project,
+            location=location,
+            model_client=models,
+            candidate=context.plan.candidate,
+        )
+
+    # ------------------------------------------------------------------------------ plumbing
+
+    def _call(self, operation: str, *, applied: Any = None, **params: Any) -> Any:
+        method = getattr(self.client, operation)
+        return call(
+            method, operation, retry=self.retry, applied=applied, timeout=CALL_TIMEOUT, **params
+        )
+
+    @property
+    def parent(self) -> str:
+        return f"projects/{self.project}/locations/{self.location}"
+
+    def resource(self) -> str:
+        """The endpoint's resource name (a display name is resolved once)."""
+        if self._resource is not None:
+            return self._resource
+        name = self.endpoint
+        if _RESOURCE.match(name):
+            self._resource = name
+        elif name.isdigit():
+            self._resource = f"{self.parent}/endpoints/{name}"
+        else:
+            escaped = name.replace("\\", "\\\\").replace('"', '\\"')
+            found: list[str] = []
+            token = ""
+            while True:  # one call per page (the pager's own iteration would not be retried)
+                page = self._call(
+                    "list_endpoints",
+                    request={
+                        "parent": self.parent,
+                        "filter": f'display_name="{escaped}"',
+                        "page_token": token,
+                    },
+                )
+                found += [e.name for e in page.endpoints]
+                token = page.next_page_token
+                if not token:
+                    break
+            if not found:
+                raise ProviderError(
+                    f"Vertex AI endpoint {name!r} does not exist in {self.parent}",
+                    hint="check target.endpoint (an endpoint id or display name), target.project "
+                    "and target.location; mlrollout rolls out onto an existing endpoint",
+                )
+            if len(found) > 1:
+                raise ProviderError(
+                    f"{len(found)} Vertex AI endpoints are named {name!r} in {self.parent}: "
+                    f"{', '.join(found)}",
+                    hint="set target.endpoint to the endpoint's numeric id",
+                )
+            self._resource = found[0]
+        return self._resource
+
+    @property
+    def endpoint_id(self) -> str:
+        return self.resource().rsplit("/", 1)[-1]
+
+    def model_resource(self, model: str) -> str:
+        if _MODEL_RESOURCE.match(model):
+            return model
+        return f"{self.parent}/models/{model}"
+
+    # ------------------------------------------------------------------------------- reading
+
+    def _get(self) -> Any:
+        try:
+            return self._call("get_endpoint", name=self.resource())
+        except GcpCallError as exc:
+            if exc.code == 404:
+                raise ProviderError(
+                    f"Vertex AI endpoint {self.endpoint!r} does not exist ({self.resource()})",
+                    hint="check target.endpoint, target.project and target.location",
+                ) from exc
+            raise
+
+    def deployed(self, raw: Any) -> tuple[list[DeployedModel], dict[str, int]]:
+        models: list[DeployedModel] = []
+        for dm in raw.deployed_models:
+            resources = dm.dedicated_resources
+            machine = resources.machine_spec.machine_type if resources else ""
+            replicas = resources.min_replica_count if resources else 0
+            models.append(
+                DeployedModel(
+                    id=str(dm.id),
+                    name=str(dm.display_name or dm.id),
+                    model=str(dm.model),
+                    machine_type=machine or None,
+                    replicas=int(replicas) or None,
+                )
+            )
+        names = [m.name for m in models]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ProviderError(
+                f"Vertex AI endpoint {self.endpoint!r} has several deployed models named "
+                f"{', '.join(map(repr, twice))}: mlrollout names variants by display name",
+                hint="give each deployed model its own display name",
+            )
+        for m in models:
+            self.ids[m.name] = m.id
+        split = {str(k): int(v) for k, v in raw.traffic_split.items()}
+        return models, split
+
+    def _state(self, raw: Any) -> EndpointState:
+        models, split = self.deployed(raw)
+        variants = tuple(
+            VariantState(
+                name=m.name,
+                weight=float(split.get(m.id, 0)),
+                model=m.model,
+                instance_type=m.machine_type,
+                instance_count=m.replicas,
+            )
+            for m in models
+        )
+        return EndpointState(name=self.endpoint, status="ready", variants=variants)
+
+    def describe(self) -> EndpointState:
+        state = self._state(self._get())
+        candidate = self.candidate
+        if (
+            not self._model_checked
+            and candidate is not None
+            and candidate.model
+            and state.variant(candidate.name) is None
+        ):
+            self.check_model(candidate.model)
+        return state
+
+    def check_model(self, model: str) -> None:
+        """Fail before any change when the candidate's model does not exist (or is hidden)."""
+        if self.model_client is None:
+            return
+        name = self.model_resource(model)
+        try:
+            call(
+                self.model_client.get_model,
+                "get_model",
+                retry=self.retry,
+                name=name,
+                timeout=CALL_TIMEOUT,
+            )
+        except GcpCallError as exc:
+            if exc.code == 404:
+                raise ProviderError(
+                    f"the candidate's model {model!r} does not exist ({name})",
+                    hint="check candidate.model (upload the model to the Vertex AI Model "
+                    "Registry first); the identity needs aiplatform.models.get",
+                ) from exc
+            raise
+        self._model_checked = True
+
+    # ------------------------------------------------------------------------------ mutating
+
+    def prepare(self, candidate: Candidate, baseline: str) -> EndpointState:
+        raw = self._get()
+        state = self._state(raw)
+        if state.variant(candidate.name) is not None:
+            return state
+        if state.variant(baseline) is None:
+            raise ProviderError(
+                f"baseline {baseline!r} is not deployed on Vertex AI endpoint "
+                f"{self.endpoint!r} (deployed: {', '.join(state.weights()) or 'nothing'})"
+            )
+        if not candidate.model or not candidate.instance_type:
+            raise ProviderError(
+                "Vertex AI needs candidate.model and candidate.instance_type to deploy",
+                hint="run `mlrollout plan validate` for details",
+            )
+        if self._await_running():  # a deployment in flight (a lost response, a crashed runner)
+            raw = self._get()
+            state = self._state(raw)
+            if state.variant(candidate.name) is not None:
+                return state
+        _, split = self.deployed(raw)
+        traffic = {k: v for k, v in split.items() if v > 0}
+        traffic["0"] = 0  # the model being deployed
+        deployed_model = aiplatform_v1.DeployedModel(
+            model=self.model_resource(candidate.model),
+            display_name=candidate.name,
+            dedicated_resources=aiplatform_v1.DedicatedResources(
+                machine_spec=aiplatform_v1.MachineSpec(machine_type=candidate.instance_type),
+                min_replica_count=candidate.instance_count,
+                max_replica_count=candidate.instance_count,
+            ),
+        )
+
+        def applied() -> bool:  # before a retry: did the lost attempt deploy it after all?
+            self._await_running()
+            return self._state(self._get()).variant(candidate.name) is not None
+
+        operation = self._call(
+            "deploy_model",
+            applied=applied,
+            endpoint=self.resource(),
+            deployed_model=deployed_model,
+            traffic_split=traffic,
+        )
+        if operation is not None:
+            self._wait(operation, "deploy_model", f"deploying {candidate.name!r}")
+        return self.describe()
+
+    def set_traffic(self, weights: Mapping[str, float]) -> EndpointState:
+        raw = self._get()
+        state = self._state(raw)
+        unknown = [name for name in weights if state.variant(name) is None]
+        if unknown:
+            raise ProviderError(
+                f"cannot route traffic to {', '.join(map(repr, unknown))}: not deployed on "
+                f"Vertex AI endpoint {self.endpoint!r} "
+                f"(deployed: {', '.join(state.weights()) or 'nothing'})"
+            )
+        bad = [f"{n}={w}" for n, w in weights.items() if not (math.isfinite(w) and 0 <= w <= 100)]
+        if bad:
+            raise ProviderError(f"invalid traffic weights: {', '.join(bad)}")
+        full = {v.name: float(weights.get(v.name, 0.0)) for v in state.variants}
+        percents = integer_split(full)
+        target = {self.ids[name]: p for name, p in percents.items() if p > 0}
+        _, current = self.deployed(raw)
+        if {k: v for k, v in current.items() if v > 0} == target:
+            return state
+
+        def applied() -> bool:
+            _, now = self.deployed(self._get())
+            return {k: v for k, v in now.items() if v > 0} == target
+
+        updated = self._call(
+            "update_endpoint",
+            applied=applied,
+            endpoint=aiplatform_v1.Endpoint(name=self.resource(), traffic_split=target),
+            update_mask=field_mask_pb2.FieldMask(paths=["traffic_split"]),
+        )
+        return self._state(updated) if updated is not None else self.describe()
+
+    def set_shadow(self, variant: str | None, percent: float) -> EndpointState:
+        if variant is None or percent <= 0:
+            return self.describe()  # nothing mirrors, so nothing to stop
+        raise ProviderError(
+            "Vertex AI endpoints cannot mirror (shadow) traffic",
+            hint="run a canary at a low weight instead",
+        )
+
+    def finalize(self, keep: str, retire: str) -> EndpointState:
+        raw = self._get()
+        state = self._state(raw)
+        if keep == retire or state.variant(keep) is None:
+            raise ProviderError(
+                f"cannot finalize Vertex AI endpoint {self.endpoint!r}: keep {keep!r}, retire "
+                f"{retire!r} (deployed: {', '.join(state.weights()) or 'nothing'})"
+            )
+        gone = state.variant(retire)
+        if gone is None:
+            return state  # already undeployed
+        if gone.weight > 0:
+            raise ProviderError(
+                f"cannot retire {retire!r}: it still takes {gone.weight:g}% of the traffic",
+                hint="move its traffic away first (set_traffic)",
+            )
+        if self._await_running():
+            raw = self._get()
+            state = self._state(raw)
+            if state.variant(retire) is None:
+                return state
+        retire_id = self.ids[retire]
+        _, split = self.deployed(raw)
+        final = {k: v for k, v in split.items() if v > 0 and k != retire_id}
+
+        def applied() -> bool:
+            self._await_running()
+            return self._state(self._get()).variant(retire) is None
+
+        operation = self._call(
+            "undeploy_model",
+            applied=applied,
+            endpoint=self.resource(),
+            deployed_model_id=retire_id,
+            traffic_split=final,
+        )
+        if operation is not None:
+            self._wait(operation, "undeploy_model", f"undeploying {retire!r}")
+        return self.describe()
+
+    def wait_until_stable(self, timeout: float) -> EndpointState:
+        return self.describe()  # every change is waited for when it is made
+
+    # ----------------------------------------------------------------------------- operations
+
+    def _await_running(self) -> int:
+        """Wait for this endpoint's operations that are still running — a deployment whose
+        response was lost, or one a crashed runner started — so that nothing is deployed or
+        undeployed twice. Returns how many there were."""
+        response = self._call("list_operations", request={"name": self.resource()})
+        running = [op.name for op in response.operations if not op.done]
+        for name in running:
+            deadline = self.clock.now() + self.deploy_timeout
+            delay = POLL_FIRST
+            while True:
+                op = self._call("get_operation", request={"name": name})
+                if op.done:
+                    break
+                if self.clock.now() >= deadline:
+                    raise ProviderError(
+                        f"operation {name} on Vertex AI endpoint {self.endpoint!r} is still "
+                        f"running after {self.deploy_timeout:g}s",
+                        hint="wait for it to finish (see the Cloud console), then "
+                        "`mlrollout resume`",
+                    )
+                self.clock.sleep(delay)
+                delay = min(POLL_MAX, delay * 1.5)
+        return len(running)
+
+    def _wait(self, operation: Any, kind: str, what: str) -> None:
+        """Poll a long-running operation on the injected clock until done or timed out."""
+        name = operation.operation.name
+        deadline = self.clock.now() + self.deploy_timeout
+        delay = POLL_FIRST
+        while not call(operation.done, "get_operation", retry=self.retry):
+            if self.clock.now() >= deadline:
+                raise ProviderError(
+                    f"{what} on Vertex AI endpoint {self.endpoint!r} did not finish within "
+                    f"{self.deploy_timeout:g}s (operation {name})",
+                    hint="see the operation in the Cloud console; `mlrollout resume` carries on "
+                    "once it is done",
+                )
+            self.clock.sleep(delay)
+            delay = min(POLL_MAX, delay * 1.5)
+        try:
+            operation.result(timeout=0)
+        except Exception as exc:
+            mapped = map_error(kind, exc)
+            raise ProviderError(
+                f"{what} on Vertex AI endpoint {self.endpoint!r} failed (operation {name}): "
+                f"{mapped.message}",
+                hint=mapped.hint,
+            ) from exc
