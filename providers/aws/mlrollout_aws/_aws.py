@@ -1,0 +1,270 @@
+"""The one seam to boto3: clients, retries and error mapping, for every AWS call mlrollout makes.
+
+Every call goes through :func:`call`, which
+
+- retries throttling, 5xx and connection errors with exponential backoff and full jitter
+  (tenacity), sleeping on the injected clock (botocore's own retries are off, so there is exactly
+  one retry policy and call counts are what they look like);
+- for a mutation, asks ``applied()`` before each retry whether the earlier attempt already took
+  effect (the response may be lost after the change was made), so no mutation is applied twice;
+- maps what is left to the mlrollout error tree at the boundary, naming the call and the IAM
+  action it needs::
+
+      botocore NoCredentialsError            -> ProviderAuthError   (exit 6)
+      ClientError AccessDenied*, bad token   -> ProviderAuthError   (exit 6)
+      throttling, retries exhausted          -> ProviderThrottled   (exit 6)
+      5xx / connection, retries exhausted    -> ProviderError       (exit 6)
+      any other ClientError                  -> ProviderError       (exit 6), or raised as
+                                                AwsCallError for callers that handle a code
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+import botocore.exceptions as bex
+import botocore.session
+from botocore.config import Config
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+)
+
+from mlrollout.errors import ProviderAuthError, ProviderError, ProviderThrottled
+
+THROTTLING_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "RequestThrottled",
+        "RequestThrottledException",
+        "ProvisionedThroughputExceededException",
+        "SlowDown",
+    }
+)
+TRANSIENT_CODES = frozenset(
+    {
+        "InternalFailure",
+        "InternalError",
+        "InternalServerError",
+        "InternalServiceError",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+    }
+)
+AUTH_CODES = frozenset(
+    {
+        "AccessDenied",
+        "AccessDeniedException",
+        "UnauthorizedOperation",
+        "UnrecognizedClientException",
+        "InvalidClientTokenId",
+        "InvalidAccessKeyId",
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "SignatureDoesNotMatch",
+        "AuthFailure",
+        "MissingAuthenticationToken",
+    }
+)
+_CONNECTION_ERRORS = (
+    bex.EndpointConnectionError,
+    bex.ConnectionClosedError,
+    bex.ReadTimeoutError,
+    bex.ConnectTimeoutError,
+)
+#: IAM service prefix by botocore service name, where they differ.
+_IAM_PREFIX = {"monitoring": "cloudwatch"}
+#: IAM action by (service, operation), where it is not ``prefix:Operation``.
+_IAM_ACTION = {
+    ("s3", "ListObjectsV2"): "s3:ListBucket",
+    ("s3", "HeadObject"): "s3:GetObject",
+    ("s3", "HeadBucket"): "s3:ListBucket",
+}
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff, full jitter: retry ``n`` sleeps up to ``min(cap, base * 2**(n-1))``."""
+
+    attempts: int = 8
+    base: float = 0.5
+    cap: float = 20.0
+    sleep: Callable[[float], None] = time.sleep
+    rng: random.Random = field(default_factory=random.Random)
+
+    def wait(self, state: RetryCallState) -> float:
+        return self.rng.uniform(0, min(self.cap, self.base * 2 ** (state.attempt_number - 1)))
+
+
+class AwsCallError(ProviderError):
+    """A ClientError the caller may handle by its code (``ValidationException``...)."""
+
+    def __init__(self, message: str, *, code: str, status: int, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.code = code
+        self.status = status
+
+
+def client_config() -> Config:
+    return Config(
+        retries={"total_max_attempts": 1, "mode": "standard"},  # tenacity retries, not botocore
+        connect_timeout=5,
+        read_timeout=30,
+        user_agent_extra="mlrollout",
+    )
+
+
+_LOADER: Any = None
+
+
+def _loader() -> Any:
+    """One botocore data loader per process: service models are parsed once, not per client."""
+    global _LOADER
+    if _LOADER is None:
+        import botocore.loaders
+
+        _LOADER = botocore.loaders.create_loader()
+    return _LOADER
+
+
+def make_client(
+    service: str,
+    *,
+    region: str | None,
+    profile: str | None = None,
+    endpoint_url: str | None = None,
+) -> Any:
+    """A client with its own session (credentials resolved afresh), sharing parsed models."""
+    try:
+        core = botocore.session.Session()
+        core.register_component("data_loader", _loader())
+        session = boto3.session.Session(
+            profile_name=profile, region_name=region, botocore_session=core
+        )
+    except bex.ProfileNotFound as exc:
+        raise ProviderAuthError(
+            f"AWS profile {profile!r} is not configured",
+            hint="set target.profile to a profile in ~/.aws/config, or remove it",
+        ) from exc
+    return session.client(service, endpoint_url=endpoint_url or None, config=client_config())
+
+
+def iam_action(client: Any, operation: str) -> str:
+    service = client.meta.service_model.service_name
+    api = client.meta.method_to_api_mapping.get(operation, operation)
+    return _IAM_ACTION.get((service, api)) or f"{_IAM_PREFIX.get(service, service)}:{api}"
+
+
+def api_name(client: Any, operation: str) -> str:
+    service = client.meta.service_model.service_id
+    api = client.meta.method_to_api_mapping.get(operation, operation)
+    return f"{service.replace(' ', '')}.{api}"
+
+
+def error_code(exc: BaseException) -> str:
+    if isinstance(exc, bex.ClientError):
+        return str(exc.response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def _status(exc: bex.ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+
+
+def retryable(exc: BaseException) -> bool:
+    if isinstance(exc, _CONNECTION_ERRORS):
+        return True
+    if isinstance(exc, bex.ClientError):
+        code = error_code(exc)
+        return code in THROTTLING_CODES or code in TRANSIENT_CODES or _status(exc) >= 500
+    return False
+
+
+def call(
+    client: Any,
+    operation: str,
+    *,
+    retry: RetryPolicy,
+    applied: Callable[[], bool] | None = None,
+    **params: Any,
+) -> Any:
+    """``client.<operation>(**params)`` with retries and mapped errors (see the module doc).
+
+    ``applied``: for a mutation, returns True when the change is already in effect; asked before
+    each retry, and a True ends the call without sending it again (the result is then None).
+    """
+    method = getattr(client, operation)
+    attempt = 0
+    try:
+        for try_ in Retrying(
+            stop=stop_after_attempt(retry.attempts),
+            wait=retry.wait,
+            sleep=retry.sleep,
+            retry=retry_if_exception(retryable),
+            reraise=True,
+        ):
+            with try_:
+                attempt += 1
+                if attempt > 1 and applied is not None and applied():
+                    return None
+                return method(**params)
+    except BaseException as exc:
+        mapped = map_error(client, operation, exc, attempts=attempt)
+        if mapped is exc:
+            raise
+        raise mapped from exc
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def map_error(client: Any, operation: str, exc: BaseException, *, attempts: int) -> BaseException:
+    """The mlrollout error for a failed call (foreign exceptions never escape the provider)."""
+    name = api_name(client, operation)
+    action = iam_action(client, operation)
+    if isinstance(exc, bex.NoCredentialsError | bex.PartialCredentialsError):
+        return ProviderAuthError(
+            f"no AWS credentials for {name}: {exc}",
+            hint="configure credentials (AWS_PROFILE, target.profile, environment variables or "
+            f"an instance role) with {action} allowed",
+        )
+    if isinstance(exc, _CONNECTION_ERRORS):
+        return ProviderError(
+            f"{name} could not reach AWS after {attempts} attempts: {exc}",
+            hint="check the network, target.region and target.endpoint_url",
+        )
+    if isinstance(exc, bex.ClientError):
+        code = error_code(exc)
+        message = exc.response.get("Error", {}).get("Message", "") or str(exc)
+        if code in AUTH_CODES:
+            return ProviderAuthError(
+                f"{name} was denied ({code}): {message}",
+                hint=f"allow IAM action {action}; `mlrollout providers aws iam-policy PLAN` "
+                "prints the whole least-privilege policy",
+            )
+        if code in THROTTLING_CODES:
+            return ProviderThrottled(
+                f"{name} stayed throttled after {attempts} attempts ({code})",
+                hint="lower the call rate (a longer analysis.interval) or raise the account quota",
+            )
+        if retryable(exc):
+            return ProviderError(
+                f"{name} kept failing after {attempts} attempts ({code or _status(exc)}): "
+                f"{message}",
+                hint="AWS reports a server-side problem; try again later",
+            )
+        return AwsCallError(f"{name} failed ({code}): {message}", code=code, status=_status(exc))
+    if isinstance(exc, bex.BotoCoreError):
+        return ProviderError(f"{name} failed: {exc}")
+    return exc

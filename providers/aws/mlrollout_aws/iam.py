@@ -1,0 +1,90 @@
+"""The least-privilege IAM policy a plan needs (``mlrollout providers aws iam-policy PLAN``).
+
+No network and no boto3: the account is not known offline, so ARNs use ``*`` for it. SageMaker
+ARNs name resources in lower case.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from mlrollout.plan.model import Plan
+from mlrollout_aws import naming
+
+
+def iam_policy(plan: Plan, state: str | None = None) -> dict[str, Any]:
+    """The policy document for running ``plan``; with ``state`` an ``s3://`` URL, its bucket too."""
+    region = str(plan.target.setting("region") or "*")
+    endpoint = plan.target.endpoint.lower()
+    arn = f"arn:aws:sagemaker:{region}:*"
+    managed = f"{arn}:endpoint-config/{naming.config_prefix(endpoint)}*"
+    statements: list[dict[str, Any]] = [
+        {
+            "Sid": "ReadEndpoint",
+            "Effect": "Allow",
+            "Action": [
+                "sagemaker:DescribeEndpoint",
+                "sagemaker:DescribeEndpointConfig",
+                "sagemaker:ListTags",
+            ],
+            "Resource": [f"{arn}:endpoint/{endpoint}", f"{arn}:endpoint-config/*"],
+        },
+        {
+            "Sid": "ListEndpointConfigs",
+            "Effect": "Allow",
+            "Action": ["sagemaker:ListEndpointConfigs"],
+            "Resource": "*",
+        },
+        {
+            "Sid": "CheckCandidateModel",
+            "Effect": "Allow",
+            "Action": ["sagemaker:DescribeModel"],
+            "Resource": f"{arn}:model/{(plan.candidate.model or '*').lower()}",
+        },
+        {
+            "Sid": "CreateMlrolloutEndpointConfigs",
+            "Effect": "Allow",
+            "Action": ["sagemaker:CreateEndpointConfig", "sagemaker:AddTags"],
+            "Resource": managed,
+        },
+        {
+            "Sid": "ShiftTraffic",
+            "Effect": "Allow",
+            "Action": ["sagemaker:UpdateEndpoint", "sagemaker:UpdateEndpointWeightsAndCapacities"],
+            "Resource": [f"{arn}:endpoint/{endpoint}", f"{arn}:endpoint-config/*"],
+        },
+        {
+            "Sid": "DeleteOnlyMlrolloutEndpointConfigs",
+            "Effect": "Allow",
+            "Action": ["sagemaker:DeleteEndpointConfig"],
+            "Resource": managed,
+            "Condition": {"StringEquals": {f"aws:ResourceTag/{naming.TAG_MANAGED}": "true"}},
+        },
+        {
+            "Sid": "ReadMetrics",
+            "Effect": "Allow",
+            "Action": ["cloudwatch:GetMetricData"],
+            "Resource": "*",
+        },
+    ]
+    if state and state.startswith("s3://"):
+        parts = urlsplit(state)
+        bucket, prefix = parts.netloc, parts.path.strip("/")
+        objects = f"arn:aws:s3:::{bucket}/{prefix + '/' if prefix else ''}*"
+        statements += [
+            {
+                "Sid": "StateObjects",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject", "s3:PutObject"],
+                "Resource": objects,
+            },
+            {
+                "Sid": "StateListing",
+                "Effect": "Allow",
+                "Action": ["s3:ListBucket"],
+                "Resource": f"arn:aws:s3:::{bucket}",
+                **({"Condition": {"StringLike": {"s3:prefix": [f"{prefix}/*"]}}} if prefix else {}),
+            },
+        ]
+    return {"Version": "2012-10-17", "Statement": statements}

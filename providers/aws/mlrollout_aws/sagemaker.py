@@ -1,0 +1,511 @@
+"""The SageMaker endpoint adapter: one real-time endpoint, its production variants and weights.
+
+How each contract method maps to SageMaker (every call through :func:`mlrollout_aws._aws.call`):
+
+- ``describe``: ``DescribeEndpoint``. Weights are SageMaker's relative floats, reported as percent
+  of the production weights' sum; status ``InService`` is ``ready``, anything else is the word.
+- ``prepare``: ``DescribeModel`` (the model must exist), ``DescribeEndpointConfig`` (the live
+  config), ``CreateEndpointConfig`` (the live variants at their current weights and counts, plus
+  the candidate at weight 0; named and tagged as mlrollout's, see :mod:`mlrollout_aws.naming`),
+  ``UpdateEndpoint`` (``RetainAllVariantProperties``), then ``DescribeEndpoint`` on the injected
+  clock until ``InService``.
+- ``set_traffic``: ``UpdateEndpointWeightsAndCapacities`` with every variant's current instance
+  count (so counts are preserved), then wait for ``InService``.
+- ``finalize``: a config without the retired variant (the pre-rollout config itself when it holds
+  exactly the variants left, so a rollback leaves no mlrollout config behind), ``UpdateEndpoint``,
+  wait, then delete the endpoint configs mlrollout created for this endpoint and no longer uses
+  (name *and* tag must say so: nothing else is ever deleted).
+
+Every mutation first looks whether it is already in effect (after a crash or a lost response) and
+then does nothing: a retried ``UpdateEndpoint`` or weight change is never applied twice.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from mlrollout.clock import Clock
+from mlrollout.contracts import EndpointState, ProviderContext, VariantState
+from mlrollout.errors import ProviderError
+from mlrollout.plan.model import Candidate
+from mlrollout_aws import naming
+from mlrollout_aws._aws import AwsCallError, RetryPolicy, call, make_client
+from mlrollout_aws.spec import CAPABILITIES
+
+#: Endpoint states an update ends in when it did not work.
+FAILED_STATES = frozenset({"Failed", "UpdateRollbackFailed", "OutOfService", "Deleting"})
+#: Keys of an endpoint config that a new config carries over unchanged.
+_CONFIG_KEYS = (
+    "DataCaptureConfig",
+    "KmsKeyId",
+    "AsyncInferenceConfig",
+    "ExplainerConfig",
+    "ShadowProductionVariants",
+    "ExecutionRoleArn",
+    "VpcConfig",
+    "EnableNetworkIsolation",
+)
+#: Keys of a production variant that a new config carries over unchanged.
+_VARIANT_KEYS = (
+    "VariantName",
+    "ModelName",
+    "InstanceType",
+    "AcceleratorType",
+    "ServerlessConfig",
+    "VolumeSizeInGB",
+    "ModelDataDownloadTimeoutInSeconds",
+    "ContainerStartupHealthCheckTimeoutInSeconds",
+    "EnableSSMAccess",
+    "InferenceAmiVersion",
+    "RoutingConfig",
+)
+_WEIGHT_TOLERANCE = 0.01  # percent
+POLL_SECONDS = 15.0
+UPDATE_TIMEOUT = 3600.0
+
+
+class SageMakerEndpoint:
+    capabilities = CAPABILITIES
+
+    def __init__(
+        self,
+        name: str,
+        client: Any,
+        clock: Clock,
+        *,
+        region: str = "",
+        retry: RetryPolicy | None = None,
+        poll: float = POLL_SECONDS,
+        update_timeout: float = UPDATE_TIMEOUT,
+    ) -> None:
+        self.name = name
+        self.client = client
+        self.clock = clock
+        self.region = region
+        self.retry = retry or RetryPolicy(sleep=clock.sleep)
+        self.poll = poll
+        self.update_timeout = update_timeout
+        self._models: set[str] = set()  # models known to exist
+
+    @classmethod
+    def from_context(cls, context: ProviderContext) -> SageMakerEndpoint:
+        target = context.plan.target
+        region = str(target.setting("region") or "")
+        client = make_client(
+            "sagemaker",
+            region=region or None,
+            profile=target.setting("profile"),
+            endpoint_url=target.endpoint_url,
+        )
+        return cls(target.endpoint, client, context.clock, region=region)
+
+    def preflight(self, candidate: Candidate) -> None:
+        """Before any change: the endpoint exists, and the candidate's model unless the candidate
+        is already deployed (a ``ProviderError``, exit 6, names what is missing)."""
+        raw = self._raw()
+        if _variant(raw, candidate.name) is None and candidate.model:
+            self._check_model(candidate.model)
+
+    # ------------------------------------------------------------------------------ plumbing
+
+    def _call(self, operation: str, **params: Any) -> Any:
+        return call(self.client, operation, retry=self.retry, **params)
+
+    def _raw(self) -> dict[str, Any]:
+        try:
+            return dict(self._call("describe_endpoint", EndpointName=self.name))
+        except AwsCallError as exc:
+            if exc.code == "ValidationException" and "could not find" in str(exc).lower():
+                raise ProviderError(
+                    f"SageMaker endpoint {self.name!r} does not exist"
+                    f"{' in ' + self.region if self.region else ''}",
+                    hint="check target.endpoint and target.region (mlrollout never creates "
+                    "the endpoint: it rolls out onto an existing one)",
+                ) from exc
+            raise
+
+    def _config(self, name: str) -> dict[str, Any]:
+        return dict(self._call("describe_endpoint_config", EndpointConfigName=name))
+
+    def _tags(self, arn: str) -> dict[str, str]:
+        tags: dict[str, str] = {}
+        token: str | None = None
+        while True:
+            page = self._call(
+                "list_tags", ResourceArn=arn, **({"NextToken": token} if token else {})
+            )
+            tags.update({t["Key"]: t["Value"] for t in page.get("Tags", [])})
+            token = page.get("NextToken")
+            if not token:
+                return tags
+
+    def _state(self, raw: Mapping[str, Any]) -> EndpointState:
+        production = list(raw.get("ProductionVariants") or [])
+        weights = [_weight(v) for v in production]
+        total = sum(weights)
+        variants = [
+            VariantState(
+                name=v["VariantName"],
+                weight=(100.0 * w / total) if total > 0 else 0.0,
+                status=_variant_status(v),
+                instance_type=(v.get("CurrentInstanceType") or v.get("InstanceType")),
+                instance_count=_count(v),
+            )
+            for v, w in zip(production, weights, strict=True)
+        ]
+        for shadow in raw.get("ShadowProductionVariants") or []:
+            share = 100.0 * _weight(shadow) / total if total > 0 else 0.0
+            variants.append(
+                VariantState(
+                    name=shadow["VariantName"],
+                    weight=0.0,
+                    status=_variant_status(shadow),
+                    instance_count=_count(shadow),
+                    shadow_percent=min(100.0, share),
+                )
+            )
+        status = str(raw.get("EndpointStatus", "Unknown"))
+        return EndpointState(
+            name=self.name,
+            status="ready" if status == "InService" else status,
+            variants=tuple(variants),
+        )
+
+    # ------------------------------------------------------------------------------ adapter
+
+    def describe(self) -> EndpointState:
+        return self._state(self._raw())
+
+    def wait_until_stable(self, timeout: float) -> EndpointState:
+        return self._state(self._wait(timeout))
+
+    def _wait(self, timeout: float | None = None) -> dict[str, Any]:
+        """Describe until ``InService`` on the injected clock; a failed state raises."""
+        deadline = self.clock.now() + (self.update_timeout if timeout is None else timeout)
+        while True:
+            raw = self._raw()
+            status = raw.get("EndpointStatus")
+            if status == "InService":
+                return raw
+            if status in FAILED_STATES:
+                reason = raw.get("FailureReason") or "no reason given"
+                raise ProviderError(
+                    f"SageMaker endpoint {self.name!r} is {status}: {reason}",
+                    hint="see the endpoint's events in the SageMaker console; fix the cause, "
+                    "then `mlrollout resume` (or `mlrollout abort`)",
+                )
+            if self.clock.now() >= deadline:
+                raise ProviderError(
+                    f"SageMaker endpoint {self.name!r} is still {status} after "
+                    f"{(timeout or self.update_timeout):g}s",
+                    hint="wait for the update to finish, then `mlrollout resume`",
+                )
+            self.clock.sleep(min(self.poll, max(0.0, deadline - self.clock.now())) or self.poll)
+
+    def prepare(self, candidate: Candidate, baseline: str) -> EndpointState:
+        raw = self._raw()
+        if raw.get("EndpointStatus") != "InService":
+            raw = self._wait()  # an update in flight (perhaps ours, from a crashed tick)
+        if _variant(raw, candidate.name) is not None:
+            return self._state(raw)
+        if _variant(raw, baseline) is None:
+            raise ProviderError(
+                f"baseline variant {baseline!r} is not on SageMaker endpoint {self.name!r} "
+                f"(it has {', '.join(_names(raw)) or 'no variants'})"
+            )
+        assert candidate.model is not None and candidate.instance_type is not None
+        self._check_model(candidate.model)
+        current_name = str(raw["EndpointConfigName"])
+        current = self._config(current_name)
+        variants = _carried_variants(current, raw)
+        if len(variants) >= naming.MAX_VARIANTS:
+            raise ProviderError(
+                f"SageMaker endpoint {self.name!r} already has {len(variants)} variants "
+                f"(at most {naming.MAX_VARIANTS})",
+                hint="remove unused variants first",
+            )
+        variants.append(
+            {
+                "VariantName": candidate.name,
+                "ModelName": candidate.model,
+                "InstanceType": candidate.instance_type,
+                "InitialInstanceCount": candidate.instance_count,
+                "InitialVariantWeight": 0.0,
+            }
+        )
+        target = self._create_config(current, variants, base=self._base_of(current))
+        self._update(target)
+        raw = self._finish_update(target)
+        return self._state(raw)
+
+    def set_traffic(self, weights: Mapping[str, float]) -> EndpointState:
+        raw = self._raw()
+        names = _names(raw)
+        unknown = [n for n in weights if n not in names]
+        if unknown:
+            raise ProviderError(
+                f"cannot route traffic to {', '.join(map(repr, unknown))}: not a variant of "
+                f"SageMaker endpoint {self.name!r} (it has {', '.join(names)})"
+            )
+        bad = [f"{n}={w}" for n, w in weights.items() if not (math.isfinite(w) and 0 <= w <= 100)]
+        total = sum(weights.values())
+        if bad or abs(total - 100.0) > 1e-6:
+            detail = f"out of 0..100: {', '.join(bad)}" if bad else f"they sum to {total:g}"
+            raise ProviderError(f"invalid traffic weights {dict(weights)}: {detail}")
+        if self._weights_are(raw, weights):
+            return self._state(raw)
+        if raw.get("EndpointStatus") != "InService":
+            raw = self._wait()
+        desired = [
+            {
+                "VariantName": name,
+                "DesiredWeight": round(percent / 100.0, 6),
+                **({"DesiredInstanceCount": c} if (c := _count(v)) is not None else {}),
+            }
+            for name, percent in weights.items()
+            for v in (_variant(raw, name) or {},)
+        ]
+        call(
+            self.client,
+            "update_endpoint_weights_and_capacities",
+            retry=self.retry,
+            applied=lambda: self._weights_are(self._raw(), weights),
+            EndpointName=self.name,
+            DesiredWeightsAndCapacities=desired,
+        )
+        raw = self._wait()
+        if not self._weights_are(raw, weights):
+            raise ProviderError(
+                f"SageMaker endpoint {self.name!r} did not take the weights {dict(weights)}: "
+                f"it has {self._state(raw).weights()}"
+            )
+        return self._state(raw)
+
+    def set_shadow(self, variant: str | None, percent: float) -> EndpointState:
+        raise ProviderError(
+            "shadow variants on SageMaker are not supported by mlrollout yet",
+            hint="use a canary or linear strategy",
+        )
+
+    def finalize(self, keep: str, retire: str) -> EndpointState:
+        raw = self._raw()
+        if raw.get("EndpointStatus") != "InService":
+            raw = self._wait()
+        if keep == retire or _variant(raw, keep) is None:
+            raise ProviderError(
+                f"cannot finalize SageMaker endpoint {self.name!r}: keep {keep!r}, retire "
+                f"{retire!r} (it has {', '.join(_names(raw))})"
+            )
+        current_name = str(raw["EndpointConfigName"])
+        retired = _variant(raw, retire)
+        if retired is not None:
+            state = self._state(raw)
+            share = state.weights().get(retire, 0.0)
+            if share > _WEIGHT_TOLERANCE:
+                raise ProviderError(
+                    f"cannot retire {retire!r}: it still takes {share:g}% of the traffic",
+                    hint="move its traffic away first (set_traffic)",
+                )
+            current = self._config(current_name)
+            base = self._base_of(current)
+            variants = [v for v in _carried_variants(current, raw) if v["VariantName"] != retire]
+            target = None
+            if base is not None:
+                target = self._fitting_base(base, variants)
+            if target is None:
+                target = self._create_config(current, variants, base=base)
+            self._update(target)
+            raw = self._finish_update(target)
+            current_name = target
+        self._delete_unused_configs(in_use=current_name)
+        return self._state(raw)
+
+    # ------------------------------------------------------------------------------ helpers
+
+    def _check_model(self, model: str) -> None:
+        if model in self._models:
+            return
+        try:
+            self._call("describe_model", ModelName=model)
+        except AwsCallError as exc:
+            if exc.code == "ValidationException":
+                raise ProviderError(
+                    f"SageMaker model {model!r} does not exist"
+                    f"{' in ' + self.region if self.region else ''}",
+                    hint="create the model first (CreateModel), or fix candidate.model",
+                ) from exc
+            raise
+        self._models.add(model)
+
+    def _base_of(self, config: Mapping[str, Any]) -> str | None:
+        """The config the endpoint had before mlrollout touched it (None if unknown)."""
+        name = str(config["EndpointConfigName"])
+        if not naming.is_managed_name(self.name, name):
+            return name
+        return self._tags(str(config["EndpointConfigArn"])).get(naming.TAG_BASE)
+
+    def _fitting_base(self, base: str, variants: list[dict[str, Any]]) -> str | None:
+        """``base`` if it holds exactly ``variants`` (same names, models, instance types)."""
+        try:
+            config = self._config(base)
+        except AwsCallError:
+            return None  # deleted meanwhile: a new config will do
+        have = {_identity(v) for v in config.get("ProductionVariants", [])}
+        return base if have == {_identity(v) for v in variants} else None
+
+    def _create_config(
+        self, current: Mapping[str, Any], variants: list[dict[str, Any]], *, base: str | None
+    ) -> str:
+        name = naming.config_name(self.name, variants)
+        tags = [
+            {"Key": naming.TAG_MANAGED, "Value": "true"},
+            {"Key": naming.TAG_ENDPOINT, "Value": self.name},
+        ]
+        if base:
+            tags.append({"Key": naming.TAG_BASE, "Value": base})
+        extra = {k: current[k] for k in _CONFIG_KEYS if current.get(k)}
+        try:
+            self._call(
+                "create_endpoint_config",
+                EndpointConfigName=name,
+                ProductionVariants=variants,
+                Tags=tags,
+                **extra,
+            )
+        except AwsCallError as exc:
+            # The same name holds the same variants (it is their digest): made by an earlier,
+            # interrupted attempt. Anything else is a real failure.
+            if not (exc.code == "ValidationException" and "already exist" in str(exc).lower()):
+                raise
+        return name
+
+    def _update(self, config: str) -> None:
+        def applied() -> bool:
+            raw = self._raw()
+            pending = (raw.get("PendingDeploymentSummary") or {}).get("EndpointConfigName")
+            return config in (raw.get("EndpointConfigName"), pending)
+
+        call(
+            self.client,
+            "update_endpoint",
+            retry=self.retry,
+            applied=applied,
+            EndpointName=self.name,
+            EndpointConfigName=config,
+            RetainAllVariantProperties=True,
+        )
+
+    def _finish_update(self, config: str) -> dict[str, Any]:
+        try:
+            raw = self._wait()
+        except ProviderError:
+            self._delete_unused_configs(in_use=self._raw().get("EndpointConfigName"), only=config)
+            raise
+        if raw.get("EndpointConfigName") != config:
+            reason = raw.get("FailureReason") or "SageMaker rolled the update back"
+            self._delete_unused_configs(in_use=raw.get("EndpointConfigName"), only=config)
+            raise ProviderError(
+                f"UpdateEndpoint of {self.name!r} to config {config!r} failed: {reason}",
+                hint="nothing changed on the endpoint; fix the cause, then `mlrollout resume`",
+            )
+        return raw
+
+    def _delete_unused_configs(self, *, in_use: Any, only: str | None = None) -> list[str]:
+        """Delete endpoint configs mlrollout created for this endpoint (by name and tag) that the
+        endpoint no longer uses; ``only`` restricts it to that one config."""
+        names: list[str] = []
+        if only is not None:
+            names = [only]
+        else:
+            token: str | None = None
+            while True:
+                page = self._call(
+                    "list_endpoint_configs",
+                    NameContains=naming.config_prefix(self.name),
+                    MaxResults=100,
+                    **({"NextToken": token} if token else {}),
+                )
+                names += [c["EndpointConfigName"] for c in page.get("EndpointConfigs", [])]
+                token = page.get("NextToken")
+                if not token:
+                    break
+        deleted = []
+        for name in names:
+            if name == in_use or not naming.is_managed_name(self.name, name):
+                continue
+            try:
+                config = self._config(name)
+                tags = self._tags(str(config["EndpointConfigArn"]))
+            except AwsCallError:
+                continue  # already gone
+            if tags.get(naming.TAG_MANAGED) != "true" or tags.get(naming.TAG_ENDPOINT) != self.name:
+                continue  # looks like ours but is not tagged so: never touch it
+            try:
+                self._call("delete_endpoint_config", EndpointConfigName=name)
+            except AwsCallError as exc:
+                if "could not find" not in str(exc).lower():
+                    raise
+            deleted.append(name)
+        return deleted
+
+    def _weights_are(self, raw: Mapping[str, Any], weights: Mapping[str, float]) -> bool:
+        live = self._state(raw).weights()
+        return all(abs(live.get(n, 0.0) - w) <= _WEIGHT_TOLERANCE for n, w in weights.items())
+
+
+def _weight(variant: Mapping[str, Any]) -> float:
+    for key in ("CurrentWeight", "DesiredWeight"):
+        if variant.get(key) is not None:
+            return float(variant[key])
+    return 0.0
+
+
+def _count(variant: Mapping[str, Any]) -> int | None:
+    for key in ("CurrentInstanceCount", "DesiredInstanceCount"):
+        if variant.get(key) is not None:
+            return int(variant[key])
+    return None
+
+
+def _variant_status(variant: Mapping[str, Any]) -> str:
+    statuses = variant.get("VariantStatus") or []
+    if not statuses:
+        return "ready"
+    status = str(statuses[-1].get("Status", "ready"))
+    return "ready" if status == "ActivatingTraffic" else status
+
+
+def _names(raw: Mapping[str, Any]) -> list[str]:
+    return [v["VariantName"] for v in raw.get("ProductionVariants") or []]
+
+
+def _variant(raw: Mapping[str, Any], name: str) -> dict[str, Any] | None:
+    return next((v for v in raw.get("ProductionVariants") or [] if v["VariantName"] == name), None)
+
+
+def _identity(variant: Mapping[str, Any]) -> tuple[str, str, str]:
+    return (
+        str(variant.get("VariantName")),
+        str(variant.get("ModelName")),
+        str(variant.get("InstanceType") or variant.get("ServerlessConfig")),
+    )
+
+
+def _carried_variants(config: Mapping[str, Any], raw: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The live config's production variants at their live weights and instance counts."""
+    out = []
+    for spec in config.get("ProductionVariants", []):
+        variant = {k: spec[k] for k in _VARIANT_KEYS if spec.get(k) is not None}
+        live = _variant(raw, spec["VariantName"]) or {}
+        variant["InitialVariantWeight"] = (
+            _weight(live) if live else spec.get("InitialVariantWeight", 0.0)
+        )
+        count = _count(live) if live else None
+        if count is None:
+            count = spec.get("InitialInstanceCount")
+        if count is not None and "ServerlessConfig" not in variant:
+            variant["InitialInstanceCount"] = count
+        out.append(variant)
+    return out

@@ -1,0 +1,200 @@
+"""The ``sagemaker`` spec: loaded through its entry point without boto3, platform limits checked
+by ``plan validate`` without network, the example plans valid, the IAM policy command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from mlrollout.errors import PlanError
+from mlrollout.plan.loader import parse_plan
+from mlrollout.plugins import provider_spec
+
+REPO = Path(__file__).resolve().parents[3]
+
+BASE = """\
+version: 1
+name: t
+target: {{provider: sagemaker, endpoint: churn, region: us-east-1}}
+candidate: {{name: v2, model: churn-v2, instance_type: ml.m5.large}}
+strategy: {strategy}
+analysis:
+  interval: {interval}
+  gates:
+{gates}
+"""
+GATE = "    - {name: errors, metric: error_rate, max: 5%}\n"
+CANARY = "{type: canary, steps: [{weight: 10}, {analyze: 10m}, {weight: 100}]}"
+
+
+def problems(strategy: str = CANARY, interval: str = "60s", gates: str = GATE) -> list[str]:
+    text = BASE.format(strategy=strategy, interval=interval, gates=gates.rstrip("\n"))
+    try:
+        parse_plan(text, "plan.yaml")
+    except PlanError as exc:
+        return [str(issue) for issue in exc.issues]
+    return []
+
+
+LIGHT = textwrap.dedent(
+    """
+    import sys
+    from mlrollout.cli.app import main
+    try:
+        main(sys.argv[1:])
+    except SystemExit as exc:
+        code = exc.code
+    leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("boto3", "botocore", "moto"))
+    assert not leaked, leaked
+    sys.exit(code)
+    """
+)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["plan", "validate", "{plan}"],
+        ["plan", "preview", "{plan}"],
+        ["plan", "preview", "--output", "json", "{plan}"],
+        ["providers"],
+        ["providers", "aws", "iam-policy", "{plan}"],
+    ],
+    ids=lambda a: " ".join(a).replace("{plan}", "PLAN"),
+)
+def test_light_commands_on_a_sagemaker_plan_import_no_boto3(args):
+    plan = str(REPO / "plans" / "sagemaker-canary.yaml")
+    argv = [a.replace("{plan}", plan) for a in args]
+    proc = subprocess.run(
+        [sys.executable, "-c", LIGHT, *argv], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("name", ["sagemaker-canary.yaml", "sagemaker-linear.yaml"])
+def test_example_plans_are_valid(name):
+    loaded = parse_plan((REPO / "plans" / name).read_text(), name)
+    assert loaded.plan.target.provider == "sagemaker"
+
+
+def test_a_valid_plan_has_no_problem():
+    assert problems() == []
+
+
+@pytest.mark.parametrize(
+    ("strategy", "fragment"),
+    [
+        ("{type: canary, steps: [{weight: 60}, {analyze: 10m}, {weight: 100}]}", "at most 50%"),
+        ("{type: linear, step: 5, every: 10m}", "linear step is 10-50%"),
+        ("{type: linear, step: 60, every: 10m}", "linear step is 10-50%"),
+    ],
+)
+def test_platform_limits_on_traffic_steps(strategy, fragment):
+    found = problems(strategy=strategy)
+    assert any(fragment in p for p in found), found
+
+
+def test_a_first_canary_at_50_percent_and_linear_steps_at_the_bounds_are_fine():
+    assert problems("{type: canary, steps: [{weight: 50}, {analyze: 10m}, {weight: 100}]}") == []
+    assert problems("{type: linear, step: 10, every: 10m}") == []
+    assert problems("{type: linear, step: 50, every: 10m}") == []
+
+
+def test_at_most_ten_alarms():
+    gates = "".join(f"    - {{name: g{i}, metric: error_rate, max: 5%}}\n" for i in range(11))
+    found = problems(gates=gates)
+    assert any("at most 10 alarms" in p for p in found), found
+
+
+def test_the_interval_must_be_a_cloudwatch_period():
+    assert any("CloudWatch periods" in p for p in problems(interval="45s"))
+    assert problems(interval="30s") == []
+    assert problems(interval="120s") == []
+
+
+def test_sagemaker_needs_model_instance_type_and_region_and_valid_names():
+    text = """\
+version: 1
+name: t
+target: {provider: sagemaker, endpoint: churn_scoring}
+candidate: {name: v_2}
+strategy: {type: canary, steps: [{weight: 10}, {analyze: 10m}, {weight: 100}]}
+"""
+    with pytest.raises(PlanError) as info:
+        parse_plan(text, "plan.yaml")
+    text_issues = "\n".join(str(i) for i in info.value.issues)
+    for fragment in (
+        "needs target.region",
+        "candidate's model",
+        "instance_type",
+        "not an endpoint name",
+        "not a variant name",
+    ):
+        assert fragment in text_issues
+
+
+def test_custom_queries_are_checked():
+    gates = (
+        "    - name: c\n      metric: custom\n      direction: decrease\n      min: 1\n"
+        "      query: {namespace: App, stat: Median, color: red}\n"
+    )
+    found = "\n".join(problems(gates=gates))
+    assert "needs metric" in found
+    assert "not a CloudWatch statistic" in found
+    assert "unknown key 'color'" in found
+
+
+def test_describe_calls_name_the_sagemaker_and_cloudwatch_calls():
+    plan = parse_plan((REPO / "plans" / "sagemaker-canary.yaml").read_text(), "p").plan
+    calls = provider_spec("sagemaker").describe_calls(plan)
+    assert calls["set_traffic"][0] == "SageMaker.UpdateEndpointWeightsAndCapacities"
+    assert len(calls["metrics"]) == 1 and "GetMetricData" in calls["metrics"][0]
+
+
+def test_iam_policy_command(tmp_path, capsys):
+    from mlrollout.cli.app import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(
+            [
+                "--state",
+                "s3://team-rollouts/prod",
+                "providers",
+                "aws",
+                "iam-policy",
+                str(REPO / "plans" / "sagemaker-canary.yaml"),
+            ]
+        )
+    assert exit_.value.code == 0
+    policy = json.loads(capsys.readouterr().out)
+    actions = {a for s in policy["Statement"] for a in s["Action"]}
+    assert {
+        "sagemaker:UpdateEndpoint",
+        "sagemaker:UpdateEndpointWeightsAndCapacities",
+        "sagemaker:CreateEndpointConfig",
+        "sagemaker:DeleteEndpointConfig",
+        "cloudwatch:GetMetricData",
+        "s3:PutObject",
+        "s3:ListBucket",
+    } <= actions
+    assert not any(a.endswith(":*") or a == "*" for a in actions)
+    delete = next(s for s in policy["Statement"] if "sagemaker:DeleteEndpointConfig" in s["Action"])
+    assert delete["Resource"].endswith(":endpoint-config/churn-scoring-mlr-*")
+    assert delete["Condition"] == {"StringEquals": {"aws:ResourceTag/mlrollout:managed": "true"}}
+    objects = next(s for s in policy["Statement"] if "s3:PutObject" in s["Action"])
+    assert objects["Resource"] == "arn:aws:s3:::team-rollouts/prod/*"
+
+
+def test_iam_policy_refuses_another_provider(capsys):
+    from mlrollout.cli.app import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["providers", "aws", "iam-policy", str(REPO / "plans" / "local-linear.yaml")])
+    assert exit_.value.code == 2
+    assert "not sagemaker" in capsys.readouterr().err
