@@ -17,7 +17,13 @@ from mlrollout.clock import Clock, ScaledClock, SystemClock, VirtualClock
 from mlrollout.contracts import ProviderContext, ProviderSpec, endpoint_key
 from mlrollout.engine.engine import Engine, Listener, RolloutState, TickResult
 from mlrollout.engine.phases import Phase
-from mlrollout.errors import ExitCode, LeaseHeld, NeedsHuman, ProviderError
+from mlrollout.errors import (
+    ExitCode,
+    LeaseHeld,
+    NeedsHuman,
+    ProviderAuthError,
+    ProviderError,
+)
 from mlrollout.plan.loader import LoadedPlan, parse_plan
 from mlrollout.plan.model import Plan
 from mlrollout.plugins import provider_spec
@@ -273,14 +279,18 @@ class Runner:
 
     @staticmethod
     def _tick(engine: Engine) -> TickResult:
-        """One tick. A provider error once traffic has begun to move is no longer "before any
-        change" (exit 6): the endpoint is in a recorded state and a human decides whether to
-        resume (which retries) or abort (exit 5)."""
+        """One tick. A provider error once the endpoint has begun to change (a failed or timed-out
+        candidate creation included) is no longer "before any change" (exit 6): the endpoint is
+        in a recorded state and a human decides whether to resume (which retries) or abort
+        (exit 5). A refusal for lack of permission while preparing changed nothing: exit 6."""
         try:
             return engine.tick()
         except ProviderError as exc:
-            if engine.state.phase_enum in (Phase.PENDING, Phase.PREPARING):
-                raise  # no traffic has moved: the candidate is at most created at 0 %
+            phase = engine.state.phase_enum
+            if phase == Phase.PENDING or (
+                phase == Phase.PREPARING and isinstance(exc, ProviderAuthError)
+            ):
+                raise  # refused before anything changed (a permission is missing): exit 6
             rid = engine.rollout_id
             raise NeedsHuman(
                 f"rollout {rid} stopped in phase {engine.state.phase}: {exc.message}; the "
