@@ -1,0 +1,191 @@
+"""What the Azure ML adapter and the metrics source share: retries on the injected clock, the
+mapping of Azure errors onto mlrollout's error tree, and the clients' wire settings.
+
+The SDKs' own retry policies are switched off (``retry_total=0``): tenacity retries throttling
+(429), unavailability (500/502/503/504) and connection errors with exponential backoff and jitter,
+sleeping on the rollout's clock, so a virtual clock makes retries instant and deterministic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import tenacity
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+
+from mlrollout.clock import Clock
+from mlrollout.errors import ProviderAuthError, ProviderError, ProviderThrottled
+
+T = TypeVar("T")
+TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+#: The built-in role that covers every call a rollout makes on the workspace.
+ROLE = "AzureML Data Scientist"
+PERMISSIONS = {
+    "read": "Microsoft.MachineLearningServices/workspaces/onlineEndpoints/read",
+    "write": "Microsoft.MachineLearningServices/workspaces/onlineEndpoints/write",
+    "deploy": "Microsoft.MachineLearningServices/workspaces/onlineEndpoints/deployments/write",
+    "delete": "Microsoft.MachineLearningServices/workspaces/onlineEndpoints/deployments/delete",
+    "model": "Microsoft.MachineLearningServices/workspaces/models/read",
+    "metrics": "Microsoft.Insights/metrics/read (role 'Monitoring Reader')",
+}
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 10  # as azure-core's own default (retry_total=10)
+    initial: float = 1.0  # seconds, doubled per attempt, with jitter
+    cap: float = 30.0
+
+
+def status_of(exc: BaseException) -> int | None:
+    status = getattr(exc, "status_code", None)
+    if status is None:
+        response = getattr(exc, "response", None)
+        status = getattr(response, "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def transient(exc: BaseException) -> bool:
+    if isinstance(exc, ServiceRequestError | ServiceResponseError | ConnectionError):
+        return True
+    if isinstance(exc, HttpResponseError):
+        return status_of(exc) in TRANSIENT_STATUS
+    return False
+
+
+def call(clock: Clock, policy: RetryPolicy, fn: Callable[[], T]) -> T:
+    """``fn()`` retried on transient errors, sleeping on ``clock``."""
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(policy.attempts),
+        wait=tenacity.wait_exponential_jitter(initial=policy.initial, max=policy.cap),
+        retry=tenacity.retry_if_exception(transient),
+        sleep=clock.sleep,
+        reraise=True,
+    )
+    return retrying(fn)
+
+
+def describe_error(exc: BaseException) -> str:
+    message = getattr(exc, "message", None) or str(exc)
+    error = getattr(exc, "error", None)
+    code = getattr(error, "code", None)
+    text = " ".join(str(message).split())
+    if len(text) > 300:
+        text = text[:297] + "..."
+    return f"{code}: {text}" if code and code not in text else text
+
+
+def provider_error(exc: BaseException, action: str, what: str, permission: str) -> ProviderError:
+    """An Azure exception as mlrollout's error: auth (exit 6 naming the role), not found,
+    throttled after retries, or any other provider error."""
+    detail = describe_error(exc)
+    status = status_of(exc)
+    grant = (
+        f"grant the identity the '{ROLE}' role on the workspace (or the permission "
+        f"{PERMISSIONS.get(permission, permission)})"
+    )
+    if isinstance(exc, ClientAuthenticationError) and status is None:
+        return ProviderAuthError(
+            f"no Azure credentials to {action}: {detail}",
+            hint="sign in with `az login`, or set AZURE_TENANT_ID/AZURE_CLIENT_ID/"
+            "AZURE_CLIENT_SECRET (or a workload/managed identity); " + grant,
+        )
+    if status == 401:
+        return ProviderAuthError(
+            f"Azure rejected the credentials (401) to {action}: {detail}",
+            hint="refresh the sign-in (`az login`) or check AZURE_TENANT_ID; " + grant,
+        )
+    if status == 403:
+        return ProviderAuthError(
+            f"the identity may not {action} (403 forbidden): {detail}", hint=grant
+        )
+    if isinstance(exc, ResourceNotFoundError) or status == 404:
+        return ProviderError(f"{what} not found ({action}): {detail}")
+    if status in (429, 503):
+        return ProviderThrottled(
+            f"Azure kept answering {status} to {action} after retries: {detail}",
+            hint="try again later; other tools may be calling the same workspace",
+        )
+    if isinstance(exc, ServiceRequestError | ServiceResponseError | ConnectionError):
+        return ProviderError(
+            f"cannot reach Azure to {action}: {detail}",
+            hint="check the network (and target.endpoint_url / metrics_url if set)",
+        )
+    return ProviderError(f"Azure failed to {action}: {detail}")
+
+
+class _NoPollerDots:
+    """``sys.stdout`` minus the progress dots azure-ai-ml's operation pollers print from their
+    own threads (``LROPoller(...)``), which may outlive the call that began the operation."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        if text == "." and threading.current_thread().name.startswith("LROPoller"):
+            return len(text)
+        return int(self._stream.write(text))
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """azure-ai-ml prints a progress dot to stdout on every poll of a deployment operation: keep
+    stdout clean (``--output json``). The filter stays in place (the poller thread may print after
+    the operation is confirmed) and only drops the pollers' dots."""
+    if not isinstance(sys.stdout, _NoPollerDots):
+        sys.stdout = _NoPollerDots(sys.stdout)  # type: ignore[assignment,unused-ignore]
+    yield
+
+
+def quiet_sdk_loggers() -> None:
+    """azure-ai-ml's modules log progress ("Check: endpoint exists") at INFO on their own
+    handlers; a rollout reports progress itself."""
+    for name in ["azure.ai.ml", *logging.Logger.manager.loggerDict]:
+        if name.startswith("azure.ai.ml"):
+            logger = logging.getLogger(name)
+            # Its activity telemetry logs an expected 404 (a probe) at ERROR: not an error here.
+            floor = logging.CRITICAL if "_telemetry" in name else logging.WARNING
+            if logger.level < floor:
+                logger.setLevel(floor)
+
+
+def client_kwargs(endpoint_url: str | None) -> dict[str, Any]:
+    """MLClient settings: the public cloud, or a cloud named after ``endpoint_url`` whose resource
+    manager is that URL (an emulator). MLClient caches clouds by name for the whole process, so
+    the name includes the URL."""
+    common: dict[str, Any] = {"show_progress": False, "enable_telemetry": False, "retry_total": 0}
+    if not endpoint_url:
+        return {**common, "cloud": "AzureCloud"}
+    base = endpoint_url.rstrip("/") + "/"
+    metadata = {
+        "resource_manager": base,
+        "azure_portal": base,
+        "active_directory": base,
+        "aml_resource_id": base,
+        "storage_endpoint": "core.windows.net",
+        "registry_discovery_endpoint": base,
+    }
+    return {
+        **common,
+        "cloud": f"mlrollout-emulator-{base}",
+        "cloud_metadata": metadata,
+        "polling_interval": 0,
+    }

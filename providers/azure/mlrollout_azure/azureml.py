@@ -1,0 +1,499 @@
+"""An Azure ML managed online endpoint, driven through ``azure.ai.ml.MLClient``.
+
+Variants are the endpoint's deployments; weights are its ``traffic`` (whole percents summing to
+100), shadow is its ``mirror_traffic`` (one deployment, at most 50 %). Every mutation first reads
+the endpoint and does nothing when it already is as asked (a retried or resumed tick never applies
+a change twice), then begins the long-running operation and waits for it on the rollout's clock,
+with a timeout, and confirms the result with a GET (the operation's poller may stop on a transient
+error; the resource is the truth).
+
+Calls per action (ARM requests; ``*`` = repeated while the operation runs):
+
+- ``describe``: GET endpoint + GET deployments (the SDK's ``online_endpoints.get``), GET
+  deployments; the first time also GET workspace and GET the candidate's model version.
+- ``prepare``: GET baseline deployment, (SDK: GET endpoint, GET deployments, GET workspace), PUT
+  deployment, GET operation*, GET deployment; then ``describe``.
+- ``set_traffic`` / ``set_shadow``: GET endpoint (+ deployments), (SDK: GET workspace) PUT endpoint,
+  GET operation*, GET endpoint; then ``describe``.
+- ``finalize``: DELETE deployment, GET operation*, GET deployment (404); then ``describe``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mlrollout.clock import Clock
+from mlrollout.contracts import Capabilities, EndpointState, ProviderContext, VariantState
+from mlrollout.errors import ProviderError
+from mlrollout.plan.model import Candidate
+from mlrollout.units import format_duration
+from mlrollout_azure import _azure
+from mlrollout_azure._azure import RetryPolicy
+from mlrollout_azure.spec import CAPABILITIES, MAX_MIRROR_PERCENT, MODEL_REF
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # marshmallow deprecation noise from azure-ai-ml's schemas
+    from azure.ai.ml import MLClient
+    from azure.ai.ml.entities import ManagedOnlineDeployment, OnlineDeployment, OnlineEndpoint
+    from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+
+#: How long a deployment may take to provision (Azure ML typically takes 5-15 minutes).
+LRO_TIMEOUT = 45 * 60.0
+#: How often the wait looks at a long-running operation, in clock seconds.
+POLL_EVERY = 10.0
+#: Real seconds to let the SDK's poller thread catch up per look when the clock is virtual.
+VIRTUAL_GRACE = 0.05
+_MODEL_ID = re.compile(r"/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)$")
+_DONE = {"succeeded", "failed", "canceled"}
+
+
+@dataclass(frozen=True)
+class AzureTarget:
+    subscription_id: str
+    resource_group: str
+    workspace: str
+    endpoint: str
+    endpoint_url: str | None = None
+
+    @property
+    def workspace_id(self) -> str:
+        return (
+            f"/subscriptions/{self.subscription_id}/resourceGroups/{self.resource_group}"
+            f"/providers/Microsoft.MachineLearningServices/workspaces/{self.workspace}"
+        )
+
+    @property
+    def endpoint_id(self) -> str:
+        return f"{self.workspace_id}/onlineEndpoints/{self.endpoint}"
+
+    @property
+    def where(self) -> str:
+        return f"workspace {self.workspace!r} (resource group {self.resource_group!r})"
+
+
+class AzureMLEndpoint:
+    """The :class:`~mlrollout.contracts.EndpointAdapter` for one managed online endpoint."""
+
+    capabilities: Capabilities = CAPABILITIES
+
+    def __init__(
+        self,
+        client: MLClient,
+        target: AzureTarget,
+        clock: Clock,
+        *,
+        candidate: Candidate | None = None,
+        retry: RetryPolicy | None = None,
+        lro_timeout: float = LRO_TIMEOUT,
+        poll_every: float = POLL_EVERY,
+    ) -> None:
+        self.client = client
+        self.target = target
+        self.clock = clock
+        self.candidate = candidate
+        self.retry = retry or RetryPolicy()
+        self.lro_timeout = lro_timeout
+        self.poll_every = poll_every
+        self.location: str | None = None
+        self._checked = False
+
+    @classmethod
+    def from_context(cls, context: ProviderContext, credential: Any) -> AzureMLEndpoint:
+        target = target_of(context)
+        _azure.quiet_sdk_loggers()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            client = MLClient(
+                credential,
+                target.subscription_id,
+                target.resource_group,
+                target.workspace,
+                **_azure.client_kwargs(target.endpoint_url),
+            )
+        return cls(client, target, context.clock, candidate=context.plan.candidate)
+
+    # ------------------------------------------------------------------------------ calls
+
+    def _call(self, fn: Callable[[], Any], action: str, what: str, permission: str) -> Any:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return _azure.call(self.clock, self.retry, fn)
+        except ProviderError:
+            raise
+        except Exception as exc:
+            if isinstance(exc, HttpResponseError | ConnectionError) or _azure.transient(exc):
+                raise _azure.provider_error(exc, action, what, permission) from exc
+            if type(exc).__module__.startswith("azure."):
+                raise _azure.provider_error(exc, action, what, permission) from exc
+            raise
+
+    def _endpoint(self) -> OnlineEndpoint:
+        t = self.target
+        endpoint: OnlineEndpoint = self._call(
+            lambda: self.client.online_endpoints.get(t.endpoint),
+            f"read online endpoint {t.endpoint!r}",
+            f"online endpoint {t.endpoint!r} in {t.where}",
+            "read",
+        )
+        return endpoint
+
+    def _deployments(self) -> list[OnlineDeployment]:
+        t = self.target
+        deployments: list[OnlineDeployment] = self._call(
+            lambda: list(self.client.online_deployments.list(t.endpoint)),
+            f"list the deployments of {t.endpoint!r}",
+            f"online endpoint {t.endpoint!r} in {t.where}",
+            "read",
+        )
+        return deployments
+
+    def _deployment(self, name: str) -> OnlineDeployment | None:
+        t = self.target
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                found: OnlineDeployment = _azure.call(
+                    self.clock,
+                    self.retry,
+                    lambda: self.client.online_deployments.get(name, t.endpoint),
+                )
+                return found
+        except ResourceNotFoundError:
+            return None
+        except Exception as exc:
+            raise _azure.provider_error(
+                exc, f"read deployment {name!r}", f"deployment {name!r}", "read"
+            ) from exc
+
+    # ----------------------------------------------------------------------------- checks
+
+    def _preflight(self) -> None:
+        """Once: the workspace, the endpoint and the candidate's model exist and are readable,
+        so that a wrong name or a missing permission stops before any change (exit 6)."""
+        t = self.target
+        workspace = self._call(
+            lambda: self.client.workspaces.get(t.workspace),
+            f"read workspace {t.workspace!r}",
+            f"workspace {t.workspace!r} in resource group {t.resource_group!r} "
+            f"(subscription {t.subscription_id})",
+            "read",
+        )
+        self.location = str(workspace.location or "") or None
+        candidate = self.candidate
+        if candidate is not None and candidate.model:
+            match = MODEL_REF.match(candidate.model)
+            if match is not None:
+                name, version = match["name"], match["version"]
+                self._call(
+                    lambda: self.client.models.get(name, version=version),
+                    f"read model {name}:{version}",
+                    f"model {name!r} version {version!r} in {t.where}",
+                    "model",
+                )
+
+    # ---------------------------------------------------------------------------- adapter
+
+    def describe(self) -> EndpointState:
+        if not self._checked:
+            self._preflight()
+        state = self._state()
+        self._checked = True
+        return state
+
+    def _state(self) -> EndpointState:
+        endpoint = self._endpoint()
+        deployments = self._deployments()
+        traffic = {k: int(v) for k, v in (endpoint.traffic or {}).items()}
+        mirror = {k: int(v) for k, v in (endpoint.mirror_traffic or {}).items()}
+        variants = tuple(
+            VariantState(
+                name=str(d.name),
+                weight=float(traffic.get(str(d.name), 0)),
+                status=_status(d.provisioning_state),
+                model=_model_ref(d.model),
+                instance_type=d.instance_type,
+                instance_count=d.instance_count,
+                shadow_percent=float(mirror.get(str(d.name), 0)),
+            )
+            for d in sorted(deployments, key=lambda d: (-traffic.get(str(d.name), 0), d.name))
+        )
+        return EndpointState(
+            name=self.target.endpoint,
+            status=_status(endpoint.provisioning_state),
+            variants=variants,
+        )
+
+    def prepare(self, candidate: Candidate, baseline: str) -> EndpointState:
+        t = self.target
+        existing = self._deployment(candidate.name)
+        if existing is not None and _status(existing.provisioning_state) == "ready":
+            return self.describe()
+        if existing is not None and _status(existing.provisioning_state) in (
+            "creating",
+            "updating",
+        ):
+            self._await_deployment(candidate.name, None)  # a resumed rollout: finish waiting
+            return self.describe()
+        base = self._deployment(baseline)
+        if base is None:
+            raise ProviderError(
+                f"the baseline deployment {baseline!r} is not on online endpoint {t.endpoint!r}"
+            )
+        if not candidate.model:
+            raise ProviderError("the candidate needs a model (candidate.model)")
+        model = candidate.model
+        if MODEL_REF.match(model) and not model.startswith("azureml:"):
+            model = "azureml:" + model
+        deployment = ManagedOnlineDeployment(
+            name=candidate.name,
+            endpoint_name=t.endpoint,
+            model=model,
+            instance_type=candidate.instance_type or base.instance_type,
+            instance_count=candidate.instance_count,
+            environment=base.environment,
+            code_configuration=base.code_configuration,
+            environment_variables=dict(base.environment_variables or {}) or None,
+            request_settings=base.request_settings,
+            liveness_probe=base.liveness_probe,
+            readiness_probe=base.readiness_probe,
+            app_insights_enabled=bool(getattr(base, "app_insights_enabled", False)),
+        )
+        with _azure.quiet():
+            poller = self._call(
+                lambda: self.client.online_deployments.begin_create_or_update(deployment),
+                f"create deployment {candidate.name!r} on {t.endpoint!r}",
+                f"online endpoint {t.endpoint!r} or model {candidate.model!r} in {t.where}",
+                "deploy",
+            )
+            self._await_deployment(candidate.name, poller)
+        return self.describe()
+
+    def set_traffic(self, weights: Mapping[str, float]) -> EndpointState:
+        target = whole_percents(weights)
+        endpoint = self._endpoint()
+        current = {k: int(v) for k, v in (endpoint.traffic or {}).items() if v}
+        wanted = {k: v for k, v in target.items() if v}
+        if current == wanted:
+            return self.describe()
+        deployed = set((endpoint.traffic or {}).keys()) | set(endpoint.mirror_traffic or {})
+        unknown = [name for name in target if name not in deployed]
+        if unknown:
+            raise ProviderError(
+                f"cannot route traffic to {', '.join(map(repr, unknown))}: not a deployment of "
+                f"online endpoint {self.target.endpoint!r}"
+            )
+        endpoint.traffic = dict(target)
+        self._update_endpoint(endpoint, f"set the traffic of {self.target.endpoint!r}")
+        return self.describe()
+
+    def set_shadow(self, variant: str | None, percent: float) -> EndpointState:
+        if not (math.isfinite(percent) and 0 <= percent <= MAX_MIRROR_PERCENT):
+            raise ProviderError(
+                f"Azure ML mirrors at most {MAX_MIRROR_PERCENT:g}% of live traffic, not "
+                f"{percent:g}%"
+            )
+        wanted = {variant: round(percent)} if variant is not None and round(percent) > 0 else {}
+        endpoint = self._endpoint()
+        current = {k: int(v) for k, v in (endpoint.mirror_traffic or {}).items() if v}
+        if current == wanted:
+            return self.describe()
+        if variant is not None and endpoint.traffic.get(variant):
+            raise ProviderError(
+                f"cannot mirror traffic to {variant!r}: it takes live traffic (Azure ML mirrors "
+                "only to a deployment at 0 %)"
+            )
+        endpoint.mirror_traffic = {**{k: 0 for k in current}, **wanted}
+        self._update_endpoint(endpoint, f"set the mirror traffic of {self.target.endpoint!r}")
+        return self.describe()
+
+    def finalize(self, keep: str, retire: str) -> EndpointState:
+        t = self.target
+        state = self.describe()
+        if keep == retire or state.variant(keep) is None:
+            raise ProviderError(
+                f"cannot finalize {t.endpoint!r}: keep {keep!r}, retire {retire!r} "
+                f"(deployments: {', '.join(v.name for v in state.variants)})"
+            )
+        gone = state.variant(retire)
+        if gone is None:
+            return state  # already retired
+        if gone.weight > 0 or gone.shadow_percent > 0:
+            raise ProviderError(
+                f"cannot delete deployment {retire!r}: it still takes {gone.weight:g}% of the "
+                f"traffic ({gone.shadow_percent:g}% mirrored)",
+                hint="move its traffic away first (set_traffic)",
+            )
+        with _azure.quiet():
+            poller = self._call(
+                lambda: self.client.online_deployments.begin_delete(retire, t.endpoint),
+                f"delete deployment {retire!r} of {t.endpoint!r}",
+                f"deployment {retire!r} in {t.where}",
+                "delete",
+            )
+            self._wait(poller, f"deleting deployment {retire!r}", lambda: self._deleted(retire))
+        return self.describe()
+
+    def wait_until_stable(self, timeout: float) -> EndpointState:
+        deadline = self.clock.now() + timeout
+        while True:
+            state = self.describe()
+            busy = [v.name for v in state.variants if v.status not in ("ready", "failed")]
+            if state.status == "ready" and not busy:
+                return state
+            if self.clock.now() >= deadline:
+                raise ProviderError(
+                    f"online endpoint {self.target.endpoint!r} is still {state.status} "
+                    f"({', '.join(busy) or 'no deployment'} busy) after "
+                    f"{format_duration(timeout)}"
+                )
+            self.clock.sleep(self.poll_every)
+
+    # -------------------------------------------------------------------------- operations
+
+    def _update_endpoint(self, endpoint: OnlineEndpoint, action: str) -> None:
+        t = self.target
+        with _azure.quiet():
+            poller = self._call(
+                lambda: self.client.online_endpoints.begin_create_or_update(endpoint),
+                action,
+                f"online endpoint {t.endpoint!r} in {t.where}",
+                "write",
+            )
+            want_traffic = {k: v for k, v in (endpoint.traffic or {}).items() if v}
+            want_mirror = {k: v for k, v in (endpoint.mirror_traffic or {}).items() if v}
+
+            def check() -> str | None:
+                live = self._endpoint()
+                status = _status(live.provisioning_state)
+                if status not in ("ready", "failed"):
+                    return None
+                traffic = {k: v for k, v in (live.traffic or {}).items() if v}
+                mirror = {k: v for k, v in (live.mirror_traffic or {}).items() if v}
+                if traffic == want_traffic and mirror == want_mirror:
+                    return "ok"
+                if status == "ready" and not poller.done():
+                    return None  # the update has not begun yet
+                return f"the endpoint is {status} with traffic {traffic}, mirror {mirror}"
+
+            self._wait(poller, action, check)
+
+    def _await_deployment(self, name: str, poller: Any) -> None:
+        def check() -> str | None:
+            deployment = self._deployment(name)
+            if deployment is None:
+                return f"deployment {name!r} disappeared"
+            status = _status(deployment.provisioning_state)
+            if status == "ready":
+                return "ok"
+            if status in ("failed", "canceled"):
+                return f"deployment {name!r} provisioning ended {status.capitalize()}"
+            return None
+
+        self._wait(poller, f"provisioning deployment {name!r}", check)
+
+    def _wait(self, poller: Any, what: str, check: Callable[[], str | None]) -> None:
+        """Wait for a long-running operation on the rollout's clock, with a timeout, reading the
+        resource with ``check`` (a GET: ``None`` still busy, ``"ok"`` done, else the failure).
+
+        The SDK's poller polls the operation on its own thread (every 5 s of real time for a
+        deployment); it is only asked for the operation's error message. The resource decides:
+        a poller that gave up on a 429/503 changes nothing, and a virtual clock needs no real
+        waiting."""
+        deadline = self.clock.now() + self.lro_timeout
+        while True:
+            outcome = check()
+            if outcome == "ok":
+                return
+            if outcome is not None:
+                error = _poller_error(poller, VIRTUAL_GRACE if self._virtual else self.poll_every)
+                reason = f": {error}" if error else ""
+                raise ProviderError(
+                    f"{what} on online endpoint {self.target.endpoint!r} failed{reason} "
+                    f"({outcome})",
+                    hint="see `az ml online-deployment get-logs`; `mlrollout resume` retries, "
+                    "`mlrollout abort` rolls back",
+                )
+            if self.clock.now() >= deadline:
+                raise ProviderError(
+                    f"{what} on online endpoint {self.target.endpoint!r} did not finish within "
+                    f"{format_duration(self.lro_timeout)}",
+                    hint="`mlrollout resume` waits again; the operation goes on in Azure",
+                )
+            self.clock.sleep(self.poll_every)
+
+    @property
+    def _virtual(self) -> bool:
+        return bool(getattr(self.clock, "virtual", False))
+
+    def _deleted(self, name: str) -> str | None:
+        deployment = self._deployment(name)
+        if deployment is None:
+            return "ok"
+        status = _status(deployment.provisioning_state)
+        if status == "failed":
+            return f"deployment {name!r} is Failed and was not deleted"
+        return None
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def target_of(context: ProviderContext) -> AzureTarget:
+    target = context.plan.target
+    missing = [
+        k for k in ("subscription_id", "resource_group", "workspace") if not target.setting(k)
+    ]
+    if missing:
+        raise ProviderError(f"provider 'azureml' needs target.{', target.'.join(missing)}")
+    return AzureTarget(
+        subscription_id=str(target.setting("subscription_id")),
+        resource_group=str(target.setting("resource_group")),
+        workspace=str(target.setting("workspace")),
+        endpoint=target.endpoint,
+        endpoint_url=target.endpoint_url,
+    )
+
+
+def whole_percents(weights: Mapping[str, float]) -> dict[str, int]:
+    """Weights as whole percents summing to 100 (largest remainder), as Azure ML requires."""
+    bad = [f"{n}={w}" for n, w in weights.items() if not (math.isfinite(w) and 0 <= w <= 100)]
+    total = sum(weights.values())
+    if bad or abs(total - 100.0) > 1e-6:
+        detail = f"weights out of 0..100: {', '.join(bad)}" if bad else f"they sum to {total:g}"
+        raise ProviderError(f"invalid traffic weights {dict(weights)}: {detail}")
+    floors = {n: math.floor(w + 1e-9) for n, w in weights.items()}
+    short = 100 - sum(floors.values())
+    by_remainder = sorted(weights, key=lambda n: (-(weights[n] - floors[n]), n))
+    for name in by_remainder[:short]:
+        floors[name] += 1
+    return floors
+
+
+def _status(state: Any) -> str:
+    text = str(getattr(state, "value", state) or "unknown").lower()
+    return "ready" if text == "succeeded" else text
+
+
+def _model_ref(model: Any) -> str | None:
+    if model is None:
+        return None
+    text = str(getattr(model, "id", None) or model)
+    match = _MODEL_ID.search(text)
+    return f"{match['name']}:{match['version']}" if match else text
+
+
+def _poller_error(poller: Any, grace: float) -> str | None:
+    """The operation's error message, if its poller has it within ``grace`` real seconds."""
+    if poller is None:
+        return None
+    try:
+        poller.wait(grace)
+    except Exception as exc:
+        return _azure.describe_error(exc)
+    return None

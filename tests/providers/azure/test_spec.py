@@ -1,0 +1,124 @@
+"""The ``azureml`` spec: loaded through its entry point without any azure library, Azure ML's
+limits checked by ``plan validate`` without network, the example plans valid."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from mlrollout.errors import PlanError
+from mlrollout.plan.loader import load_plan, parse_plan
+from mlrollout.plugins import provider_spec
+
+REPO = Path(__file__).resolve().parents[3]
+
+BASE = """\
+version: 1
+name: t
+target:
+  provider: azureml
+  subscription_id: {sub}
+  resource_group: rg
+  workspace: ws
+  endpoint: churn
+candidate: {{name: green, model: {model}, instance_type: Standard_DS3_v2}}
+strategy: {strategy}
+analysis:
+  interval: {interval}
+  gates:
+    - {{name: errors, metric: error_rate, max: 5%}}
+"""
+SUB = "00000000-0000-0000-0000-000000000000"
+CANARY = "{type: canary, steps: [{weight: 10}, {analyze: 10m}, {weight: 100}]}"
+
+
+def problems(
+    strategy: str = CANARY, interval: str = "60s", model: str = "churn-model:2", sub: str = SUB
+) -> list[str]:
+    text = BASE.format(strategy=strategy, interval=interval, model=model, sub=sub)
+    try:
+        parse_plan(text, "plan.yaml")
+    except PlanError as exc:
+        return [str(issue) for issue in exc.issues]
+    return []
+
+
+def test_the_spec_loads_through_its_entry_point_without_azure():
+    code = textwrap.dedent(
+        """
+        import sys
+        from mlrollout.plugins import provider_spec
+        from mlrollout.plan.loader import load_plan
+        spec = provider_spec("azureml")
+        assert spec.name == "azureml" and spec.capabilities.shadow
+        for path in sys.argv[1:]:
+            spec.describe_calls(load_plan(path).plan)
+        leaked = sorted(m for m in sys.modules if m.split(".")[0] == "azure")
+        assert not leaked, leaked
+        """
+    )
+    plans = sorted(str(p) for p in (REPO / "plans").glob("azureml-*.yaml"))
+    assert len(plans) == 2
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *plans], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_the_example_plans_are_valid():
+    for path in sorted((REPO / "plans").glob("azureml-*.yaml")):
+        plan = load_plan(path).plan
+        assert plan.target.provider == "azureml"
+
+
+def test_a_valid_plan_has_no_problems():
+    assert problems() == []
+
+
+def test_the_workspace_keys_are_required():
+    text = BASE.format(strategy=CANARY, interval="60s", model="m:1", sub=SUB).replace(
+        "  workspace: ws\n", ""
+    )
+    with pytest.raises(PlanError, match=r"needs target\.workspace"):
+        parse_plan(text, "plan.yaml")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"model": "churn-model"}, "not an Azure ML model reference"),
+        ({"sub": "my-sub"}, "not an Azure subscription id"),
+        ({"interval": "30s"}, "finest granularity is one minute"),
+        (
+            {"strategy": "{type: canary, steps: [{weight: 12.5}, {analyze: 10m}]}"},
+            "whole percents",
+        ),
+        ({"strategy": "{type: linear, step: 7.5, every: 5m}"}, "whole percents"),
+        ({"strategy": "{type: shadow, percent: 80, duration: 1h}"}, "mirrors at most 50%"),
+    ],
+)
+def test_platform_limits_are_checked_without_network(kwargs, words):
+    found = problems(**kwargs)
+    assert any(words in p for p in found), found
+
+
+def test_a_shadow_rollout_within_the_mirror_limit_is_declared_but_not_runnable_yet():
+    found = problems(strategy="{type: shadow, percent: 50, duration: 1h}")
+    assert found and all("mirrors at most" not in p for p in found)
+    assert any("not supported yet" in p for p in found), found
+
+
+def test_custom_queries_are_checked():
+    spec = provider_spec("azureml")
+    from mlrollout_azure.spec import check_query
+
+    assert spec.name == "azureml"
+    assert check_query({"metric": "ThumbsUp"}, ("q",)) == []
+    messages = [p.message for p in check_query({"metrc": "x", "aggregation": "P99"}, ("q",))]
+    assert any("unknown key 'metrc'" in m for m in messages)
+    assert any("needs metric" in m for m in messages)
+    assert any("not an Azure Monitor aggregation" in m for m in messages)
