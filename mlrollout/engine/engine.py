@@ -319,12 +319,17 @@ class Engine:
         if step.kind == "approve":
             assert step.approve is not None
             timeout = step.approve.timeout
+            # The gates keep watching the candidate's live traffic while a human decides: a
+            # failure rolls back at once (a `pause` step, by contrast, does not judge).
+            watch = bool(self.plan.analysis.gates) and state.weights.get(state.candidate, 0) > 0
             state.waiting = {
                 "reason": "approval",
                 "since": now,
                 "timeout_at": None if timeout is None else now + timeout,
                 "on_timeout": step.approve.on_timeout,
+                "watch_from": now if watch else None,
             }
+            state.next_look_at = now + self.plan.analysis.interval if watch else None
             self._move(Phase.WAITING)
             event = self.record(
                 "waiting",
@@ -334,7 +339,8 @@ class Engine:
                     "timeout_at": state.waiting["timeout_at"],
                 },
             )
-            return self._result(state.waiting["timeout_at"], event)
+            due = [t for t in (state.waiting["timeout_at"], state.next_look_at) if t is not None]
+            return self._result(min(due) if due else None, event)
         return self._tick_analyze(step, now)
 
     def _tick_analyze(self, step: ExecStep, now: float) -> TickResult:
@@ -436,10 +442,29 @@ class Engine:
         return self._result(None, self.record("paused", {"reason": reason}))
 
     def _tick_waiting(self, live: EndpointState, now: float) -> TickResult:
-        waiting = self.state.waiting or {}
+        state = self.state
+        waiting = state.waiting or {}
         timeout_at = waiting.get("timeout_at")
+        watch_from = waiting.get("watch_from")
+        event = None
+        if watch_from is not None and state.next_look_at is not None and now >= state.next_look_at:
+            verdict = self._look(watch_from, now)
+            state.looks += 1
+            state.next_look_at = now + self.plan.analysis.interval
+            state.last_verdict = verdict.to_dict()
+            look = {
+                "step": state.step,
+                "elapsed": now - watch_from,
+                "verdict": state.last_verdict,
+                "waiting": True,
+            }
+            if verdict.outcome == Outcome.FAIL:
+                return self._on_failure(_why(verdict), look)
+            event = self.record("look", look)
         if timeout_at is None or now < timeout_at:
-            return self._result(timeout_at)
+            watching = state.next_look_at if watch_from is not None else None
+            due = [t for t in (timeout_at, watching) if t is not None]
+            return self._result(min(due) if due else None, event)
         waited = format_duration(now - waiting.get("since", now))
         if waiting.get("on_timeout") == "continue":
             self.state.waiting = None
