@@ -23,6 +23,7 @@ from mlrollout.errors import (
     NeedsHuman,
     ProviderAuthError,
     ProviderError,
+    StateUnavailable,
 )
 from mlrollout.plan.loader import LoadedPlan, parse_plan
 from mlrollout.plan.model import Plan
@@ -285,7 +286,7 @@ class Runner:
         (exit 5). A refusal for lack of permission while preparing changed nothing: exit 6."""
         try:
             return engine.tick()
-        except ProviderError as exc:
+        except (ProviderError, StateUnavailable) as exc:
             phase = engine.state.phase_enum
             if phase == Phase.PENDING or (
                 phase == Phase.PREPARING and isinstance(exc, ProviderAuthError)

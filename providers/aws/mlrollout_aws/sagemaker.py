@@ -366,9 +366,21 @@ class SageMakerEndpoint:
         if base:
             tags.append({"Key": naming.TAG_BASE, "Value": base})
         extra = {k: current[k] for k in _CONFIG_KEYS if current.get(k)}
+
+        def exists() -> bool:
+            """Asked before each retry: a lost response may hide a config that was made."""
+            try:
+                self._config(name)
+            except AwsCallError:
+                return False
+            return True
+
         try:
-            self._call(
+            call(
+                self.client,
                 "create_endpoint_config",
+                retry=self.retry,
+                applied=exists,
                 EndpointConfigName=name,
                 ProductionVariants=variants,
                 Tags=tags,
