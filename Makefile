@@ -37,8 +37,11 @@ unit: $(STAMP)
 
 test: lint typecheck unit  ## ruff, mypy (strict on the core), the whole pytest suite
 
-bench: $(STAMP)  ## benchmark figures (not timed tests)
-	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+bench: $(STAMP)  ## benchmark figures (not timed tests); BENCH_ARGS="--runs 200" for a quick run
+	@$(BIN)/python -c "import numpy" 2>/dev/null || $(BIN)/python -m pip install -q -e ".[bench]"
+	$(BIN)/python benchmarks/sandbox_traffic.py
+	$(BIN)/python benchmarks/engine_speed.py
+	$(BIN)/python benchmarks/decisions.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

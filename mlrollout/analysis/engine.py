@@ -1,15 +1,23 @@
 """The plan's gates as one set, judged together at each look.
 
-Error budget (Bonferroni): the plan's ``alpha`` is the false-rollback budget for the whole rollout.
-Each deciding (non-dry-run) gate at each planned look gets an equal share::
+Error budget: the plan's ``alpha`` is the false-rollback budget for the whole rollout.
 
-    alpha_per_look = alpha / (max(1, deciding gates) * max(1, planned_looks))
+- The default rule, :class:`~mlrollout.analysis.sequential.MixtureSPRT`, is valid under continuous
+  monitoring within a stage (an analyze step's cumulative windows), however many looks. The budget
+  is split over stages and deciding (non-dry-run) gates only::
 
-By the union bound, the chance that any gate wrongly fails at any look is at most ``alpha``,
-whatever the correlation between gates and between looks (cumulative windows are highly
-correlated). It is therefore valid under continuous monitoring ("peeking" at every look), but
-conservative: it needs more data to decide than a sequential test would. Looks beyond
-``planned_looks`` (long holds) spend beyond the budget; count looks generously when planning.
+      alpha_test = alpha / (max(1, stages) * max(1, deciding gates))
+
+  and a gate with several criteria (``max`` and ``vs_baseline``...) splits its share evenly.
+- v1, :class:`~mlrollout.analysis.gates.FixedHorizonBonferroni`, tests each look at a fixed
+  horizon and so must also split over the planned looks::
+
+      alpha_per_look = alpha / (max(1, deciding gates) * max(1, planned_looks))
+
+By the union bound, the chance that any gate wrongly fails anywhere in the rollout is at most
+``alpha``. When the configured candidate share is given to :meth:`GateSet.look`, a sample-ratio
+mismatch check runs too: a mismatch holds every comparing gate (its own small budget,
+:data:`~mlrollout.analysis.sequential.SRM_ALPHA` per stage: it never rolls back).
 """
 
 from __future__ import annotations
@@ -17,14 +25,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mlrollout.analysis.gates import DecisionRule, FixedHorizonBonferroni, LookContext
+from mlrollout.analysis.sequential import MixtureSPRT, srm_verdict
 from mlrollout.analysis.verdict import GateVerdict, Outcome, Verdict
 from mlrollout.contracts import Window
-from mlrollout.plan.model import Analysis, Gate
+from mlrollout.plan.model import Analysis, Gate, Plan
+from mlrollout.plan.timeline import timeline
+
+#: The decision rules by name (``GateSet.from_plan(..., rule=RULES["fixed-horizon"]())``).
+RULES: dict[str, type[DecisionRule]] = {
+    "mixture-sprt": MixtureSPRT,
+    "fixed-horizon": FixedHorizonBonferroni,
+}
 
 
 @dataclass
 class GateSet:
-    """The gates of a plan, a decision rule, and the per-look error budget.
+    """The gates of a plan, a decision rule, and the error budget.
 
     >>> from mlrollout.contracts import Window
     >>> from mlrollout.plan.model import Analysis
@@ -35,9 +51,9 @@ class GateSet:
     ...         {"name": "p99", "metric": "latency_p99", "max": "300ms", "dry_run": True},
     ...     ],
     ... })
-    >>> gates = GateSet.from_plan(analysis, planned_looks=20)
-    >>> round(gates.alpha_per_look, 6)  # one deciding gate, 20 looks
-    0.0025
+    >>> gates = GateSet.from_plan(analysis, stages=2)
+    >>> gates.alpha_per_test  # one deciding gate, two stages
+    0.025
     >>> gates.look(Window(requests=57, errors=1), Window(requests=5000, errors=50)).reasons[0]
     'errors: candidate has 57 of 200 requests (143 more needed before any decision)'
     >>> verdict = gates.look(Window(requests=2000, errors=100), Window(requests=5000, errors=50))
@@ -45,8 +61,9 @@ class GateSet:
     <Outcome.FAIL: 'fail'>
     >>> import textwrap
     >>> print(textwrap.fill(verdict.reasons[0], 80))
-    errors: candidate error rate 5% vs baseline 1% (+400%): beyond the +25% margin
-    (limit 1.25%) at 99.75% confidence
+    errors: candidate error rate 5% vs baseline 1% (+400%; 97.5% always-valid lower
+    bound +200%): worse than the baseline and beyond the +25% margin, evidence 44.1
+    ≥ 3.7 needed, errors 100/2000 vs 50/5000, at 97.5%: roll back
     >>> verdict.reasons[1]  # dry run: recorded, never decides
     'p99 (dry run): no p99 latency data for the candidate'
     """
@@ -55,32 +72,67 @@ class GateSet:
     alpha: float = 0.05
     planned_looks: int = 1
     min_requests: int = 100
-    rule: DecisionRule = field(default_factory=FixedHorizonBonferroni)
+    rule: DecisionRule = field(default_factory=MixtureSPRT)
+    stages: int = 1
 
     @classmethod
     def from_plan(
-        cls, analysis: Analysis, planned_looks: int, rule: DecisionRule | None = None
+        cls,
+        analysis: Analysis,
+        planned_looks: int = 1,
+        rule: DecisionRule | None = None,
+        *,
+        stages: int = 1,
     ) -> GateSet:
+        """The plan's ``analysis`` section as a gate set. ``stages`` is how many analysis stages
+        (each with fresh cumulative windows) share ``alpha``; ``planned_looks`` only matters to
+        the fixed-horizon rule."""
         return cls(
             gates=tuple(analysis.gates),
             alpha=analysis.alpha,
             planned_looks=planned_looks,
             min_requests=analysis.min_requests,
-            rule=rule if rule is not None else FixedHorizonBonferroni(),
+            rule=rule if rule is not None else MixtureSPRT(),
+            stages=stages,
         )
 
     @property
+    def deciding(self) -> int:
+        return sum(1 for g in self.gates if not g.dry_run)
+
+    @property
     def alpha_per_look(self) -> float:
-        deciding = sum(1 for g in self.gates if not g.dry_run)
-        return self.alpha / (max(1, deciding) * max(1, self.planned_looks))
+        """v1's budget of one test at one look."""
+        return self.alpha / (max(1, self.deciding) * max(1, self.planned_looks))
+
+    @property
+    def alpha_per_test(self) -> float:
+        """The budget of one gate's always-valid test over one stage."""
+        return self.alpha / (max(1, self.deciding) * max(1, self.stages))
+
+    @property
+    def sequential(self) -> bool:
+        return not isinstance(self.rule, FixedHorizonBonferroni)
 
     @property
     def context(self) -> LookContext:
-        return LookContext(alpha_per_look=self.alpha_per_look, min_requests=self.min_requests)
+        return LookContext(
+            alpha_per_look=self.alpha_per_look,
+            min_requests=self.min_requests,
+            alpha_test=self.alpha_per_test if self.sequential else None,
+        )
 
-    def look(self, candidate: Window | None, baseline: Window | None) -> Verdict:
-        """Judge every gate on the windows of one look. ``None`` is no data (HOLD, never PASS).
-        Never raises: a gate whose evaluation breaks is held with the error as its reason."""
+    def look(
+        self,
+        candidate: Window | None,
+        baseline: Window | None,
+        *,
+        candidate_share: float | None = None,
+    ) -> Verdict:
+        """Judge every gate on the windows of one look (cumulative over the stage). ``None`` is
+        no data (HOLD, never PASS). ``candidate_share`` (a fraction: 0.1 for a 10 % canary)
+        turns on the sample-ratio-mismatch check. Never raises: a gate whose evaluation breaks
+        is held with the error as its reason."""
         ctx = self.context
         cand, base = candidate or Window(), baseline or Window()
         verdicts = []
@@ -94,4 +146,41 @@ class GateSet:
                         gate.name, gate.metric, Outcome.HOLD, message, {}, gate.dry_run, message
                     )
                 )
-        return Verdict(verdicts, alpha_per_look=ctx.alpha_per_look)
+        comparing = [g.vs_baseline is not None for g in self.gates]
+        if (
+            candidate_share is not None
+            and 0.0 < candidate_share < 1.0
+            and any(comparing)
+            and cand.requests
+            and base.requests
+            and not cand.error
+            and not base.error
+        ):
+            srm = srm_verdict(cand.requests, base.requests, candidate_share)
+            if srm.outcome is Outcome.HOLD:
+                verdicts = [
+                    _held_by_srm(v) if compares and v.outcome is not Outcome.HOLD else v
+                    for v, compares in zip(verdicts, comparing, strict=True)
+                ]
+            verdicts.append(srm)
+        alpha = ctx.alpha_test if ctx.alpha_test is not None else ctx.alpha_per_look
+        return Verdict(verdicts, alpha_per_look=alpha)
+
+
+def judged_stages(plan: Plan) -> int:
+    """How many stages of ``plan`` the gates judge, each on fresh cumulative windows (and so
+    each spending a share of ``alpha``): every analyze step, and every approval wait while the
+    candidate takes traffic (the gates keep watching then)."""
+    watching = bool(plan.analysis.gates)
+    count = sum(
+        1
+        for row in timeline(plan)
+        if row.step.kind == "analyze"
+        or (row.step.kind == "approve" and watching and row.candidate_weight > 0)
+    )
+    return max(1, count)
+
+
+def _held_by_srm(v: GateVerdict) -> GateVerdict:
+    reason = f"held: sample-ratio mismatch (would be {v.outcome.value}: {v.reason})"
+    return GateVerdict(v.gate, v.metric, Outcome.HOLD, reason, v.numbers, v.dry_run, v.error)

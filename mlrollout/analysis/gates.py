@@ -54,10 +54,15 @@ Direction = Literal["increase", "decrease"]
 
 @dataclass(frozen=True)
 class LookContext:
-    """What a rule needs besides the windows: the per-look error budget and the data minimum."""
+    """What a rule needs besides the windows: the error budgets and the data minimum.
+
+    ``alpha_per_look`` is v1's budget for one fixed-horizon test at one look; ``alpha_test`` is
+    the budget of one always-valid test over a whole stage (``None``: use ``alpha_per_look``).
+    """
 
     alpha_per_look: float
     min_requests: int
+    alpha_test: float | None = None
 
     def z(self, split: int = 1) -> float:
         """The one-sided critical value at ``alpha_per_look / split``."""

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mlrollout.analysis import GateSet, Outcome, Verdict
+from mlrollout.analysis.engine import judged_stages
 from mlrollout.clock import Clock
 from mlrollout.contracts import EndpointAdapter, EndpointState, MetricsQuery, MetricsSource, Window
 from mlrollout.engine.phases import Phase, can_move
@@ -104,12 +105,17 @@ class Engine:
         self.steps: list[ExecStep] = expand_steps(plan)
         self.state = state or RolloutState(candidate=plan.candidate.name)
         looks = planned_looks(plan)
-        self.gates = GateSet.from_plan(plan.analysis, planned_looks=looks)
+        # Each analyze step (and each watched approval wait) is a stage with fresh cumulative
+        # windows: the sequential rule spends the plan's alpha over them (and over the gates),
+        # whatever the number of looks.
+        stages = judged_stages(plan)
+        self.gates = GateSet.from_plan(plan.analysis, planned_looks=looks, stages=stages)
         self.absolute_gates = GateSet.from_plan(
             plan.analysis.model_copy(
                 update={"gates": [g for g in plan.analysis.gates if g.vs_baseline is None]}
             ),
             planned_looks=looks,
+            stages=stages,
         )
 
     # ------------------------------------------------------------------------------ recording
@@ -409,8 +415,13 @@ class Engine:
         baseline = windows.get(state.baseline, Window())
         # With no traffic on the baseline there is nothing to compare against: only absolute
         # gates judge (e.g. a bake at 100 %).
-        gates = self.gates if state.weights.get(state.baseline, 0) > 0 else self.absolute_gates
-        return gates.look(candidate, baseline)
+        base_weight = state.weights.get(state.baseline, 0.0)
+        if base_weight <= 0:
+            return self.absolute_gates.look(candidate, baseline)
+        # The configured split, for the sample-ratio-mismatch check.
+        cand_weight = state.weights.get(state.candidate, 0.0)
+        share = cand_weight / (cand_weight + base_weight)
+        return self.gates.look(candidate, baseline, candidate_share=share)
 
     def _inconclusive(self, verdict: Verdict, look: dict[str, Any]) -> TickResult:
         analysis = self.plan.analysis

@@ -43,6 +43,44 @@ def gate_rule(gate: Gate) -> str:
     return rule + (" (dry run)" if gate.dry_run else "")
 
 
+def gate_methods(plan: Plan) -> list[dict[str, Any]]:
+    """Each gate's decision method and about how long it takes to decide, at the first analyze
+    step's candidate weight (and the sandbox's traffic when the plan has one)."""
+    from mlrollout.analysis.engine import judged_stages
+    from mlrollout.analysis.expected import expect
+
+    rows = timeline(plan)
+    analyze = [r for r in rows if r.step.kind == "analyze"]
+    stages = judged_stages(plan)
+    weight = next((r.candidate_weight for r in analyze if 0 < r.candidate_weight < 100), 10.0)
+    gates = plan.analysis.gates
+    deciding = max(1, sum(1 for g in gates if not g.dry_run))
+    alpha = plan.analysis.alpha / (stages * deciding)
+    sandbox = plan.sandbox
+    rps = sandbox.rps * weight / 100 if sandbox is not None else None
+    baseline_rate = 0.01
+    if sandbox is not None and sandbox.variants:
+        first = next(iter(sandbox.variants.values()))
+        baseline_rate = first.error_rate if first.error_rate > 0 else 0.01
+    out = []
+    for gate in gates:
+        e = expect(gate, alpha, weight / 100, baseline_rate)
+        out.append(
+            {
+                "method": e.method,
+                "decides": e.text(rps),
+                "at_weight": weight,
+                "fail_requests": _finite(e.fail_requests),
+                "pass_requests": _finite(e.pass_requests),
+            }
+        )
+    return out
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else math.ceil(value)
+
+
 def _duration(seconds: float) -> str:
     return "until approved" if math.isinf(seconds) else format_duration(seconds)
 
@@ -104,8 +142,16 @@ def build_preview(loaded: LoadedPlan) -> dict[str, Any]:
         "min": format_duration(elapsed_min),
         "max": _duration(elapsed_max),
         "gates": [
-            {"name": g.name, "metric": g.metric, "rule": gate_rule(g), "dry_run": g.dry_run}
-            for g in plan.analysis.gates
+            {
+                "name": g.name,
+                "metric": g.metric,
+                # the CLI prints the rule: it carries the method and the time to decide
+                "rule": f"{gate_rule(g)} · {m['method']}"
+                + (f"; at {m['at_weight']:g}%: {m['decides']}" if m["decides"] else ""),
+                "dry_run": g.dry_run,
+                **m,
+            }
+            for g, m in zip(plan.analysis.gates, gate_methods(plan), strict=True)
         ],
         "analysis": {
             "interval": format_duration(plan.analysis.interval),

@@ -1,4 +1,8 @@
-"""The v1 gate framework: outcomes, reasons with numbers, no-data rules, error budget."""
+"""The v1 gate framework: outcomes, reasons with numbers, no-data rules, error budget.
+
+These pin v1's rule (:class:`FixedHorizonBonferroni`), still available by name; the default rule
+is tested in ``test_sequential.py``.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +16,13 @@ import pytest
 
 import mlrollout.analysis.engine
 from mlrollout.analysis import (
+    RULES,
     DecisionRule,
     FixedHorizonBonferroni,
     GateSet,
     GateVerdict,
     LookContext,
+    MixtureSPRT,
     Outcome,
     Verdict,
 )
@@ -32,7 +38,7 @@ def gate_set(*gates: dict[str, Any], looks: int = 20, min_requests: int = 200) -
     analysis = Analysis.model_validate(
         {"alpha": 0.05, "min_requests": min_requests, "gates": list(gates)}
     )
-    return GateSet.from_plan(analysis, planned_looks=looks)
+    return GateSet.from_plan(analysis, planned_looks=looks, rule=FixedHorizonBonferroni())
 
 
 def only(verdict: Verdict) -> GateVerdict:
@@ -300,7 +306,8 @@ def test_a_rule_that_breaks_holds_instead_of_crashing() -> None:
     analysis = Analysis.model_validate({"gates": [ERRORS_25]})
     g = only(GateSet.from_plan(analysis, 5, rule=rule).look(Window(requests=5000), None))
     assert g.outcome is Outcome.HOLD and g.error and "ZeroDivisionError: boom" in g.reason
-    assert isinstance(GateSet.from_plan(analysis, 5).rule, FixedHorizonBonferroni)
+    assert isinstance(GateSet.from_plan(analysis, 5).rule, MixtureSPRT)  # the default now
+    assert isinstance(RULES["fixed-horizon"](), FixedHorizonBonferroni)
 
 
 def test_verdict_roundtrips_through_json() -> None:

@@ -235,10 +235,15 @@ def test_approval_timeout_rolls_back(tmp_path: Path) -> None:
 def test_a_failure_while_waiting_for_approval_rolls_back_at_once(tmp_path: Path) -> None:
     # A regression the first analysis cannot see yet (too few errors at 10 % in 2 minutes)
     # shows while the rollout waits hours for a human: the gates still watch.
-    text = plan_text(candidate_error=0.03).replace(
-        "    - analyze: 10m\n    - weight: 50\n",
-        "    - analyze: 2m\n    - approve: {timeout: 8h}\n    - weight: 50\n",
-    ).replace("min_requests: 200", "min_requests: 20").replace("rps: 100", "rps: 20")
+    text = (
+        plan_text(candidate_error=0.03)
+        .replace(
+            "    - analyze: 10m\n    - weight: 50\n",
+            "    - analyze: 2m\n    - approve: {timeout: 8h}\n    - weight: 50\n",
+        )
+        .replace("min_requests: 200", "min_requests: 20")
+        .replace("rps: 100", "rps: 20")
+    )
     text = text.replace("  max_hold: 5m\n", "  max_hold: 5m\n  on_inconclusive: continue\n")
     world = World(tmp_path, text)
     for _ in range(2000):

@@ -1,0 +1,115 @@
+"""The public Python API for running an analysis on your own data: :class:`Monitor`.
+
+Build it from a plan's ``analysis`` section, feed it per-interval per-variant observations
+(requests, errors, a latency histogram or samples, custom counts), read a :class:`Verdict` after
+each one. It keeps the stage's cumulative totals (what the engine queries at each look) and judges
+them with the :class:`~mlrollout.analysis.GateSet`'s rule. See ``docs/analysis.md``.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from mlrollout.analysis.engine import GateSet
+from mlrollout.analysis.gates import DecisionRule
+from mlrollout.analysis.verdict import Verdict
+from mlrollout.contracts import CustomValue, LatencyHistogram, Window
+from mlrollout.plan.model import Analysis
+
+#: Default histogram bounds for :func:`histogram`: 80 log-spaced bounds from 1 ms to 60 s (the
+#: local sandbox's).
+DEFAULT_BOUNDS: tuple[float, ...] = tuple(
+    float(f"{0.001 * 60_000 ** (i / 79):.4g}") for i in range(80)
+)
+
+
+def histogram(
+    samples: Iterable[float], bounds: tuple[float, ...] = DEFAULT_BOUNDS
+) -> LatencyHistogram:
+    """Latency samples (seconds) counted into a histogram with ``bounds``."""
+    counts = [0] * (len(bounds) + 1)
+    for value in samples:
+        counts[bisect.bisect_left(bounds, value)] += 1
+    return LatencyHistogram(bounds, counts)
+
+
+def merge(total: Window, part: Window) -> Window:
+    """``total`` plus one more interval ``part`` (counts, histograms and custom sums add; a
+    provider percentile cannot be added up, so the newest interval's percentiles are kept)."""
+
+    def add(a: int | None, b: int | None) -> int | None:
+        return b if a is None else a if b is None else a + b
+
+    latency = total.latency
+    if part.latency is not None:
+        latency = part.latency if latency is None else latency.merge(part.latency)
+    custom = dict(total.custom)
+    for name, value in part.custom.items():
+        old = custom.get(name)
+        custom[name] = (
+            value if old is None else CustomValue(old.total + value.total, old.count + value.count)
+        )
+    return Window(
+        requests=add(total.requests, part.requests),
+        errors=add(total.errors, part.errors),
+        latency=latency,
+        latency_percentiles=dict(part.latency_percentiles or total.latency_percentiles),
+        custom=custom,
+    )
+
+
+@dataclass
+class Monitor:
+    """An analysis you feed interval by interval.
+
+    >>> from mlrollout.plan.model import Analysis
+    >>> analysis = Analysis.model_validate({"alpha": 0.05, "min_requests": 100, "gates": [
+    ...     {"name": "errors", "metric": "error_rate", "vs_baseline": {"max_increase": "25%"}}]})
+    >>> monitor = Monitor.from_plan(analysis, candidate_share=0.1)
+    >>> verdict = monitor.observe(Window(requests=100, errors=1), Window(requests=900, errors=9))
+    >>> verdict.outcome.value
+    'continue'
+    >>> bad, good = Window(requests=100, errors=6), Window(requests=900, errors=9)
+    >>> for _ in range(5):
+    ...     verdict = monitor.observe(bad, good)
+    >>> verdict.outcome.value, monitor.candidate.requests, monitor.candidate.errors
+    ('fail', 600, 31)
+    """
+
+    gates: GateSet
+    candidate_share: float | None = None
+    candidate: Window = field(default_factory=lambda: Window())
+    baseline: Window = field(default_factory=lambda: Window())
+    looks: int = 0
+
+    @classmethod
+    def from_plan(
+        cls,
+        analysis: Analysis,
+        *,
+        stages: int = 1,
+        candidate_share: float | None = None,
+        rule: DecisionRule | None = None,
+    ) -> Monitor:
+        """``stages``: how many stages share the plan's ``alpha`` (the engine uses the number of
+        analyze steps); ``candidate_share``: the configured split (a fraction), for the
+        sample-ratio-mismatch check; ``rule``: another :class:`DecisionRule` (v1's
+        :class:`~mlrollout.analysis.FixedHorizonBonferroni`, say)."""
+        return cls(GateSet.from_plan(analysis, rule=rule, stages=stages), candidate_share)
+
+    def observe(self, candidate: Window | None, baseline: Window | None) -> Verdict:
+        """Add one interval per variant and judge the stage's totals. ``None`` (the source
+        returned nothing) or a window with ``error`` set adds nothing; that look HOLDs."""
+        self.looks += 1
+        if candidate is None or baseline is None or candidate.error or baseline.error:
+            return self.gates.look(candidate, baseline, candidate_share=self.candidate_share)
+        self.candidate = merge(self.candidate, candidate)
+        self.baseline = merge(self.baseline, baseline)
+        return self.gates.look(self.candidate, self.baseline, candidate_share=self.candidate_share)
+
+    def new_stage(self, candidate_share: float | None = None) -> None:
+        """Start a new stage (a new traffic split): the totals start again from zero."""
+        self.candidate, self.baseline, self.looks = Window(), Window(), 0
+        self.candidate_share = candidate_share

@@ -1,0 +1,842 @@
+"""The default decision rule: always-valid mixture SPRTs, safe under continuous monitoring.
+
+Every criterion of a gate is two one-sided tests on the *cumulative* windows of the current stage,
+each a mixture likelihood ratio (see :mod:`mlrollout.analysis.mixture`) compared with
+``log(1/alpha_test)``:
+
+- the **rollback test** (FAIL): null "the candidate is no worse than the baseline (or within the
+  absolute bound)"; it reaches its boundary with probability at most ``alpha_test`` over *all*
+  looks of the stage, however many;
+- the **pass test** (PASS): null "the candidate is worse than the margin's limit"; reaching its
+  boundary rules out a regression beyond the margin (at most ``alpha_test`` false passes).
+
+Between "no worse" and "the margin's limit" lies the indifference zone (``max_increase``): a
+candidate there may go either way; a healthy one passes early. :class:`~mlrollout.analysis.GateSet`
+spends the plan's ``alpha`` over stages and deciding gates (Bonferroni), so the whole rollout's
+false-rollback rate stays at most ``alpha``.
+
+Per metric:
+
+- **Rates vs baseline** (``error_rate``, custom counts): the conditional binomial. Given the
+  events seen, each one is the candidate's with probability ``n_c r / (n_c r + n_b)`` (``r`` the
+  rate ratio, ``n`` the requests): the nuisance baseline rate drops out. An absolute margin
+  (``0.5pp``) becomes a ratio at the baseline's current rate (an approximation).
+- **Latency p50 vs baseline**: the Mann-Whitney rank statistic on the two histograms (bucket
+  midpoints, ties counted half), as a Gaussian path in its information; the pass test compares
+  the candidate with the baseline scaled by the margin (``x (1 + m)`` or ``x + m``).
+- **Latency p90/p99 vs baseline**: the requests slower than the baseline's quantile (a bucket
+  bound) are events; the rollback test is the conditional binomial on them; the pass test counts
+  the candidate's requests possibly slower than the limit (``threshold x (1 + m)``, whole buckets
+  rounded against passing).
+- **Absolute bounds**: the one-sample binomial (``errors / requests`` against ``max``; the share
+  of requests beyond a latency bound against ``1 - q``), buckets rounded against each verdict.
+- **Provider percentiles and custom means** carry no sample information: their point values are
+  compared once ``min_requests`` (and, for a percentile, at least 10 requests in its tail) are in,
+  and the verdict says that this guarantee is weaker.
+
+No data, a failed query, or fewer than ``min_requests`` per variant: HOLD, never PASS (v1's rules,
+shared). Each verdict states the estimate, an always-valid interval (Robbins' normal mixture),
+the evidence against the boundary, the samples, and a sentence.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mlrollout.analysis.gates import (
+    Direction,
+    Kind,
+    LookContext,
+    _Counts,
+    _Estimate,
+    _formatter,
+    _kind,
+    _label,
+    _margin_text,
+    _measure,
+    _query_error,
+    _requests_gate,
+    _Result,
+    _short,
+)
+from mlrollout.analysis.mixture import (
+    FAIL_GRID,
+    PASS_GRID,
+    RANK_GRID,
+    SRM_GRID,
+    bernoulli_log_lr,
+    bernoulli_log_lr_two_sided,
+    gaussian_log_lr,
+    kl_bernoulli,
+    normal_cs_radius,
+    pass_grid,
+)
+from mlrollout.analysis.verdict import GateVerdict, Numbers, Outcome
+from mlrollout.contracts import LatencyHistogram, Window
+from mlrollout.plan.model import LATENCY_METRICS, Gate, Margin
+from mlrollout.units import format_rate
+
+#: The false-alarm budget of the sample-ratio-mismatch check, per stage. A mismatch only holds.
+SRM_ALPHA = 0.001
+_PERCENTILE_TAIL = 10  # requests in a provider percentile's tail before its value means anything
+_MIXTURE_COST = 1.0  # nats a mixture pays over a test told the effect (for "needed" estimates)
+_WEAK = "a provider percentile gives no confidence bound: a weaker guarantee"
+_WEAK_MEAN = "a mean that is not a rate gives no confidence bound: a weaker guarantee"
+_VERDICT = {Outcome.FAIL: "roll back", Outcome.PASS: "pass", Outcome.CONTINUE: "keep watching"}
+
+
+@dataclass(frozen=True)
+class _Evidence:
+    fail: float  # log mixture LR of the rollback test
+    passing: float  # log mixture LR of the pass test
+    boundary: float  # log(1 / alpha)
+
+    @property
+    def outcome(self) -> Outcome:
+        if self.fail >= self.boundary:
+            return Outcome.FAIL
+        if self.passing >= self.boundary:
+            return Outcome.PASS
+        return Outcome.CONTINUE
+
+    def text(self) -> str:
+        if self.outcome is Outcome.FAIL:
+            return f"evidence {_nats(self.fail)} ≥ {self.boundary:.1f} needed"
+        if self.outcome is Outcome.PASS:
+            return f"evidence {_nats(self.passing)} ≥ {self.boundary:.1f} needed"
+        return (
+            f"evidence of a regression {_nats(self.fail)}, of staying within it "
+            f"{_nats(self.passing)}, {self.boundary:.1f} needed"
+        )
+
+    def numbers(self) -> Numbers:
+        return {
+            "statistic": self.fail,
+            "evidence_fail": self.fail,
+            "evidence_pass": self.passing,
+            "boundary": self.boundary,
+        }
+
+
+def _nats(value: float) -> str:
+    if math.isinf(value):
+        return "∞" if value > 0 else "-∞"
+    return f"{value:.1f}"
+
+
+def _pct(ratio: float) -> str:
+    """A ratio as a signed change: ``1.1`` → ``+10%``."""
+    if not math.isfinite(ratio):
+        return "+∞%"
+    change = (ratio - 1) * 100
+    return f"{change:+.0f}%" if abs(change) >= 10 else f"{change:+.2g}%"
+
+
+@functools.lru_cache(maxsize=256)
+def _conf(alpha: float) -> str:
+    return f"{math.floor((1.0 - alpha) * 10000) / 100:g}%"
+
+
+def _z_eff(information: float, alpha: float) -> float:
+    """The normal quantile an always-valid interval uses at this much information."""
+    return normal_cs_radius(max(information, 1e-9), alpha) * math.sqrt(max(information, 1e-9))
+
+
+def _wilson(c: _Counts, z: float) -> tuple[float, float]:
+    n, p = c.trials, c.rate
+    centre, denom = p + z * z / (2 * n), 1 + z * z / n
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, (centre - half) / denom), min(1.0, (centre + half) / denom)
+
+
+# ------------------------------------------------------------------------------- rates
+
+
+def _limit_ratio(margin: Margin, worse: Direction, baseline_rate: float, trials: float) -> float:
+    """The margin's limit as a rate ratio (candidate / baseline)."""
+    sign = 1.0 if worse == "increase" else -1.0
+    if margin.kind == "relative":
+        return max(0.0, 1.0 + sign * margin.amount)
+    rate = baseline_rate if baseline_rate > 0 else 0.5 / trials
+    return max(0.0, (rate + sign * margin.amount) / rate)
+
+
+def conditional_evidence(
+    x_c: float,
+    n_c: float,
+    x_b: float,
+    n_b: float,
+    limit_ratio: float,
+    worse: Direction,
+    alpha: float,
+    x_c_pass: float | None = None,
+) -> _Evidence:
+    """Both tests on the conditional binomial: of ``x_c + x_b`` events, ``x_c`` are the
+    candidate's (``x_c_pass`` for the pass test when it counts events differently)."""
+    up = worse == "increase"
+
+    def theta(r: float) -> float:
+        return n_c * r / (n_c * r + n_b)
+
+    fail = bernoulli_log_lr(x_c, x_c + x_b, theta(1.0), FAIL_GRID, up=up)
+    xp = x_c if x_c_pass is None else x_c_pass
+    if up:
+        grid = pass_grid(limit_ratio) if x_c_pass is None else PASS_GRID
+        passing = bernoulli_log_lr(xp, xp + x_b, theta(limit_ratio), grid, up=False)
+    else:
+        grid = pass_grid(1 / limit_ratio) if 0 < limit_ratio < 1 else PASS_GRID
+        passing = (
+            bernoulli_log_lr(xp, xp + x_b, theta(limit_ratio), grid, up=True)
+            if limit_ratio > 0
+            else math.inf
+        )
+    return _Evidence(fail, passing, math.log(1.0 / alpha))
+
+
+def _needed_more(
+    x_c: float, n_c: float, x_b: float, n_b: float, limit_ratio: float, ev: _Evidence
+) -> int | None:
+    """About how many more candidate requests the nearer test needs if the rates stay as seen."""
+    events = x_c + x_b
+    if events <= 0 or n_c <= 0:
+        return None
+    theta_hat = min(max(x_c / events, 0.5 / events), 1 - 0.5 / events)
+    targets = [n_c / (n_c + n_b), n_c * limit_ratio / (n_c * limit_ratio + n_b)]
+    best = None
+    for theta0 in targets:
+        kl = kl_bernoulli(theta_hat, theta0)
+        if kl <= 1e-12:
+            continue
+        total = (ev.boundary + _MIXTURE_COST) / kl
+        more = max(0.0, total - events) / (events / n_c)
+        best = more if best is None else min(best, more)
+    return None if best is None else math.ceil(best)
+
+
+def _rates_vs_baseline(
+    label: str, kind: Kind, c: _Counts, b: _Counts, margin: Margin, worse: Direction, alpha: float
+) -> _Result:
+    fmt = _formatter(kind)
+    limit_ratio = _limit_ratio(margin, worse, b.rate, b.trials)
+    limit_rate = b.rate * limit_ratio if b.rate > 0 else (limit_ratio * 0.5 / b.trials)
+    margin_text = _margin_text(kind, margin, worse)
+    ratio = c.rate / b.rate if b.rate > 0 else math.inf if c.rate > 0 else 1.0
+    info = 1.0 / (1.0 / (c.events + 0.5) + 1.0 / (b.events + 0.5))
+    radius = normal_cs_radius(info, alpha)
+    r_mid = ((c.events + 0.5) / c.trials) / ((b.events + 0.5) / b.trials)
+    r_low, r_high = r_mid * math.exp(-radius), r_mid * math.exp(radius)
+    numbers: Numbers = {
+        "candidate": c.rate,
+        "baseline": b.rate,
+        "estimate": ratio - 1 if margin.kind == "relative" else c.rate - b.rate,
+        "ratio": ratio,
+        "ratio_lower": r_low,
+        "ratio_upper": r_high,
+        "lower": b.rate * r_low,
+        "upper": b.rate * r_high,
+        "threshold": min(1.0, limit_rate),
+        "alpha": alpha,
+    }
+    head = f"candidate {label} {fmt(c.rate)} vs baseline {fmt(b.rate)}"
+    interval = f"{_conf(alpha)} interval {_pct(r_low)} to {_pct(r_high)}"
+    if worse == "increase" and margin.kind == "absolute" and b.rate + margin.amount >= 1:
+        return _Result(Outcome.PASS, f"{head}: the {margin_text} margin allows any rate", numbers)
+    if c.events == 0 and b.events == 0:
+        # No event yet: no evidence either way (v1 passed here; a 10x regression of a 0.1 %
+        # rate often shows no event in the first few hundred requests, so that is unsafe).
+        reason = (
+            f"{head}: no event in either variant yet ({c.trials:.0f} and {b.trials:.0f} "
+            f"requests), nothing to compare: keep watching (bound rare events with a max)"
+        )
+        return _Result(Outcome.CONTINUE, reason, numbers)
+    ev = conditional_evidence(c.events, c.trials, b.events, b.trials, limit_ratio, worse, alpha)
+    numbers |= ev.numbers()
+    outcome = ev.outcome
+    if outcome is not Outcome.CONTINUE:  # the decided side's bound, from the test itself
+        edge = _ratio_edge(c, b, limit_ratio, worse, outcome, ev.boundary)
+        high_side = (outcome is Outcome.PASS) == (worse == "increase")
+        side = "upper" if high_side else "lower"
+        r_low, r_high = (r_low, edge) if high_side else (edge, r_high)
+        numbers |= {"ratio_lower": r_low, "ratio_upper": r_high}
+        numbers |= {"lower": b.rate * r_low, "upper": b.rate * r_high}
+        interval = f"{_conf(alpha)} always-valid {side} bound {_pct(edge)}"
+    samples = f"{c.events:.0f}/{c.trials:.0f} vs {b.events:.0f}/{b.trials:.0f}"
+    change = _pct(ratio) if b.rate > 0 else "from none"
+    if outcome is Outcome.FAIL:
+        word = "worse than" if worse == "increase" else "below"
+        beyond = (
+            " and beyond the " + margin_text + " margin"
+            if _beyond(r_low, r_high, limit_ratio, worse)
+            else ""
+        )
+        verdict = f"{word} the baseline{beyond}"
+    elif outcome is Outcome.PASS:
+        verdict = f"within the {margin_text} margin (limit {fmt(min(1.0, limit_rate))})"
+    else:
+        verdict = (
+            f"not yet decided against the {margin_text} margin (limit {fmt(min(1.0, limit_rate))})"
+        )
+        more = _needed_more(c.events, c.trials, b.events, b.trials, limit_ratio, ev)
+        if more is not None:
+            numbers["needed_requests"] = more
+            verdict += f"; about {more} more candidate requests at these rates"
+    noun = "errors" if label == "error rate" else "events"
+    reason = (
+        f"{head} ({change}; {interval}): {verdict}, {ev.text()}, {noun} {samples}, "
+        f"at {_conf(alpha)}: {_VERDICT[outcome]}"
+    )
+    return _Result(outcome, reason, numbers)
+
+
+def _ratio_edge(
+    c: _Counts, b: _Counts, limit: float, worse: Direction, outcome: Outcome, boundary: float
+) -> float:
+    """The rate ratio where the deciding test stops rejecting (inverting the same mixture): the
+    always-valid bound that agrees with the verdict (lower after a rollback on an increase...)."""
+    x, n = c.events, c.events + b.events
+
+    def theta(log_r: float) -> float:
+        r = math.exp(log_r)
+        return c.trials * r / (c.trials * r + b.trials)
+
+    up = worse == "increase"
+    if outcome is Outcome.FAIL:  # alternatives beyond r0 on the worse side; rejected at r0 = 1
+
+        def rejects(log_r: float) -> bool:
+            return bernoulli_log_lr(x, n, theta(log_r), FAIL_GRID, up=up) >= boundary
+
+        start, far = 0.0, (4.0 if up else -4.0)
+    else:  # alternatives on the better side of r0; rejected at the limit
+
+        def rejects(log_r: float) -> bool:
+            r0 = math.exp(log_r)
+            grid = pass_grid(r0) if up else pass_grid(1 / r0)
+            return bernoulli_log_lr(x, n, theta(log_r), grid, up=not up) >= boundary
+
+        start = math.log(max(limit, 1e-9))
+        far = start + (-4.0 if up else 4.0)
+    if rejects(far):  # beyond the searched range: the range's end is a conservative bound
+        return math.exp(far)
+    for _ in range(10):  # to within e^(4/1024): 0.4 %
+        mid = (start + far) / 2
+        start, far = (mid, far) if rejects(mid) else (start, mid)
+    return math.exp(far)  # the first ratio not rejected: conservative
+
+
+def _beyond(low: float, high: float, limit: float, worse: Direction) -> bool:
+    return low > limit if worse == "increase" else high < limit
+
+
+# ---------------------------------------------------------------------------- one sample
+
+
+def _one_sample(
+    x_fail: float, x_pass: float, n: float, theta0: float, up: bool, alpha: float
+) -> _Evidence:
+    """Against ``theta0``: the rollback test sees ``x_fail`` events (rounded toward passing), the
+    pass test ``x_pass`` (rounded toward failing); ``up`` = more events is worse."""
+    fail = bernoulli_log_lr(x_fail, n, theta0, FAIL_GRID, up=up)
+    passing = bernoulli_log_lr(x_pass, n, theta0, PASS_GRID, up=not up)
+    return _Evidence(fail, passing, math.log(1.0 / alpha))
+
+
+def _rate_bound(
+    label: str, kind: Kind, c: _Counts, bound: float, is_max: bool, alpha: float
+) -> _Result:
+    fmt = _formatter(kind)
+    ev = _one_sample(c.events, c.events, c.trials, bound, is_max, alpha)
+    low, high = _wilson(c, _z_eff(c.trials * max(c.rate * (1 - c.rate), 1 / c.trials), alpha))
+    return _bound_result(
+        label, fmt, c.rate, low, high, bound, is_max, ev, alpha, f"{c.events:.0f} of {c.trials:.0f}"
+    )
+
+
+def _bound_result(
+    label: str,
+    fmt: Callable[[float], str],
+    value: float,
+    low: float,
+    high: float,
+    bound: float,
+    is_max: bool,
+    ev: _Evidence,
+    alpha: float,
+    samples: str,
+) -> _Result:
+    outcome = ev.outcome
+    name = "maximum" if is_max else "minimum"
+    where = {
+        Outcome.FAIL: "above" if is_max else "below",
+        Outcome.PASS: "at or under" if is_max else "at or over",
+        Outcome.CONTINUE: "not yet clear of",
+    }[outcome]
+    high_text = fmt(high) if math.isfinite(high) else "unbounded"
+    reason = (
+        f"candidate {label} {fmt(value)} ({_conf(alpha)} interval {fmt(low)}–{high_text}): "
+        f"{where} the {fmt(bound)} {name}, {ev.text()}, {samples}, at {_conf(alpha)}: "
+        f"{_VERDICT[outcome]}"
+    )
+    numbers: Numbers = {
+        "candidate": value,
+        "estimate": value,
+        "lower": low,
+        "upper": high,
+        "threshold": bound,
+        "alpha": alpha,
+        **ev.numbers(),
+    }
+    return _Result(outcome, reason, numbers)
+
+
+# ------------------------------------------------------------------------------ latency
+
+
+@functools.lru_cache(maxsize=64)
+def _midpoints(bounds: tuple[float, ...]) -> tuple[float, ...]:
+    """A representative latency per bucket (geometric middle; the overflow at 1.5× the last)."""
+    b = bounds
+    inner = [math.sqrt(b[i - 1] * b[i]) for i in range(1, len(b))]
+    return (b[0] / 2, *inner, b[-1] * 1.5)
+
+
+def _rank(
+    c: LatencyHistogram, b: LatencyHistogram, shift: Callable[[float], float] | None
+) -> tuple[float, float]:
+    """``P(candidate > shift(baseline)) + P(tie)/2`` from two histograms and its information
+    (1 / null variance, ties corrected). ``shift`` must be increasing (``None``: identity)."""
+    if shift is None and c.bounds == b.bounds:  # the same buckets: a single pass
+        n_c, n_b = sum(c.counts), sum(b.counts)
+        u, below, ties = 0.0, 0, 0.0
+        for kc, kb in zip(c.counts, b.counts, strict=True):
+            if kc or kb:
+                u += kc * (below + kb / 2)
+                below += kb
+                t = kc + kb
+                ties += t * t * t - t
+        return _rank_result(u, ties, n_c, n_b)
+    mc, mb = _midpoints(c.bounds), _midpoints(b.bounds)
+    cv = [(mc[i], k) for i, k in enumerate(c.counts) if k]
+    bv = [(mb[i] if shift is None else shift(mb[i]), k) for i, k in enumerate(b.counts) if k]
+    n_c, n_b = sum(k for _, k in cv), sum(k for _, k in bv)
+    u, below, ties, i, j = 0.0, 0, 0.0, 0, 0
+    while i < len(cv) or j < len(bv):  # merge the two sorted value lists
+        vc = cv[i][0] if i < len(cv) else math.inf
+        vb = bv[j][0] if j < len(bv) else math.inf
+        kc = kb = 0
+        if vc <= vb:
+            kc = cv[i][1]
+            i += 1
+        if vb <= vc:
+            kb = bv[j][1]
+            j += 1
+        u += kc * (below + kb / 2)
+        below += kb
+        t = kc + kb
+        ties += t * t * t - t
+    return _rank_result(u, ties, n_c, n_b)
+
+
+def _rank_result(u: float, ties: float, n_c: int, n_b: int) -> tuple[float, float]:
+    n = n_c + n_b
+    if n_c == 0 or n_b == 0 or n < 2:
+        return 0.5, 0.0
+    var = ((n + 1) - ties / (n * (n - 1))) / (12.0 * n_c * n_b)
+    return u / (n_c * n_b), (1.0 / var if var > 0 else 0.0)
+
+
+def _limit_fn(margin: Margin, worse: Direction) -> Callable[[float], float]:
+    sign, m = (1.0 if worse == "increase" else -1.0), margin.amount
+    if margin.kind == "relative":
+        return lambda x: x * (1 + sign * m)
+    return lambda x: x + sign * m
+
+
+def _median_vs_baseline(
+    label: str,
+    c: LatencyHistogram,
+    b: LatencyHistogram,
+    margin: Margin,
+    worse: Direction,
+    alpha: float,
+    q: float,
+) -> _Result:
+    fmt = _formatter("latency")
+    limit = _limit_fn(margin, worse)
+    up = worse == "increase"
+    a, info = _rank(c, b, None)
+    a_lim, info_lim = _rank(c, b, limit)
+    fail = gaussian_log_lr(a - 0.5, info, RANK_GRID, up=up)
+    passing = gaussian_log_lr(a_lim - 0.5, info_lim, RANK_GRID, up=not up)
+    ev = _Evidence(fail, passing, math.log(1.0 / alpha))
+    qc, qb = c.quantile(q), b.quantile(q)
+    radius = normal_cs_radius(info, alpha)
+    numbers: Numbers = {
+        "candidate": qc,
+        "baseline": qb,
+        "estimate": qc / qb - 1 if margin.kind == "relative" and qb > 0 else qc - qb,
+        "lower": None,
+        "upper": None,
+        "threshold": limit(qb),
+        "p_slower": a,
+        "p_slower_lower": max(0.0, a - radius),
+        "p_slower_upper": min(1.0, a + radius),
+        "alpha": alpha,
+        **ev.numbers(),
+    }
+    outcome = ev.outcome
+    verdict = _latency_words(outcome, margin, worse, fmt(limit(qb)))
+    change = f"{(qc / qb - 1) * 100:+.3g}%" if qb > 0 else "n/a"
+    reason = (
+        f"candidate {label} {fmt(qc)} vs baseline {fmt(qb)} ({change}; P(candidate slower) "
+        f"{a:.3f}, {_conf(alpha)} interval {max(0.0, a - radius):.3f}–{min(1.0, a + radius):.3f}, "
+        f"rank test on {c.total} vs {b.total} requests): {verdict}, {ev.text()}, "
+        f"at {_conf(alpha)}: {_VERDICT[outcome]}"
+    )
+    return _Result(outcome, reason, numbers)
+
+
+def _latency_words(outcome: Outcome, margin: Margin, worse: Direction, limit: str) -> str:
+    margin_text = _margin_text("latency", margin, worse)
+    if outcome is Outcome.FAIL:
+        return "slower than the baseline" if worse == "increase" else "faster than the baseline"
+    if outcome is Outcome.PASS:
+        return f"within the {margin_text} margin (limit {limit})"
+    return f"not yet decided against the {margin_text} margin (limit {limit})"
+
+
+def _count_above(hist: LatencyHistogram, t: float, certain: bool) -> int:
+    """Requests slower than ``t``: ``certain`` counts only whole buckets above it, otherwise also
+    the bucket that holds ``t``."""
+    i = bisect.bisect_left(hist.bounds, t)  # bucket i holds (bounds[i-1], bounds[i]]
+    if i < len(hist.bounds) and hist.bounds[i] == t:
+        return sum(hist.counts[i + 1 :])
+    return sum(hist.counts[i + 1 :]) if certain else sum(hist.counts[i:])
+
+
+def _tail_vs_baseline(
+    label: str,
+    c: LatencyHistogram,
+    b: LatencyHistogram,
+    margin: Margin,
+    worse: Direction,
+    alpha: float,
+    q: float,
+) -> _Result:
+    fmt = _formatter("latency")
+    limit = _limit_fn(margin, worse)
+    qb, qc = b.quantile(q), c.quantile(q)
+    i = min(bisect.bisect_left(b.bounds, qb), len(b.bounds) - 1)
+    t = b.bounds[i]  # the baseline's quantile, rounded up to a bucket bound
+    x_b = _count_above(b, t, certain=True)
+    x_c = _count_above(c, t, certain=True)
+    x_c_pass = _count_above(c, limit(t), certain=False)
+    n_c, n_b = c.total, b.total
+    need = math.ceil(_PERCENTILE_TAIL / (1 - q))
+    numbers: Numbers = {
+        "candidate": qc,
+        "baseline": qb,
+        "estimate": qc / qb - 1 if margin.kind == "relative" and qb > 0 else qc - qb,
+        "threshold": limit(qb),
+        "alpha": alpha,
+        "slow_threshold": t,
+        "candidate_slow": x_c,
+        "baseline_slow": x_b,
+    }
+    if n_b < need:
+        numbers["needed_requests"] = need - n_b
+        reason = (
+            f"candidate {label} {fmt(qc)} vs baseline {fmt(qb)}: the baseline has {n_b} requests, "
+            f"{need} are needed to see {_PERCENTILE_TAIL} in its tail ({need - n_b} more)"
+        )
+        return _Result(Outcome.CONTINUE, reason, numbers)
+    ratio = limit(t) / t if t > 0 else 1.0
+    ev = conditional_evidence(x_c, n_c, x_b, n_b, 1.0, worse, alpha, x_c_pass=x_c_pass)
+    numbers |= ev.numbers()
+    outcome = ev.outcome
+    share_c, share_b = x_c / n_c, x_b / n_b
+    verdict = _latency_words(outcome, margin, worse, fmt(limit(qb)))
+    change = f"{(qc / qb - 1) * 100:+.3g}%" if qb > 0 else "n/a"
+    reason = (
+        f"candidate {label} {fmt(qc)} vs baseline {fmt(qb)} ({change}; slower than "
+        f"{fmt(t)}: {format_rate(share_c)} of {n_c} vs {format_rate(share_b)} of {n_b} requests, "
+        f"{x_c_pass} beyond {fmt(t * ratio)}): {verdict}, {ev.text()}, at {_conf(alpha)}: "
+        f"{_VERDICT[outcome]}"
+    )
+    return _Result(outcome, reason, numbers)
+
+
+def _latency_bound(
+    label: str, hist: LatencyHistogram, q: float, bound: float, is_max: bool, alpha: float
+) -> _Result:
+    fmt = _formatter("latency")
+    n = hist.total
+    if is_max:  # worse: more than 1 - q of the requests slower than the bound
+        x_fail = _count_above(hist, bound, certain=True)
+        x_pass = _count_above(hist, bound, certain=False)
+        ev = _one_sample(x_fail, x_pass, n, 1.0 - q, True, alpha)
+    else:  # worse: more than q of the requests faster than the bound
+        x_fail = n - _count_above(hist, bound, certain=False)
+        x_pass = n - _count_above(hist, bound, certain=True)
+        ev = _one_sample(x_fail, x_pass, n, q, True, alpha)
+    z = _z_eff(n * q * (1 - q), alpha)
+    spread = z * math.sqrt(n * q * (1 - q)) + 1.0
+    low = hist.value_at_rank(n * q - spread) if n * q - spread >= 0 else 0.0
+    high = hist.value_at_rank(n * q + spread) if n * q + spread < n - hist.counts[-1] else math.inf
+    share = x_fail / n
+    samples = (
+        f"{format_rate(share)} of {n} requests {'slower' if is_max else 'faster'} than {fmt(bound)}"
+    )
+    return _bound_result(label, fmt, hist.quantile(q), low, high, bound, is_max, ev, alpha, samples)
+
+
+# ---------------------------------------------------------------------------------- points
+
+
+def _point(
+    label: str,
+    kind: Kind,
+    est: _Estimate,
+    bound: float,
+    is_max: bool,
+    note: str,
+) -> _Result:
+    fmt = _formatter(kind)
+    fail = est.value > bound if is_max else est.value < bound
+    outcome = Outcome.FAIL if fail else Outcome.PASS
+    name = "maximum" if is_max else "minimum"
+    where = (
+        ("above" if is_max else "below") if fail else ("at or under" if is_max else "at or over")
+    )
+    reason = (
+        f"candidate {label} {fmt(est.value)}: {where} the {fmt(bound)} {name} ({note}): "
+        f"{_VERDICT[outcome]}"
+    )
+    return _Result(
+        outcome, reason, {"candidate": est.value, "estimate": est.value, "threshold": bound}
+    )
+
+
+def _points_vs_baseline(
+    label: str, kind: Kind, c: _Estimate, b: _Estimate, margin: Margin, worse: Direction, note: str
+) -> _Result:
+    fmt = _formatter(kind)
+    limit = _limit_fn(margin, worse)(b.value)
+    fail = c.value > limit if worse == "increase" else c.value < limit
+    outcome = Outcome.FAIL if fail else Outcome.PASS
+    change = f"{(c.value / b.value - 1) * 100:+.3g}%" if b.value else "n/a"
+    where = "beyond" if fail else "within"
+    reason = (
+        f"candidate {label} {fmt(c.value)} vs baseline {fmt(b.value)} ({change}): {where} the "
+        f"{_margin_text(kind, margin, worse)} margin (limit {fmt(limit)}) ({note}): "
+        f"{_VERDICT[outcome]}"
+    )
+    numbers: Numbers = {
+        "candidate": c.value,
+        "baseline": b.value,
+        "estimate": c.value / b.value - 1
+        if margin.kind == "relative" and b.value
+        else c.value - b.value,
+        "threshold": limit,
+    }
+    return _Result(outcome, reason, numbers)
+
+
+def _tail_short(gate: Gate, *windows: Window) -> int | None:
+    """Requests still needed before a provider percentile has ``_PERCENTILE_TAIL`` in its tail."""
+    q = LATENCY_METRICS.get(gate.metric)
+    if q is None:
+        return None
+    need = math.ceil(_PERCENTILE_TAIL / (1 - q))
+    short = max((need - (w.requests or 0) for w in windows), default=0)
+    return short if short > 0 else None
+
+
+# ------------------------------------------------------------------------------------ rule
+
+
+class MixtureSPRT:
+    """The default rule: always-valid mixture SPRTs (see the module notes). Stateless: each look
+    judges the stage's cumulative windows, so a resumed engine decides exactly as before."""
+
+    name = "mixture-sprt"
+
+    def evaluate(
+        self, gate: Gate, candidate: Window, baseline: Window, ctx: LookContext
+    ) -> GateVerdict:
+        result = self._evaluate(gate, candidate, baseline, ctx)
+        if candidate.requests is not None:
+            result.numbers.setdefault("candidate_requests", candidate.requests)
+        if gate.vs_baseline is not None and baseline.requests is not None:
+            result.numbers.setdefault("baseline_requests", baseline.requests)
+        return GateVerdict(
+            gate.name,
+            gate.metric,
+            result.outcome,
+            result.reason,
+            result.numbers,
+            gate.dry_run,
+            result.error,
+        )
+
+    def _evaluate(
+        self, gate: Gate, candidate: Window, baseline: Window, ctx: LookContext
+    ) -> _Result:
+        variants = [("candidate", candidate)]
+        if gate.vs_baseline is not None:
+            variants.append(("baseline", baseline))
+        need = max(1, ctx.min_requests)
+        problem = _query_error(variants)
+        if problem is None and gate.metric == "requests":
+            if gate.vs_baseline is not None:
+                message = "requests cannot be compared with the baseline (the split decides them)"
+                return _Result(Outcome.HOLD, message, {}, error=message)
+            return _requests_gate(gate, candidate, need)
+        problem = problem or _short(variants, need)
+        if problem is not None:
+            return problem
+        label = _label(gate)
+        max_value, min_value, margin, worse = _parsed(gate)
+        split = max(1, sum(x is not None for x in (gate.max, gate.min, gate.vs_baseline)))
+        alpha = (ctx.alpha_test if ctx.alpha_test is not None else ctx.alpha_per_look) / split
+        q = LATENCY_METRICS.get(gate.metric)
+        checks: list[_Result] = []
+        for bound, is_max in ((max_value, True), (min_value, False)):
+            if bound is None:
+                continue
+            if q is not None and candidate.latency is not None and candidate.latency.total > 0:
+                checks.append(_latency_bound(label, candidate.latency, q, bound, is_max, alpha))
+                continue
+            m = _measure(gate, candidate, "candidate", 0.0)
+            if isinstance(m, str):
+                return _Result(Outcome.HOLD, m)
+            kind = _kind(gate, m)
+            if isinstance(m, _Counts):
+                checks.append(_rate_bound(label, kind, m, bound, is_max, alpha))
+                continue
+            short = _tail_short(gate, candidate)
+            if short is not None:
+                reason = (
+                    f"candidate {label} {_formatter(kind)(m.value)}: {short} more requests needed "
+                    f"before a provider percentile means anything"
+                )
+                return _Result(Outcome.HOLD, reason, {"needed_requests": short})
+            checks.append(
+                _point(label, kind, m, bound, is_max, _WEAK if q is not None else _WEAK_MEAN)
+            )
+        if margin is not None:
+            ch, bh = candidate.latency, baseline.latency
+            if q is not None and ch is not None and bh is not None and ch.total and bh.total:
+                if ch.bounds != bh.bounds:
+                    ch = _rebucket(ch, bh.bounds)
+                if q == 0.5:
+                    checks.append(_median_vs_baseline(label, ch, bh, margin, worse, alpha, q))
+                else:
+                    checks.append(_tail_vs_baseline(label, ch, bh, margin, worse, alpha, q))
+            else:
+                mc = _measure(gate, candidate, "candidate", 0.0)
+                mb = _measure(gate, baseline, "baseline", 0.0)
+                if isinstance(mc, str) or isinstance(mb, str):
+                    return _Result(Outcome.HOLD, mc if isinstance(mc, str) else str(mb))
+                kind = _kind(gate, mc)
+                if isinstance(mc, _Counts) and isinstance(mb, _Counts):
+                    checks.append(_rates_vs_baseline(label, kind, mc, mb, margin, worse, alpha))
+                else:
+                    assert isinstance(mc, _Estimate) and isinstance(mb, _Estimate)
+                    short = _tail_short(gate, candidate, baseline)
+                    if short is not None:
+                        reason = (
+                            f"{short} more requests needed before provider percentiles of "
+                            f"{label} mean anything"
+                        )
+                        return _Result(Outcome.HOLD, reason, {"needed_requests": short})
+                    note = _WEAK if q is not None else _WEAK_MEAN
+                    checks.append(_points_vs_baseline(label, kind, mc, mb, margin, worse, note))
+        if not checks:
+            return _Result(Outcome.PASS, "no bound set: the gate only records the metric")
+        worst = max(checks, key=lambda r: r.outcome)
+        numbers: Numbers = {}
+        for r in [*checks, worst]:
+            numbers.update(r.numbers)
+        return _Result(worst.outcome, "; ".join(r.reason for r in checks), numbers)
+
+
+def _parsed(gate: Gate) -> tuple[float | None, float | None, Margin | None, Direction]:
+    """A gate's parsed bounds, margin and worse direction (parsed once per distinct gate)."""
+    raw = None if gate.vs_baseline is None else gate.vs_baseline.raw
+    decrease = gate.vs_baseline is not None and gate.vs_baseline.max_decrease is not None
+    return _parse(gate.metric, gate.max, gate.min, raw, gate.direction, decrease)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse(
+    metric: str,
+    high: str | float | None,
+    low: str | float | None,
+    raw: str | float | None,
+    direction: Direction | None,
+    decrease: bool,
+) -> tuple[float | None, float | None, Margin | None, Direction]:
+    from mlrollout.plan.model import parse_margin, parse_metric_value
+
+    worse: Direction = direction or ("decrease" if decrease else "increase")
+    return (
+        None if high is None else parse_metric_value(metric, high),
+        None if low is None else parse_metric_value(metric, low),
+        None if raw is None else parse_margin(metric, raw),
+        worse,
+    )
+
+
+def _rebucket(hist: LatencyHistogram, bounds: tuple[float, ...]) -> LatencyHistogram:
+    """``hist`` moved onto ``bounds`` (each bucket's count to the bucket holding its midpoint)."""
+    counts = [0] * (len(bounds) + 1)
+    for v, k in zip(_midpoints(hist.bounds), hist.counts, strict=True):
+        if k:
+            counts[bisect.bisect_left(bounds, v)] += k
+    return LatencyHistogram(bounds, counts)
+
+
+# ------------------------------------------------------------------------------------- SRM
+
+
+def srm_verdict(
+    candidate_requests: int, baseline_requests: int, share: float, alpha: float = SRM_ALPHA
+) -> GateVerdict:
+    """Sample-ratio mismatch: is the observed split consistent with the configured candidate
+    ``share`` (a fraction)? A two-sided mixture SPRT on ``candidate ~ Binomial(total, share)``;
+    a mismatch is HOLD (the arms' numbers cannot be trusted), otherwise PASS."""
+    total = candidate_requests + baseline_requests
+    observed = candidate_requests / total if total else math.nan
+    evidence = bernoulli_log_lr_two_sided(candidate_requests, total, share, SRM_GRID)
+    boundary = math.log(1.0 / alpha)
+    numbers: Numbers = {
+        "candidate": observed,
+        "estimate": observed,
+        "threshold": share,
+        "statistic": evidence,
+        "boundary": boundary,
+        "alpha": alpha,
+        "candidate_requests": candidate_requests,
+        "baseline_requests": baseline_requests,
+    }
+    seen = f"{format_rate(observed)}" if total else "nothing"
+    if total and evidence >= boundary:
+        z = _z_eff(total * share * (1 - share), alpha)
+        low, high = _wilson(_Counts(candidate_requests, total), z)
+        numbers |= {"lower": low, "upper": high}
+        reason = (
+            f"sample-ratio mismatch: the candidate got {seen} of {total} requests "
+            f"({_conf(alpha)} interval {format_rate(low)}–{format_rate(high)}), configured "
+            f"{format_rate(share)} (evidence {_nats(evidence)} ≥ {boundary:.1f}): the arms' "
+            f"numbers cannot be trusted (routing, logging or a crashing variant?): hold"
+        )
+        return GateVerdict("sample-ratio", "requests", Outcome.HOLD, reason, numbers)
+    reason = (
+        f"traffic split {seen} of {total} requests to the candidate, configured "
+        f"{format_rate(share)} (mismatch evidence {_nats(evidence)} < {boundary:.1f})"
+    )
+    return GateVerdict("sample-ratio", "requests", Outcome.PASS, reason, numbers)
