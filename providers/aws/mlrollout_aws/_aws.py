@@ -20,10 +20,7 @@ Every call goes through :func:`call`, which
 
 from __future__ import annotations
 
-import random
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
@@ -31,13 +28,13 @@ import botocore.exceptions as bex
 import botocore.session
 from botocore.config import Config
 from tenacity import (
-    RetryCallState,
     Retrying,
     retry_if_exception,
     stop_after_attempt,
 )
 
 from mlrollout.errors import ProviderAuthError, ProviderError, ProviderThrottled
+from mlrollout.retry import RetryPolicy
 
 THROTTLING_CODES = frozenset(
     {
@@ -93,20 +90,6 @@ _IAM_ACTION = {
     ("s3", "HeadObject"): "s3:GetObject",
     ("s3", "HeadBucket"): "s3:ListBucket",
 }
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff, full jitter: retry ``n`` sleeps up to ``min(cap, base * 2**(n-1))``."""
-
-    attempts: int = 8
-    base: float = 0.5
-    cap: float = 20.0
-    sleep: Callable[[float], None] = time.sleep
-    rng: random.Random = field(default_factory=random.Random)
-
-    def wait(self, state: RetryCallState) -> float:
-        return self.rng.uniform(0, min(self.cap, self.base * 2 ** (state.attempt_number - 1)))
 
 
 class AwsCallError(ProviderError):

@@ -22,10 +22,7 @@ Every call goes through :func:`call`, which
 
 from __future__ import annotations
 
-import random
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,9 +31,10 @@ import google.auth.exceptions
 import requests.exceptions
 from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials, Credentials
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
+from tenacity import Retrying, retry_if_exception, stop_after_attempt
 
 from mlrollout.errors import ProviderAuthError, ProviderError, ProviderThrottled
+from mlrollout.retry import RetryPolicy
 
 RETRY_CODES = frozenset({429, 500, 502, 503, 504})
 SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
@@ -71,20 +69,6 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     TimeoutError,
 )
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff, full jitter: retry ``n`` sleeps up to ``min(cap, base * 2**(n-1))``."""
-
-    attempts: int = 8
-    base: float = 0.5
-    cap: float = 20.0
-    sleep: Callable[[float], None] = time.sleep
-    rng: random.Random = field(default_factory=random.Random)
-
-    def wait(self, state: RetryCallState) -> float:
-        return self.rng.uniform(0, min(self.cap, self.base * 2 ** (state.attempt_number - 1)))
 
 
 class GcpCallError(ProviderError):
