@@ -444,8 +444,10 @@ def _requests_gate(gate: Gate, window: Window, need: int) -> _Result:
 # -------------------------------------------------------------------------------------- rule
 
 
-class FixedHorizonBonferroni:
-    """v1: every look is a fixed-horizon test at ``ctx.alpha_per_look`` (see the module notes)."""
+class RuleBase:
+    """What every rule shares: the checks before any statistics (a failed query, a ``requests``
+    gate, data short of ``min_requests``) and the assembly of the :class:`GateVerdict`.
+    Subclasses decide in :meth:`_judge`, which only sees windows with enough data."""
 
     def evaluate(
         self, gate: Gate, candidate: Window, baseline: Window, ctx: LookContext
@@ -481,7 +483,16 @@ class FixedHorizonBonferroni:
         problem = problem or _short(variants, need)
         if problem is not None:
             return problem
+        return self._judge(gate, candidate, baseline, ctx)
 
+    def _judge(self, gate: Gate, candidate: Window, baseline: Window, ctx: LookContext) -> _Result:
+        raise NotImplementedError
+
+
+class FixedHorizonBonferroni(RuleBase):
+    """v1: every look is a fixed-horizon test at ``ctx.alpha_per_look`` (see the module notes)."""
+
+    def _judge(self, gate: Gate, candidate: Window, baseline: Window, ctx: LookContext) -> _Result:
         label, conf, checks = _label(gate), ctx.confidence, []
         # A gate with several criteria (max, min, vs_baseline) splits its share of alpha.
         split = max(1, sum(x is not None for x in (gate.max, gate.min, gate.vs_baseline)))

@@ -51,6 +51,7 @@ from mlrollout.analysis.gates import (
     Direction,
     Kind,
     LookContext,
+    RuleBase,
     _Counts,
     _Estimate,
     _formatter,
@@ -58,10 +59,7 @@ from mlrollout.analysis.gates import (
     _label,
     _margin_text,
     _measure,
-    _query_error,
-    _requests_gate,
     _Result,
-    _short,
 )
 from mlrollout.analysis.mixture import (
     FAIL_GRID,
@@ -658,46 +656,13 @@ def _tail_short(gate: Gate, *windows: Window) -> int | None:
 # ------------------------------------------------------------------------------------ rule
 
 
-class MixtureSPRT:
+class MixtureSPRT(RuleBase):
     """The default rule: always-valid mixture SPRTs (see the module notes). Stateless: each look
     judges the stage's cumulative windows, so a resumed engine decides exactly as before."""
 
     name = "mixture-sprt"
 
-    def evaluate(
-        self, gate: Gate, candidate: Window, baseline: Window, ctx: LookContext
-    ) -> GateVerdict:
-        result = self._evaluate(gate, candidate, baseline, ctx)
-        if candidate.requests is not None:
-            result.numbers.setdefault("candidate_requests", candidate.requests)
-        if gate.vs_baseline is not None and baseline.requests is not None:
-            result.numbers.setdefault("baseline_requests", baseline.requests)
-        return GateVerdict(
-            gate.name,
-            gate.metric,
-            result.outcome,
-            result.reason,
-            result.numbers,
-            gate.dry_run,
-            result.error,
-        )
-
-    def _evaluate(
-        self, gate: Gate, candidate: Window, baseline: Window, ctx: LookContext
-    ) -> _Result:
-        variants = [("candidate", candidate)]
-        if gate.vs_baseline is not None:
-            variants.append(("baseline", baseline))
-        need = max(1, ctx.min_requests)
-        problem = _query_error(variants)
-        if problem is None and gate.metric == "requests":
-            if gate.vs_baseline is not None:
-                message = "requests cannot be compared with the baseline (the split decides them)"
-                return _Result(Outcome.HOLD, message, {}, error=message)
-            return _requests_gate(gate, candidate, need)
-        problem = problem or _short(variants, need)
-        if problem is not None:
-            return problem
+    def _judge(self, gate: Gate, candidate: Window, baseline: Window, ctx: LookContext) -> _Result:
         label = _label(gate)
         max_value, min_value, margin, worse = _parsed(gate)
         split = max(1, sum(x is not None for x in (gate.max, gate.min, gate.vs_baseline)))
