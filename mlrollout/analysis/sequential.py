@@ -799,9 +799,9 @@ def srm_verdict(
             f"{format_rate(share)} (evidence {_nats(evidence)} ≥ {boundary:.1f}): the arms' "
             f"numbers cannot be trusted (routing, logging or a crashing variant?): hold"
         )
-        return GateVerdict("sample-ratio", "requests", Outcome.HOLD, reason, numbers)
+        return GateVerdict("sample-ratio", "traffic_share", Outcome.HOLD, reason, numbers)
     reason = (
         f"traffic split {seen} of {total} requests to the candidate, configured "
         f"{format_rate(share)} (mismatch evidence {_nats(evidence)} < {boundary:.1f})"
     )
-    return GateVerdict("sample-ratio", "requests", Outcome.PASS, reason, numbers)
+    return GateVerdict("sample-ratio", "traffic_share", Outcome.PASS, reason, numbers)

@@ -49,7 +49,7 @@ def format_value(metric: str, value: Any) -> str:
     """A gate number in its metric's unit (rates are fractions, latencies seconds)."""
     if not isinstance(value, int | float) or isinstance(value, bool):
         return "-"
-    if metric == "error_rate":
+    if metric in ("error_rate", "traffic_share"):  # traffic_share: the sample-ratio check
         return format_rate(value)
     if metric.startswith("latency"):
         return format_latency(value)
@@ -74,7 +74,8 @@ def describe_gate(gate: dict[str, Any]) -> str:
         if base is not None:
             detail += f" vs {format_value(metric, base)}"
         elif limit is not None:
-            detail += f", limit {format_value(metric, limit)}"
+            word = "configured" if metric == "traffic_share" else "limit"
+            detail += f", {word} {format_value(metric, limit)}"
     elif numbers.get("needed_requests") is not None:
         detail = f"needs {numbers['needed_requests']:.0f} requests"
     else:
