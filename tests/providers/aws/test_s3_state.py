@@ -218,3 +218,26 @@ def test_the_cli_reads_rollouts_from_s3_state(world, store, capsys):
         main(["--state", url, "list", "--output", "json"])
     assert exit_.value.code == 0
     assert [r["id"] for r in json.loads(capsys.readouterr().out)] == ["churn-aaa111"]
+
+
+def test_a_corrupt_object_is_a_clear_error_and_the_rest_stays_readable(world, store):
+    from mlrollout.errors import ExitCode, StateCorrupt
+
+    store.create_rollout(record("churn-aaa111", 1.0))
+    store.create_rollout(record("fraud-bbb222", 2.0))
+    for rid in ("churn-aaa111", "fraud-bbb222"):
+        for kind in ("started", "look"):
+            store.append_event(rid, kind, {"n": 1}, at=1.0, lease=None)
+    keys = [o["Key"] for o in world.s3.list_objects_v2(Bucket=BUCKET)["Contents"]]
+    broken = next(k for k in keys if "churn-aaa111" in k and "/events/" in k)
+    world.s3.put_object(Bucket=BUCKET, Key=broken, Body=b"\x00{truncated")
+
+    with pytest.raises(StateCorrupt) as caught:
+        store.events("churn-aaa111")
+    assert caught.value.exit_code == ExitCode.NEEDS_HUMAN
+    assert "not JSON" in caught.value.message and caught.value.hint
+    # nothing was overwritten, and the other rollout's history is intact
+    body = world.s3.get_object(Bucket=BUCKET, Key=broken)["Body"].read()
+    assert body == b"\x00{truncated"
+    assert [e.kind for e in store.events("fraud-bbb222")] == ["started", "look"]
+    assert {r.id for r in store.list_rollouts()} == {"churn-aaa111", "fraud-bbb222"}
