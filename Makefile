@@ -2,14 +2,14 @@
 # Both set up everything on a fresh machine with Python 3.11+, pip and make.
 
 PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
-	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
 	&& { command -v $$p; break; }; done)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PROVIDERS := $(wildcard providers/*/pyproject.toml)
 
-.PHONY: setup demo test lint typecheck unit bench clean
+.PHONY: setup demo test lint typecheck unit bench wheels clean
 
 $(STAMP): pyproject.toml $(PROVIDERS)
 	@test -n "$(PYTHON)" || { echo "error: Python 3.11 or newer is needed (set PYTHON=...)"; exit 2; }
@@ -43,5 +43,9 @@ bench: $(STAMP)  ## benchmark figures (not timed tests); BENCH_ARGS="--runs 200"
 	$(BIN)/python benchmarks/engine_speed.py
 	$(BIN)/python benchmarks/decisions.py $(BENCH_ARGS)
 
+wheels:  ## build the core and every provider as wheels in dist/ (then: pip install --find-links dist ".[aws]")
+	@test -n "$(PYTHON)" || { echo "error: Python 3.11 or newer is needed (set PYTHON=...)"; exit 2; }
+	$(PYTHON) -m pip wheel -q --no-deps -w dist . $(foreach p,$(PROVIDERS),./$(patsubst %/,%,$(dir $(p))))
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache dist
