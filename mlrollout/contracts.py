@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -248,15 +248,3 @@ def endpoint_key(provider: str, settings: Mapping[str, Any], endpoint: str) -> s
         if settings.get(k)
     )
     return f"{provider}:{scope + '/' if scope else ''}{endpoint}"
-
-
-#: A factory for state backends registered under ``mlrollout.state``: URL → store.
-StateFactory = Callable[[str], "StateStore"]
-
-
-def all_variants(*states: EndpointState) -> Sequence[str]:
-    seen: dict[str, None] = {}
-    for state in states:
-        for v in state.variants:
-            seen[v.name] = None
-    return list(seen)

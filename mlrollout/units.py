@@ -97,11 +97,6 @@ def format_latency(seconds: float) -> str:
     return f"{seconds:.4g}s"
 
 
-def format_percent(value: float) -> str:
-    """A percentage (already in percent) with sensible precision."""
-    return f"{value:.3g}%"
-
-
 def format_rate(rate: float) -> str:
     """A rate in [0, 1] as percent."""
     return f"{rate * 100:.3g}%"

@@ -13,7 +13,6 @@ import typer
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from mlrollout.plan.loader import LoadedPlan
     from mlrollout.state.base import StateStore
 
 DEFAULT_STATE = ".mlrollout"
@@ -79,9 +78,3 @@ def print_json(data: Any) -> None:
     import json
 
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-
-
-def load_plan_or_exit(path: str) -> LoadedPlan:
-    from mlrollout.plan.loader import load_plan
-
-    return load_plan(path)

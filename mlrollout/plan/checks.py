@@ -10,7 +10,6 @@ from mlrollout.errors import ProviderUnavailable
 from mlrollout.plan.model import (
     COMMON_TARGET_KEYS,
     LATENCY_METRICS,
-    STRATEGY_TYPES,
     CanaryStrategy,
     Plan,
     parse_margin,
@@ -280,7 +279,3 @@ def _check_analysis(plan: Plan) -> list[Finding]:
             Finding(("analysis", "max_hold"), "max_hold is shorter than one look interval")
         )
     return found
-
-
-def strategy_types() -> tuple[str, ...]:
-    return STRATEGY_TYPES
