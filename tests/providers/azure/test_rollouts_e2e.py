@@ -124,21 +124,21 @@ def test_a_good_candidate_is_promoted_and_serves_alone(world):
         "GET deployments": 2,
     }
     # describe (every tick): GET endpoint + GET deployments (inside the SDK's get), GET deployments
-    assert by["prepare.applied"] == {
-        "GET deployment": 3,  # baseline (environment, code), the SDK's checks, confirm
+    prepare = by["prepare.applied"]
+    # the one write is exact; the reads around it depend on when the SDK's poller thread looks
+    assert prepare["PUT deployment"] == 1
+    # baseline (environment, code), the SDK's checks, and a confirming read when it gets there
+    assert 2 <= prepare["GET deployment"] <= 3
+    assert {k: v for k, v in prepare.items() if k not in ("PUT deployment", "GET deployment")} == {
         "GET endpoint": 2,
         "GET deployments": 2,
         "GET workspace": 1,  # the SDK reads the workspace's region
-        "PUT deployment": 1,
     }
-    assert by["set_traffic.applied"] == Counter(
-        {"GET endpoint": 12, "GET deployments": 12, "GET workspace": 3, "PUT endpoint": 3}
-    )
-    assert by["finalize.applied"] == {
-        "GET endpoint": 2,
-        "GET deployments": 4,
-        "DELETE deployment": 1,
-    }
+    shifts, finalize = by["set_traffic.applied"], by["finalize.applied"]
+    assert shifts["PUT endpoint"] == 3 and finalize["DELETE deployment"] == 1  # writes: exact
+    # reads (as measured; an SDK poller thread may add a confirming read now and then)
+    assert 12 <= shifts["GET endpoint"] <= 15 and 12 <= shifts["GET deployments"] <= 15
+    assert 2 <= finalize["GET endpoint"] <= 3 and 4 <= finalize["GET deployments"] <= 5
     last_look = [calls for kind, calls in stages.per_event if kind == "look"][-1]
     assert last_look == {"GET endpoint": 1, "GET deployments": 2, "POST metrics": 2}
 
