@@ -22,8 +22,9 @@ mismatch check runs too: a mismatch holds every comparing gate (its own small bu
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from mlrollout.analysis.calibration import Pace
 from mlrollout.analysis.gates import DecisionRule, FixedHorizonBonferroni, LookContext
 from mlrollout.analysis.sequential import MixtureSPRT, srm_verdict
 from mlrollout.analysis.verdict import GateVerdict, Outcome, Verdict
@@ -62,7 +63,7 @@ class GateSet:
     >>> import textwrap
     >>> print(textwrap.fill(verdict.reasons[0], 80))
     errors: candidate error rate 5% vs baseline 1% (+400%; 97.5% always-valid lower
-    bound +200%): worse than the baseline and beyond the +25% margin, evidence 44.1
+    bound +204%): worse than the baseline and beyond the +25% margin, evidence 44.0
     ≥ 3.7 needed, errors 100/2000 vs 50/5000, at 97.5%: roll back
     >>> verdict.reasons[1]  # dry run: recorded, never decides
     'p99 (dry run): no p99 latency data for the candidate'
@@ -128,12 +129,18 @@ class GateSet:
         baseline: Window | None,
         *,
         candidate_share: float | None = None,
+        look: int = 0,
+        horizon: int | None = None,
     ) -> Verdict:
         """Judge every gate on the windows of one look (cumulative over the stage). ``None`` is
         no data (HOLD, never PASS). ``candidate_share`` (a fraction: 0.1 for a 10 % canary)
-        turns on the sample-ratio-mismatch check. Never raises: a gate whose evaluation breaks
-        is held with the error as its reason."""
-        ctx = self.context
+        turns on the sample-ratio-mismatch check. ``look`` (this look's number in the stage,
+        from 1) and ``horizon`` (the most looks the stage can have; ``None``: no planned end)
+        let the rollback boundaries be calibrated for discrete looks and the stage's end
+        (:mod:`mlrollout.analysis.calibration`); without ``look`` they are Ville's, valid for
+        any number of looks. Never raises: a gate whose evaluation breaks is held with the
+        error as its reason."""
+        ctx = replace(self.context, look=max(0, look), horizon=horizon)
         cand, base = candidate or Window(), baseline or Window()
         verdicts = []
         for gate in self.gates:
@@ -156,7 +163,8 @@ class GateSet:
             and not cand.error
             and not base.error
         ):
-            srm = srm_verdict(cand.requests, base.requests, candidate_share)
+            pace = Pace(ctx.look, horizon) if self.sequential else None
+            srm = srm_verdict(cand.requests, base.requests, candidate_share, pace=pace)
             if srm.outcome is Outcome.HOLD:
                 verdicts = [
                     _held_by_srm(v) if compares and v.outcome is not Outcome.HOLD else v

@@ -3,7 +3,8 @@
 The estimates are Wald's approximation for the default rule: a test decides once its evidence
 (the log mixture likelihood ratio) reaches ``log(1/alpha_test)``; the evidence grows by the
 Kullback-Leibler information per request, and the mixture plus the overshoot at discrete looks
-cost about :data:`EXTRA_NATS` more (measured by ``benchmarks/decisions.py``). Reference effects:
+cost about :data:`EXTRA_NATS` more (:data:`FAIL_EXTRA_NATS` for rolling back, whose boundary is
+calibrated lower; both measured by ``benchmarks/decisions.py``). Reference effects:
 a doubling of the baseline's rate (rates, tail latency), a median +2× the margin at lognormal
 sigma 0.5 (median latency), twice / half the bound (absolute bounds); a healthy candidate (no
 change) for passing. Pure Python, cheap: no import of the scientific stack.
@@ -19,8 +20,11 @@ from mlrollout.analysis.mixture import kl_bernoulli
 from mlrollout.plan.model import LATENCY_METRICS, Gate
 from mlrollout.units import format_duration, format_rate
 
-#: Nats a mixture and the overshoot at 10 s looks cost over a test told the effect.
+#: Nats a mixture and the overshoot at 10 s looks cost over a test told the effect (passing).
 EXTRA_NATS = 1.5
+#: The same for rolling back, net of the calibrated boundary's correction (measured on a
+#: doubling at 100 req/s by ``benchmarks/decisions.py``).
+FAIL_EXTRA_NATS = 0.5
 
 
 @dataclass(frozen=True)
@@ -53,17 +57,19 @@ def _requests(n: float) -> str:
     return f"{n / 1000:.3g}k" if n >= 10_000 else f"{math.ceil(n)}"
 
 
-def _events_needed(kl: float, alpha: float) -> float:
-    return (math.log(1 / alpha) + EXTRA_NATS) / kl if kl > 0 else math.inf
+def _events_needed(kl: float, alpha: float, extra: float = EXTRA_NATS) -> float:
+    return (math.log(1 / alpha) + extra) / kl if kl > 0 else math.inf
 
 
-def _conditional(p0: float, ratio: float, share: float, null_ratio: float, alpha: float) -> float:
+def _conditional(
+    p0: float, ratio: float, share: float, null_ratio: float, alpha: float, extra: float
+) -> float:
     """Candidate requests for the conditional binomial test (true ``ratio``, null ``null``)."""
     w = share
     theta = w * ratio / (w * ratio + 1 - w)
     theta0 = w * null_ratio / (w * null_ratio + 1 - w)
     events_per_request = p0 * (ratio + (1 - w) / w)
-    return _events_needed(kl_bernoulli(theta, theta0), alpha) / events_per_request
+    return _events_needed(kl_bernoulli(theta, theta0), alpha, extra) / events_per_request
 
 
 def expect(gate: Gate, alpha: float, share: float, baseline_rate: float = 0.01) -> Expectation:
@@ -82,7 +88,7 @@ def expect(gate: Gate, alpha: float, share: float, baseline_rate: float = 0.01) 
             shift = math.log(1 + 2 * max(rel, 0.025))
             delta = NormalDist().cdf(shift / (0.5 * math.sqrt(2))) - 0.5
             per_request = 12 * (1 - share) * delta * delta / 2
-            fail = (math.log(1 / alpha) + EXTRA_NATS) / per_request
+            fail = (math.log(1 / alpha) + FAIL_EXTRA_NATS) / per_request
             shift_pass = math.log(1 + max(rel, 0.025))
             delta_pass = NormalDist().cdf(shift_pass / (0.5 * math.sqrt(2))) - 0.5
             passing = (math.log(1 / alpha) + EXTRA_NATS) / (
@@ -102,15 +108,17 @@ def expect(gate: Gate, alpha: float, share: float, baseline_rate: float = 0.01) 
             if gate.worse_when == "decrease":  # a custom rate such as thumbs-up
                 p0 = 0.5
                 low = 1 - margin.amount if margin.kind == "relative" else 1 - margin.amount / p0
-                fail = _conditional(p0, 0.5, share, 1.0, alpha)
-                healthy = _conditional(p0, 1.0, share, low, alpha) if 0 < low < 1 else None
+                fail = _conditional(p0, 0.5, share, 1.0, alpha, FAIL_EXTRA_NATS)
+                healthy = (
+                    _conditional(p0, 1.0, share, low, alpha, EXTRA_NATS) if 0 < low < 1 else None
+                )
                 return Expectation(method, fail, healthy, "a halving of a 50% rate")
             p0, what = baseline_rate, f"a doubling of {format_rate(baseline_rate)}"
             if limit is None:
                 limit = (baseline_rate + margin.amount) / baseline_rate
         limit = limit or 1.1
-        fail = _conditional(p0, 2.0, share, 1.0, alpha)
-        healthy = _conditional(p0, 1.0, share, limit, alpha) if limit > 1 else None
+        fail = _conditional(p0, 2.0, share, 1.0, alpha, FAIL_EXTRA_NATS)
+        healthy = _conditional(p0, 1.0, share, limit, alpha, EXTRA_NATS) if limit > 1 else None
         return Expectation(method, fail, healthy, what)
     bound = gate.max_value if gate.max_value is not None else gate.min_value
     if bound is None:
@@ -125,6 +133,6 @@ def expect(gate: Gate, alpha: float, share: float, baseline_rate: float = 0.01) 
         what = f"a rate of {format_rate(min(1.0, 2 * theta0))}"
     else:
         return Expectation("point comparison (a weaker guarantee)", None, None)
-    fail = _events_needed(kl_bernoulli(min(0.999, 2 * theta0), theta0), alpha)
+    fail = _events_needed(kl_bernoulli(min(0.999, 2 * theta0), theta0), alpha, FAIL_EXTRA_NATS)
     passing = _events_needed(kl_bernoulli(theta0 / 2, theta0), alpha)
     return Expectation(method, fail, passing, what)

@@ -58,11 +58,15 @@ class LookContext:
 
     ``alpha_per_look`` is v1's budget for one fixed-horizon test at one look; ``alpha_test`` is
     the budget of one always-valid test over a whole stage (``None``: use ``alpha_per_look``).
+    ``look`` and ``horizon`` place the look in its stage; the default rule calibrates its
+    rollback boundaries with them (unknown: Ville's boundary, valid for any number of looks).
     """
 
     alpha_per_look: float
     min_requests: int
     alpha_test: float | None = None
+    look: int = 0  # this look's number in its stage (1-based; 0: unknown)
+    horizon: int | None = None  # the most looks the stage can have (None: no planned end)
 
     def z(self, split: int = 1) -> float:
         """The one-sided critical value at ``alpha_per_look / split``."""

@@ -41,13 +41,12 @@ def _ratio_grid(pairs: Sequence[tuple[float, float]]) -> tuple[tuple[float, floa
     return tuple((math.log(r), w / total) for r, w in pairs)
 
 
-#: Rollback side: regressions as rate (or odds) ratios, weighted toward 1.5×–3× (the size of
+#: Rollback side: regressions as rate (or odds) ratios, weighted toward 1.3×–2.7× (the size of
 #: regression a canary exists to catch); large effects need little weight, they pile up evidence
 #: fast. A regression under ~1.2× is in the indifference zone of any usual margin.
 FAIL_GRID = _ratio_grid(
-    [(1.25, 0.15), (1.5, 0.25), (2.0, 0.25), (3.0, 0.15), (5.0, 0.08), (10, 0.06), (30, 0.04),
-     (100, 0.02)]
-)  # fmt: skip
+    [(1.3, 0.2), (1.6, 0.3), (2.0, 0.25), (2.7, 0.13), (5.0, 0.07), (20, 0.03), (100, 0.02)]
+)
 
 #: Pass side, as ratios *below the margin's limit* (1.25 = the alternative is the limit / 1.25).
 #: Relative margins place a heavy extra weight on "no change at all" (see ``pass_grid``).
@@ -68,6 +67,15 @@ RANK_GRID = (
     (0.02, 0.1), (0.035, 0.2), (0.05, 0.25), (0.075, 0.2), (0.11, 0.12), (0.17, 0.08),
     (0.27, 0.05),
 )  # fmt: skip
+
+
+#: The grids whose rollback boundaries are calibrated (``benchmarks/calibrate.py``), each with the
+#: reference shift that scales its per-look information into the calibration's step ``u``.
+CALIBRATED_GRIDS: dict[str, tuple[Grid, float]] = {
+    "fail": (FAIL_GRID, math.log(2.0)),
+    "rank": (RANK_GRID, 0.05),
+    "srm": (SRM_GRID, 0.25),
+}
 
 
 def pass_grid(limit_ratio: float) -> tuple[tuple[float, float], ...]:

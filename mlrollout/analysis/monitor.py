@@ -83,6 +83,7 @@ class Monitor:
     candidate: Window = field(default_factory=lambda: Window())
     baseline: Window = field(default_factory=lambda: Window())
     looks: int = 0
+    horizon: int | None = None
 
     @classmethod
     def from_plan(
@@ -92,22 +93,38 @@ class Monitor:
         stages: int = 1,
         candidate_share: float | None = None,
         rule: DecisionRule | None = None,
+        horizon: int | None = None,
     ) -> Monitor:
         """``stages``: how many stages share the plan's ``alpha`` (the engine uses the number of
         analyze steps); ``candidate_share``: the configured split (a fraction), for the
         sample-ratio-mismatch check; ``rule``: another :class:`DecisionRule` (v1's
-        :class:`~mlrollout.analysis.FixedHorizonBonferroni`, say)."""
-        return cls(GateSet.from_plan(analysis, rule=rule, stages=stages), candidate_share)
+        :class:`~mlrollout.analysis.FixedHorizonBonferroni`, say); ``horizon``: the most looks a
+        stage can have (``None``: no planned end), which lets the rollback boundaries come down
+        for a stage that ends (:mod:`~mlrollout.analysis.calibration`)."""
+        gates = GateSet.from_plan(analysis, rule=rule, stages=stages)
+        return cls(gates, candidate_share, horizon=horizon)
 
     def observe(self, candidate: Window | None, baseline: Window | None) -> Verdict:
         """Add one interval per variant and judge the stage's totals. ``None`` (the source
         returned nothing) or a window with ``error`` set adds nothing; that look HOLDs."""
         self.looks += 1
         if candidate is None or baseline is None or candidate.error or baseline.error:
-            return self.gates.look(candidate, baseline, candidate_share=self.candidate_share)
+            return self.gates.look(
+                candidate,
+                baseline,
+                candidate_share=self.candidate_share,
+                look=self.looks,
+                horizon=self.horizon,
+            )
         self.candidate = merge(self.candidate, candidate)
         self.baseline = merge(self.baseline, baseline)
-        return self.gates.look(self.candidate, self.baseline, candidate_share=self.candidate_share)
+        return self.gates.look(
+            self.candidate,
+            self.baseline,
+            candidate_share=self.candidate_share,
+            look=self.looks,
+            horizon=self.horizon,
+        )
 
     def new_stage(self, candidate_share: float | None = None) -> None:
         """Start a new stage (a new traffic split): the totals start again from zero."""

@@ -47,6 +47,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from mlrollout.analysis.calibration import Pace
 from mlrollout.analysis.gates import (
     Direction,
     Kind,
@@ -91,11 +92,17 @@ _VERDICT = {Outcome.FAIL: "roll back", Outcome.PASS: "pass", Outcome.CONTINUE: "
 class _Evidence:
     fail: float  # log mixture LR of the rollback test
     passing: float  # log mixture LR of the pass test
-    boundary: float  # log(1 / alpha)
+    boundary: float  # log(1 / alpha): the pass test's boundary
+    fail_boundary: float | None = None  # the rollback test's, calibrated (None: ``boundary``)
+    lowered: float = 0.0  # how far the rollback boundary came down from ``boundary``
+
+    @property
+    def fail_at(self) -> float:
+        return self.boundary if self.fail_boundary is None else self.fail_boundary
 
     @property
     def outcome(self) -> Outcome:
-        if self.fail >= self.boundary:
+        if self.fail >= self.fail_at:
             return Outcome.FAIL
         if self.passing >= self.boundary:
             return Outcome.PASS
@@ -103,12 +110,17 @@ class _Evidence:
 
     def text(self) -> str:
         if self.outcome is Outcome.FAIL:
-            return f"evidence {_nats(self.fail)} ≥ {self.boundary:.1f} needed"
+            return f"evidence {_nats(self.fail)} ≥ {self.fail_at:.1f} needed"
         if self.outcome is Outcome.PASS:
             return f"evidence {_nats(self.passing)} ≥ {self.boundary:.1f} needed"
+        if abs(self.fail_at - self.boundary) < 0.05:
+            return (
+                f"evidence of a regression {_nats(self.fail)}, of staying within it "
+                f"{_nats(self.passing)}, {self.boundary:.1f} needed"
+            )
         return (
-            f"evidence of a regression {_nats(self.fail)}, of staying within it "
-            f"{_nats(self.passing)}, {self.boundary:.1f} needed"
+            f"evidence of a regression {_nats(self.fail)} ({self.fail_at:.1f} needed), of "
+            f"staying within it {_nats(self.passing)} ({self.boundary:.1f} needed)"
         )
 
     def numbers(self) -> Numbers:
@@ -116,8 +128,22 @@ class _Evidence:
             "statistic": self.fail,
             "evidence_fail": self.fail,
             "evidence_pass": self.passing,
-            "boundary": self.boundary,
+            "boundary": self.fail_at,
+            "boundary_pass": self.boundary,
+            "boundary_lowered": self.lowered,
         }
+
+
+def _evidence(
+    fail: float, passing: float, alpha: float, grid: str, information: float, pace: Pace | None
+) -> _Evidence:
+    """Both tests' evidence with their boundaries: the pass test's ``log(1/alpha)``, the rollback
+    test's calibrated for the stage's looks (see :mod:`mlrollout.analysis.calibration`)."""
+    top = math.log(1.0 / alpha)
+    if pace is None:
+        return _Evidence(fail, passing, top)
+    at, down = pace.boundary(grid, alpha, information)
+    return _Evidence(fail, passing, top, at, down)
 
 
 def _nats(value: float) -> str:
@@ -172,6 +198,7 @@ def conditional_evidence(
     worse: Direction,
     alpha: float,
     x_c_pass: float | None = None,
+    pace: Pace | None = None,
 ) -> _Evidence:
     """Both tests on the conditional binomial: of ``x_c + x_b`` events, ``x_c`` are the
     candidate's (``x_c_pass`` for the pass test when it counts events differently)."""
@@ -192,7 +219,8 @@ def conditional_evidence(
             if limit_ratio > 0
             else math.inf
         )
-    return _Evidence(fail, passing, math.log(1.0 / alpha))
+    t0 = theta(1.0)
+    return _evidence(fail, passing, alpha, "fail", (x_c + x_b) * t0 * (1 - t0), pace)
 
 
 def _needed_more(
@@ -209,14 +237,21 @@ def _needed_more(
         kl = kl_bernoulli(theta_hat, theta0)
         if kl <= 1e-12:
             continue
-        total = (ev.boundary + _MIXTURE_COST) / kl
+        total = (ev.fail_at + _MIXTURE_COST) / kl
         more = max(0.0, total - events) / (events / n_c)
         best = more if best is None else min(best, more)
     return None if best is None else math.ceil(best)
 
 
 def _rates_vs_baseline(
-    label: str, kind: Kind, c: _Counts, b: _Counts, margin: Margin, worse: Direction, alpha: float
+    label: str,
+    kind: Kind,
+    c: _Counts,
+    b: _Counts,
+    margin: Margin,
+    worse: Direction,
+    alpha: float,
+    pace: Pace | None = None,
 ) -> _Result:
     fmt = _formatter(kind)
     limit_ratio = _limit_ratio(margin, worse, b.rate, b.trials)
@@ -251,11 +286,14 @@ def _rates_vs_baseline(
             f"requests), nothing to compare: keep watching (bound rare events with a max)"
         )
         return _Result(Outcome.CONTINUE, reason, numbers)
-    ev = conditional_evidence(c.events, c.trials, b.events, b.trials, limit_ratio, worse, alpha)
+    ev = conditional_evidence(
+        c.events, c.trials, b.events, b.trials, limit_ratio, worse, alpha, pace=pace
+    )
     numbers |= ev.numbers()
     outcome = ev.outcome
     if outcome is not Outcome.CONTINUE:  # the decided side's bound, from the test itself
-        edge = _ratio_edge(c, b, limit_ratio, worse, outcome, ev.boundary)
+        boundary = ev.fail_at if outcome is Outcome.FAIL else ev.boundary
+        edge = _ratio_edge(c, b, limit_ratio, worse, outcome, boundary)
         high_side = (outcome is Outcome.PASS) == (worse == "increase")
         side = "upper" if high_side else "lower"
         r_low, r_high = (r_low, edge) if high_side else (edge, r_high)
@@ -333,20 +371,32 @@ def _beyond(low: float, high: float, limit: float, worse: Direction) -> bool:
 
 
 def _one_sample(
-    x_fail: float, x_pass: float, n: float, theta0: float, up: bool, alpha: float
+    x_fail: float,
+    x_pass: float,
+    n: float,
+    theta0: float,
+    up: bool,
+    alpha: float,
+    pace: Pace | None = None,
 ) -> _Evidence:
     """Against ``theta0``: the rollback test sees ``x_fail`` events (rounded toward passing), the
     pass test ``x_pass`` (rounded toward failing); ``up`` = more events is worse."""
     fail = bernoulli_log_lr(x_fail, n, theta0, FAIL_GRID, up=up)
     passing = bernoulli_log_lr(x_pass, n, theta0, PASS_GRID, up=not up)
-    return _Evidence(fail, passing, math.log(1.0 / alpha))
+    return _evidence(fail, passing, alpha, "fail", n * theta0 * (1 - theta0), pace)
 
 
 def _rate_bound(
-    label: str, kind: Kind, c: _Counts, bound: float, is_max: bool, alpha: float
+    label: str,
+    kind: Kind,
+    c: _Counts,
+    bound: float,
+    is_max: bool,
+    alpha: float,
+    pace: Pace | None = None,
 ) -> _Result:
     fmt = _formatter(kind)
-    ev = _one_sample(c.events, c.events, c.trials, bound, is_max, alpha)
+    ev = _one_sample(c.events, c.events, c.trials, bound, is_max, alpha, pace)
     low, high = _wilson(c, _z_eff(c.trials * max(c.rate * (1 - c.rate), 1 / c.trials), alpha))
     return _bound_result(
         label, fmt, c.rate, low, high, bound, is_max, ev, alpha, f"{c.events:.0f} of {c.trials:.0f}"
@@ -461,6 +511,7 @@ def _median_vs_baseline(
     worse: Direction,
     alpha: float,
     q: float,
+    pace: Pace | None = None,
 ) -> _Result:
     fmt = _formatter("latency")
     limit = _limit_fn(margin, worse)
@@ -469,7 +520,7 @@ def _median_vs_baseline(
     a_lim, info_lim = _rank(c, b, limit)
     fail = gaussian_log_lr(a - 0.5, info, RANK_GRID, up=up)
     passing = gaussian_log_lr(a_lim - 0.5, info_lim, RANK_GRID, up=not up)
-    ev = _Evidence(fail, passing, math.log(1.0 / alpha))
+    ev = _evidence(fail, passing, alpha, "rank", info, pace)
     qc, qb = c.quantile(q), b.quantile(q)
     radius = normal_cs_radius(info, alpha)
     numbers: Numbers = {
@@ -523,6 +574,7 @@ def _tail_vs_baseline(
     worse: Direction,
     alpha: float,
     q: float,
+    pace: Pace | None = None,
 ) -> _Result:
     fmt = _formatter("latency")
     limit = _limit_fn(margin, worse)
@@ -552,7 +604,7 @@ def _tail_vs_baseline(
         )
         return _Result(Outcome.CONTINUE, reason, numbers)
     ratio = limit(t) / t if t > 0 else 1.0
-    ev = conditional_evidence(x_c, n_c, x_b, n_b, 1.0, worse, alpha, x_c_pass=x_c_pass)
+    ev = conditional_evidence(x_c, n_c, x_b, n_b, 1.0, worse, alpha, x_c_pass, pace)
     numbers |= ev.numbers()
     outcome = ev.outcome
     share_c, share_b = x_c / n_c, x_b / n_b
@@ -568,18 +620,24 @@ def _tail_vs_baseline(
 
 
 def _latency_bound(
-    label: str, hist: LatencyHistogram, q: float, bound: float, is_max: bool, alpha: float
+    label: str,
+    hist: LatencyHistogram,
+    q: float,
+    bound: float,
+    is_max: bool,
+    alpha: float,
+    pace: Pace | None = None,
 ) -> _Result:
     fmt = _formatter("latency")
     n = hist.total
     if is_max:  # worse: more than 1 - q of the requests slower than the bound
         x_fail = _count_above(hist, bound, certain=True)
         x_pass = _count_above(hist, bound, certain=False)
-        ev = _one_sample(x_fail, x_pass, n, 1.0 - q, True, alpha)
+        ev = _one_sample(x_fail, x_pass, n, 1.0 - q, True, alpha, pace)
     else:  # worse: more than q of the requests faster than the bound
         x_fail = n - _count_above(hist, bound, certain=False)
         x_pass = n - _count_above(hist, bound, certain=True)
-        ev = _one_sample(x_fail, x_pass, n, q, True, alpha)
+        ev = _one_sample(x_fail, x_pass, n, q, True, alpha, pace)
     z = _z_eff(n * q * (1 - q), alpha)
     spread = z * math.sqrt(n * q * (1 - q)) + 1.0
     low = hist.value_at_rank(n * q - spread) if n * q - spread >= 0 else 0.0
@@ -668,19 +726,22 @@ class MixtureSPRT(RuleBase):
         split = max(1, sum(x is not None for x in (gate.max, gate.min, gate.vs_baseline)))
         alpha = (ctx.alpha_test if ctx.alpha_test is not None else ctx.alpha_per_look) / split
         q = LATENCY_METRICS.get(gate.metric)
+        pace = Pace(ctx.look, ctx.horizon)
         checks: list[_Result] = []
         for bound, is_max in ((max_value, True), (min_value, False)):
             if bound is None:
                 continue
             if q is not None and candidate.latency is not None and candidate.latency.total > 0:
-                checks.append(_latency_bound(label, candidate.latency, q, bound, is_max, alpha))
+                checks.append(
+                    _latency_bound(label, candidate.latency, q, bound, is_max, alpha, pace)
+                )
                 continue
             m = _measure(gate, candidate, "candidate", 0.0)
             if isinstance(m, str):
                 return _Result(Outcome.HOLD, m)
             kind = _kind(gate, m)
             if isinstance(m, _Counts):
-                checks.append(_rate_bound(label, kind, m, bound, is_max, alpha))
+                checks.append(_rate_bound(label, kind, m, bound, is_max, alpha, pace))
                 continue
             short = _tail_short(gate, candidate)
             if short is not None:
@@ -698,9 +759,9 @@ class MixtureSPRT(RuleBase):
                 if ch.bounds != bh.bounds:
                     ch = _rebucket(ch, bh.bounds)
                 if q == 0.5:
-                    checks.append(_median_vs_baseline(label, ch, bh, margin, worse, alpha, q))
+                    checks.append(_median_vs_baseline(label, ch, bh, margin, worse, alpha, q, pace))
                 else:
-                    checks.append(_tail_vs_baseline(label, ch, bh, margin, worse, alpha, q))
+                    checks.append(_tail_vs_baseline(label, ch, bh, margin, worse, alpha, q, pace))
             else:
                 mc = _measure(gate, candidate, "candidate", 0.0)
                 mb = _measure(gate, baseline, "baseline", 0.0)
@@ -708,7 +769,9 @@ class MixtureSPRT(RuleBase):
                     return _Result(Outcome.HOLD, mc if isinstance(mc, str) else str(mb))
                 kind = _kind(gate, mc)
                 if isinstance(mc, _Counts) and isinstance(mb, _Counts):
-                    checks.append(_rates_vs_baseline(label, kind, mc, mb, margin, worse, alpha))
+                    checks.append(
+                        _rates_vs_baseline(label, kind, mc, mb, margin, worse, alpha, pace)
+                    )
                 else:
                     assert isinstance(mc, _Estimate) and isinstance(mb, _Estimate)
                     short = _tail_short(gate, candidate, baseline)
@@ -769,7 +832,11 @@ def _rebucket(hist: LatencyHistogram, bounds: tuple[float, ...]) -> LatencyHisto
 
 
 def srm_verdict(
-    candidate_requests: int, baseline_requests: int, share: float, alpha: float = SRM_ALPHA
+    candidate_requests: int,
+    baseline_requests: int,
+    share: float,
+    alpha: float = SRM_ALPHA,
+    pace: Pace | None = None,
 ) -> GateVerdict:
     """Sample-ratio mismatch: is the observed split consistent with the configured candidate
     ``share`` (a fraction)? A two-sided mixture SPRT on ``candidate ~ Binomial(total, share)``;
@@ -777,13 +844,14 @@ def srm_verdict(
     total = candidate_requests + baseline_requests
     observed = candidate_requests / total if total else math.nan
     evidence = bernoulli_log_lr_two_sided(candidate_requests, total, share, SRM_GRID)
-    boundary = math.log(1.0 / alpha)
+    boundary, lowered = (pace or Pace()).boundary("srm", alpha, total * share * (1 - share))
     numbers: Numbers = {
         "candidate": observed,
         "estimate": observed,
         "threshold": share,
         "statistic": evidence,
         "boundary": boundary,
+        "boundary_lowered": lowered,
         "alpha": alpha,
         "candidate_requests": candidate_requests,
         "baseline_requests": baseline_requests,

@@ -8,6 +8,7 @@ tick after a crash finds the intent and finishes it (every adapter mutation is i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -359,7 +360,10 @@ class Engine:
             state.next_look_at = start + analysis.interval
         if now < state.next_look_at:
             return self._result(state.next_look_at)
-        verdict = self._look(start, now)
+        # The most looks this stage can have: its longest window, plus holding on for data
+        # (no_data: hold) when its length is fixed; they let the rollback boundaries come down.
+        longest = window.max if window.adaptive else window.max + analysis.max_hold
+        verdict = self._look(start, now, horizon=math.ceil(longest / analysis.interval))
         state.looks += 1
         state.next_look_at = now + analysis.interval
         state.last_verdict = verdict.to_dict()
@@ -394,7 +398,7 @@ class Engine:
             return self._result(now, self.record("analysis.passed", look))
         return self._result(state.next_look_at, self.record("look", look))
 
-    def _look(self, start: float, now: float) -> Verdict:
+    def _look(self, start: float, now: float, *, horizon: int | None) -> Verdict:
         state = self.state
         assert state.baseline is not None
         query = MetricsQuery(
@@ -416,12 +420,15 @@ class Engine:
         # With no traffic on the baseline there is nothing to compare against: only absolute
         # gates judge (e.g. a bake at 100 %).
         base_weight = state.weights.get(state.baseline, 0.0)
+        number = max(1, round((now - start) / self.plan.analysis.interval))
         if base_weight <= 0:
-            return self.absolute_gates.look(candidate, baseline)
+            return self.absolute_gates.look(candidate, baseline, look=number, horizon=horizon)
         # The configured split, for the sample-ratio-mismatch check.
         cand_weight = state.weights.get(state.candidate, 0.0)
         share = cand_weight / (cand_weight + base_weight)
-        return self.gates.look(candidate, baseline, candidate_share=share)
+        return self.gates.look(
+            candidate, baseline, candidate_share=share, look=number, horizon=horizon
+        )
 
     def _inconclusive(self, verdict: Verdict, look: dict[str, Any]) -> TickResult:
         analysis = self.plan.analysis
@@ -459,7 +466,7 @@ class Engine:
         watch_from = waiting.get("watch_from")
         event = None
         if watch_from is not None and state.next_look_at is not None and now >= state.next_look_at:
-            verdict = self._look(watch_from, now)
+            verdict = self._look(watch_from, now, horizon=None)  # a human decides when it ends
             state.looks += 1
             state.next_look_at = now + self.plan.analysis.interval
             state.last_verdict = verdict.to_dict()

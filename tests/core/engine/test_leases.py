@@ -21,6 +21,7 @@ target: {provider: local, endpoint: ep}
 candidate: {name: v2}
 strategy: {type: linear, step: 50, every: 5m}
 analysis:
+  alpha: 0.001  # these tests are about leases: a false rollback of the healthy v2 is negligible
   min_requests: 50
   gates: [{name: errors, metric: error_rate, vs_baseline: {max_increase: 50%}}]
 sandbox:
