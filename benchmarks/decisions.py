@@ -14,7 +14,11 @@ the comparators are computed on the same data:
   threshold loosened (a multiple of the baseline's rate, calibrated on a separate A/A simulation
   of the cell) until its false-rollback rate is at most 5 %;
 - ``fixed-horizon``: one test at the end of the stage (two-proportion z for rates, Mann-Whitney
-  for latency, Kayenta-style), at 5 %.
+  for latency, Kayenta-style), at 5 %;
+- ``oracle-sprt``: Wald's SPRT told the true effect (no real test can be), at Ville's boundary,
+  and ``oracle-sprt at 5% A/A``: the same with its boundary lowered until it rolls back exactly
+  5 % of this cell's healthy canaries (the frontier: what any test with that false-rollback rate
+  could at best do, at these looks).
 
 Columns: ``rollback`` (share of runs with any FAIL in the stage, with the exact Clopper-Pearson
 upper 95 % bound), ``det mean/med/p95`` (detection times of the runs that failed, seconds from the
@@ -311,7 +315,9 @@ def run_ours(cell: Cell, stages: list[Stage]) -> list[RunResult]:
                     )  # fmt: skip
                 if cell.silent:
                     cand = None
-                verdict = gs.look(cand, base, candidate_share=st.share)
+                verdict = gs.look(
+                    cand, base, candidate_share=st.share, look=j + 1, horizon=st.looks
+                )
                 outcome = verdict.outcome
                 if outcome is Outcome.PASS and (cand is None or not cand.requests):
                     res.passes_without_data += 1
@@ -380,8 +386,19 @@ def comparators(cell: Cell, st: Stage, calibration: Stage | None) -> dict[str, n
             # Wald's SPRT told the true effect (not realizable: a reference), same looks.
             t0 = cell.share
             t1 = cell.share * p1 / (cell.share * p1 + (1 - cell.share) * cell.p0)
-            llr = cx * math.log(t1 / t0) + bx * math.log((1 - t1) / (1 - t0))
+
+            def oracle(x_c: np.ndarray, x_b: np.ndarray) -> np.ndarray:
+                return x_c * math.log(t1 / t0) + x_b * math.log((1 - t1) / (1 - t0))
+
+            llr = oracle(cx, bx)
             out["oracle-sprt"] = first_true((llr >= math.log(1 / ALPHA)) & st.present)
+            if calibration is not None:
+                # The same test with its boundary lowered until it rolls back 5 % of healthy
+                # canaries of this cell (the A/A calibration run): the best a test of this
+                # false-rollback rate could do, even told the effect (a frontier, not a method).
+                aa = oracle(np.cumsum(calibration.x_c, 1), np.cumsum(calibration.x_b, 1))
+                edge = float(np.quantile(aa.max(1), 1 - ALPHA))
+                out["oracle-sprt at 5% A/A"] = first_true((llr >= edge) & st.present)
         if calibration is not None:
             k = calibrate_argo(cell, calibration)
             out[f"argo-safe (x{k:.2g})"] = first_true(argo_rate(st) > k * cell.p0)
@@ -583,14 +600,14 @@ def fmt(v: Any, spec: str) -> str:
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     head = (
-        f"{'cell':<38}{'method':<20}{'rollback':>9}{'up95':>7}{'det mean':>9}{'med':>6}"
+        f"{'cell':<38}{'method':<24}{'rollback':>9}{'up95':>7}{'det mean':>9}{'med':>6}"
         f"{'p95':>6}{'pass':>6}{'pass med':>9}{'bound':>7}{'ratio':>6}"
     )
     print(head)
     print("-" * len(head))
     for r in rows:
         print(
-            f"{r['cell'][:37]:<38}{r['method'][:19]:<20}{fmt(r['rollback'], '.2%'):>9}"
+            f"{r['cell'][:37]:<38}{r['method'][:23]:<24}{fmt(r['rollback'], '.2%'):>9}"
             f"{fmt(r['rollback_upper95'], '.1%'):>7}{fmt(r['det_mean'], '.0f'):>9}"
             f"{fmt(r['det_median'], '.0f'):>6}{fmt(r['det_p95'], '.0f'):>6}"
             f"{fmt(r['pass'], '.0%'):>6}{fmt(r['pass_median'], '.0f'):>9}"

@@ -1,0 +1,56 @@
+"""The benchmark scripts run, and the committed calibration table is what its script measures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mlrollout.analysis.calibration import ALPHAS, DELTAS, HORIZONS, STEPS
+
+pytest.importorskip("numpy")  # installed with the dev extra; the core never imports it
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(script: str, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_the_calibration_table_is_reproduced_by_its_script() -> None:
+    out = run("calibrate.py", "--runs", "3000", "--grids", "fail", "--jobs", "2")
+    scope: dict[str, object] = {}
+    exec(out, scope)  # the script prints Python: DELTAS = {...}
+    measured = scope["DELTAS"]
+    assert isinstance(measured, dict) and set(measured) == {"fail"}
+    committed = DELTAS["fail"]
+    assert len(measured["fail"]) == len(STEPS)
+    # 3,000 runs against the committed 100,000: the same shape, within simulation noise, on the
+    # budgets where 3,000 runs see enough crossings (150 at 5 %)
+    for step, (fresh, kept) in enumerate(zip(measured["fail"], committed, strict=True)):
+        for a in (ALPHAS.index(0.1), ALPHAS.index(0.05)):
+            for k in range(len(HORIZONS) + 1):
+                assert abs(fresh[a][k] - kept[a][k]) <= 0.3, (STEPS[step], ALPHAS[a], k)
+
+
+def test_the_decision_benchmark_runs_and_reports_json(tmp_path: Path) -> None:
+    target = tmp_path / "out.json"
+    out = run("decisions.py", "--runs", "40", "--only", "errors x5", "--json", str(target))
+    assert "errors x5" in out and "one look over 10 gates" in out
+    data = json.loads(target.read_text())
+    ours = next(r for r in data["cells"] if r["method"] == "mixture-sprt")
+    assert ours["rollback"] >= 0.9  # a fivefold regression is caught in nearly every run
+    assert ours["det_mean"] < 60
+    methods = {r["method"] for r in data["cells"]}
+    assert {"peeking-z", "oracle-sprt", "oracle-sprt at 5% A/A"} <= methods
