@@ -80,7 +80,7 @@ from mlrollout.plan.model import LATENCY_METRICS, Gate, Margin
 from mlrollout.units import format_rate
 
 #: The false-alarm budget of the sample-ratio-mismatch check, per stage. A mismatch only holds.
-SRM_ALPHA = 0.001
+SRM_ALPHA = 0.005
 _PERCENTILE_TAIL = 10  # requests in a provider percentile's tail before its value means anything
 _MIXTURE_COST = 1.0  # nats a mixture pays over a test told the effect (for "needed" estimates)
 _WEAK = "a provider percentile gives no confidence bound: a weaker guarantee"
@@ -299,7 +299,8 @@ def _rates_vs_baseline(
         r_low, r_high = (r_low, edge) if high_side else (edge, r_high)
         numbers |= {"ratio_lower": r_low, "ratio_upper": r_high}
         numbers |= {"lower": b.rate * r_low, "upper": b.rate * r_high}
-        interval = f"{_conf(alpha)} always-valid {side} bound {_pct(edge)}"
+        kind = "stage-calibrated" if outcome is Outcome.FAIL and ev.lowered > 0 else "always-valid"
+        interval = f"{_conf(alpha)} {kind} {side} bound {_pct(edge)}"
     samples = f"{c.events:.0f}/{c.trials:.0f} vs {b.events:.0f}/{b.trials:.0f}"
     change = _pct(ratio) if b.rate > 0 else "from none"
     if outcome is Outcome.FAIL:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from mlrollout.analysis import GateSet, Monitor, Outcome
+from mlrollout.analysis import SRM_ALPHA, GateSet, Monitor, Outcome
 from mlrollout.analysis.calibration import (
     ALPHAS,
     DELTAS,
@@ -128,7 +128,7 @@ def test_srm_uses_the_calibrated_boundary_too() -> None:
     assert srm.gate == "sample-ratio"
     assert 0 < srm.numbers["boundary_lowered"] <= MAX_DELTA
     lowered = srm.numbers["boundary_lowered"]
-    assert srm.numbers["boundary"] == pytest.approx(math.log(1000) - lowered)
+    assert srm.numbers["boundary"] == pytest.approx(math.log(1 / SRM_ALPHA) - lowered)
 
 
 # ------------------------------------------------------------------- false rollbacks, speed
