@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from draws import binomial  # tests/core/analysis/draws.py, see conftest.py
 
 from mlrollout.analysis import SRM_ALPHA, GateSet, Monitor, Outcome
 from mlrollout.analysis.calibration import (
@@ -34,15 +35,6 @@ ERRORS_25 = {"name": "errors", "metric": "error_rate", "vs_baseline": {"max_incr
 def gate_set(*gates: dict[str, Any]) -> GateSet:
     analysis = Analysis.model_validate({"alpha": 0.05, "min_requests": 100, "gates": list(gates)})
     return GateSet.from_plan(analysis)
-
-
-def binomial(rng: random.Random, n: int, p: float) -> int:
-    events, position, log_q = 0, 0, math.log1p(-p)
-    while True:
-        position += int(math.log(1.0 - rng.random()) / log_q) + 1
-        if position > n:
-            return events
-        events += 1
 
 
 # ------------------------------------------------------------------------------- the table

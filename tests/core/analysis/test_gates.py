@@ -13,6 +13,7 @@ import random
 from typing import Any
 
 import pytest
+from draws import binomial  # tests/core/analysis/draws.py, see conftest.py
 
 import mlrollout.analysis.engine
 from mlrollout.analysis import (
@@ -330,16 +331,6 @@ def test_doctest_example_runs() -> None:
 
 
 # ---------------------------------------------------------------------------- simulation
-
-
-def binomial(rng: random.Random, n: int, p: float) -> int:
-    """Binomial draw by geometric skips (fast for small p)."""
-    events, position, log_q = 0, 0, math.log1p(-p)
-    while True:
-        position += int(math.log(1.0 - rng.random()) / log_q) + 1
-        if position > n:
-            return events
-        events += 1
 
 
 def fail_rate(candidate_rate: float, runs: int = 300, looks: int = 20, seed: int = 7) -> float:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from draws import binomial  # tests/core/analysis/draws.py, see conftest.py
 
 import mlrollout.analysis.monitor
 from mlrollout.analysis import (
@@ -50,16 +51,6 @@ def only(verdict: Verdict) -> GateVerdict:
     gates = [g for g in verdict.gates if g.gate != "sample-ratio"]
     assert len(gates) == 1
     return gates[0]
-
-
-def binomial(rng: random.Random, n: int, p: float) -> int:
-    """Binomial draw by geometric skips (fast for small p)."""
-    events, position, log_q = 0, 0, math.log1p(-p)
-    while True:
-        position += int(math.log(1.0 - rng.random()) / log_q) + 1
-        if position > n:
-            return events
-        events += 1
 
 
 # ------------------------------------------------------------------------------- the default
