@@ -299,8 +299,8 @@ def _rates_vs_baseline(
         r_low, r_high = (r_low, edge) if high_side else (edge, r_high)
         numbers |= {"ratio_lower": r_low, "ratio_upper": r_high}
         numbers |= {"lower": b.rate * r_low, "upper": b.rate * r_high}
-        kind = "stage-calibrated" if outcome is Outcome.FAIL and ev.lowered > 0 else "always-valid"
-        interval = f"{_conf(alpha)} {kind} {side} bound {_pct(edge)}"
+        how = "stage-calibrated" if outcome is Outcome.FAIL and ev.lowered > 0 else "always-valid"
+        interval = f"{_conf(alpha)} {how} {side} bound {_pct(edge)}"
     samples = f"{c.events:.0f}/{c.trials:.0f} vs {b.events:.0f}/{b.trials:.0f}"
     change = _pct(ratio) if b.rate > 0 else "from none"
     if outcome is Outcome.FAIL:
