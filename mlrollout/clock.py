@@ -72,3 +72,9 @@ class ScaledClock:
     def sleep(self, seconds: float) -> None:
         if seconds > 0:
             time.sleep(seconds / self.factor)
+
+    def set(self, instant: float) -> None:
+        """Jump forward to ``instant`` (never back); time then runs on from there."""
+        gap = instant - self.now()
+        if gap > 0:
+            self._start += gap

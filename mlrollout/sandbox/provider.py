@@ -7,6 +7,7 @@ object, and the registry expects a :class:`~mlrollout.contracts.ProviderSpec` in
 
 from __future__ import annotations
 
+from mlrollout.clock import ScaledClock, VirtualClock
 from mlrollout.contracts import (
     Capabilities,
     EndpointAdapter,
@@ -90,7 +91,21 @@ class LocalProvider:
         endpoint = LocalEndpoint(
             plan.target.endpoint, plan.sandbox, context.store, context.clock, context.lease
         )
+        # Simulated time never runs backwards on one sandbox endpoint: a rollout whose clock
+        # starts before the endpoint's last traffic change (a second `speed: max` rollout
+        # started right after the first, whose virtual time ran ahead) starts after it. Its
+        # traffic would otherwise be recorded at the later instant while it analyzed from the
+        # earlier one, and the first minutes of its windows would miss the candidate's traffic.
+        record = endpoint.record()
+        if record and record.get("history"):
+            _catch_up(context.clock, float(record["history"][-1][0]))
         return endpoint, LocalMetrics(endpoint)
+
+
+def _catch_up(clock: object, instant: float) -> None:
+    """Move a simulated clock forward to ``instant`` if it is behind (real clocks are left)."""
+    if isinstance(clock, VirtualClock | ScaledClock) and clock.now() < instant:
+        clock.set(instant)
 
 
 #: The object the ``local`` entry point loads.
