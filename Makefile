@@ -41,6 +41,7 @@ bench: $(STAMP)  ## benchmark figures (not timed tests); BENCH_ARGS="--runs 200"
 	@$(BIN)/python -c "import numpy" 2>/dev/null || $(BIN)/python -m pip install -q -e ".[bench]"
 	$(BIN)/python benchmarks/sandbox_traffic.py
 	$(BIN)/python benchmarks/engine_speed.py
+	$(BIN)/python benchmarks/engine_decisions.py
 	$(BIN)/python benchmarks/decisions.py $(BENCH_ARGS)
 
 wheels:  ## build the core and every provider as wheels in dist/ (then: pip install --find-links dist ".[aws]")

@@ -1,0 +1,158 @@
+"""False rollbacks and detection through the whole engine: real plans on the local sandbox.
+
+``decisions.py`` measures the analysis alone on simulated windows. This drives complete rollouts
+(plan, engine, sandbox traffic, SQLite journal) over many sandbox seeds, so what it measures
+includes what the engine passes to the analysis: each look's number, the step's horizon
+(window plus ``max_hold``), the approval waits' "no end", alpha split over judged stages.
+
+Cells (100 req/s, 1 % baseline errors, looks every 10 s, alpha 5 % unless stated):
+
+- ``canary 10/50 healthy``: analyze 10 m at 10 %, approval wait of 10 m (gates watching), analyze
+  10 m at 50 %; errors, p99 vs baseline, p99 max; candidate = baseline.
+- ``linear 50 % healthy``: linear 50 % every 5 m, errors vs baseline (looks every 60 s).
+- ``canary 10/50, errors x2``: the first plan with a candidate at 2 % errors.
+
+Prints a table and a JSON line. Run: ``python benchmarks/engine_decisions.py [--seeds N]``
+(``make bench``; 1,000 seeds per cell take about 4 minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from mlrollout.clock import VirtualClock
+from mlrollout.engine.runner import Runner
+from mlrollout.plan.loader import parse_plan
+from mlrollout.state.sqlite import SqliteStateStore
+
+CANARY = """
+version: 1
+name: canary
+target: {provider: local, endpoint: ep}
+candidate: {name: v2}
+strategy:
+  type: canary
+  steps:
+    - weight: 10
+    - analyze: 10m
+    - approve: {timeout: 10m, on_timeout: continue}
+    - weight: 50
+    - analyze: 10m
+analysis:
+  interval: 10s
+  min_requests: 100
+  max_hold: 5m
+  gates:
+    - {name: errors, metric: error_rate, vs_baseline: {max_increase: 25%}}
+    - {name: p99, metric: latency_p99, vs_baseline: {max_increase: 10%}}
+    - {name: p99max, metric: latency_p99, max: 400ms}
+sandbox:
+  seed: SEED
+  rps: 100
+  variants:
+    v1: {error_rate: 0.01, latency_p50: 40ms, latency_p99: 120ms}
+    v2: {error_rate: CANDIDATE, latency_p50: 40ms, latency_p99: 120ms}
+"""
+
+LINEAR = """
+version: 1
+name: linear
+target: {provider: local, endpoint: ep}
+candidate: {name: v2}
+strategy: {type: linear, step: 50, every: 5m}
+analysis:
+  min_requests: 50
+  gates: [{name: errors, metric: error_rate, vs_baseline: {max_increase: 50%}}]
+sandbox:
+  seed: SEED
+  rps: 100
+  variants: {v1: {error_rate: 0.01}, v2: {error_rate: 0.01}}
+"""
+
+CELLS = {
+    "canary 10/50 healthy": (CANARY, 0.01),
+    "linear 50% healthy": (LINEAR, 0.01),
+    "canary 10/50, errors x2": (CANARY, 0.02),
+}
+
+
+def clopper_pearson_upper(k: int, n: int, conf: float = 0.95) -> float:
+    """Exact one-sided upper bound of a binomial proportion (bisection on the binomial CDF)."""
+    if k >= n:
+        return 1.0
+    lo, hi = k / n, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        logp, log1p = math.log(mid), math.log1p(-mid)
+        cdf = sum(
+            math.exp(
+                math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1)
+                + i * logp + (n - i) * log1p
+            )
+            for i in range(k + 1)
+        )  # fmt: skip
+        lo, hi = (mid, hi) if cdf > 1 - conf else (lo, mid)
+    return hi
+
+
+def run(template: str, candidate: float, seed: int, folder: Path) -> tuple[str, float | None]:
+    text = template.replace("SEED", str(seed)).replace("CANDIDATE", str(candidate))
+    store = SqliteStateStore(folder / f"{seed}.db")
+    runner = Runner(store, holder="bench")
+    record = runner.create(parse_plan(text, "bench.yaml"))
+    outcome = runner.drive(record.id, clock=VirtualClock(1_800_000_000.0))
+    events = store.events(record.id)
+    started = next(e.at for e in events if e.kind == "set_traffic.applied")
+    failed = next((e.at for e in events if e.kind == "analysis.failed"), None)
+    store.close()
+    return outcome.phase.value, None if failed is None else failed - started
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=1000, help="rollouts per cell")
+    args = parser.parse_args(argv)
+    rows: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (template, candidate) in CELLS.items():
+            t0 = time.perf_counter()
+            folder = Path(tmp) / name.replace(" ", "_").replace("/", "-")
+            folder.mkdir()
+            results = [run(template, candidate, s, folder) for s in range(args.seeds)]
+            rolled = sum(1 for phase, _ in results if phase == "rolled_back")
+            times = sorted(t for _, t in results if t is not None)
+            rows.append(
+                {
+                    "cell": name,
+                    "rollouts": args.seeds,
+                    "rolled_back": rolled / args.seeds,
+                    "rolled_back_upper95": clopper_pearson_upper(rolled, args.seeds),
+                    "detect_mean_s": statistics.fmean(times) if times else None,
+                    "detect_median_s": statistics.median(times) if times else None,
+                    "seconds": time.perf_counter() - t0,
+                }
+            )
+    print(f"{'cell':<28}{'rollouts':>9}{'rolled back':>13}{'up95':>7}{'detect mean':>13}{'med':>6}")
+    for r in rows:
+        mean = "-" if r["detect_mean_s"] is None else f"{r['detect_mean_s']:.0f}s"
+        med = "-" if r["detect_median_s"] is None else f"{r['detect_median_s']:.0f}s"
+        print(
+            f"{r['cell']:<28}{r['rollouts']:>9}{r['rolled_back']:>13.2%}"
+            f"{r['rolled_back_upper95']:>7.1%}{mean:>13}{med:>6}"
+        )
+    print(f"({time.perf_counter() - started:.0f}s)")
+    print(json.dumps({"cells": rows}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
