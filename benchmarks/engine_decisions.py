@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from decisions import clopper_pearson_upper  # the sibling script (needs numpy)
 
 from mlrollout.clock import VirtualClock
 from mlrollout.engine.runner import Runner
@@ -82,25 +83,6 @@ CELLS = {
     "linear 50% healthy": (LINEAR, 0.01),
     "canary 10/50, errors x2": (CANARY, 0.02),
 }
-
-
-def clopper_pearson_upper(k: int, n: int, conf: float = 0.95) -> float:
-    """Exact one-sided upper bound of a binomial proportion (bisection on the binomial CDF)."""
-    if k >= n:
-        return 1.0
-    lo, hi = k / n, 1.0
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        logp, log1p = math.log(mid), math.log1p(-mid)
-        cdf = sum(
-            math.exp(
-                math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1)
-                + i * logp + (n - i) * log1p
-            )
-            for i in range(k + 1)
-        )  # fmt: skip
-        lo, hi = (mid, hi) if cdf > 1 - conf else (lo, mid)
-    return hi
 
 
 def run(template: str, candidate: float, seed: int, folder: Path) -> tuple[str, float | None]:
