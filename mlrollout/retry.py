@@ -2,9 +2,9 @@
 
 Exponential backoff with full jitter: the wait before retry ``n`` is drawn uniformly from
 ``[0, min(cap, base * 2**(n-1))]``. ``sleep`` is injectable (providers pass the rollout's clock,
-so tests never wait on the wall clock). The core has no retry loop of its own and no dependency on
-a retry library: :meth:`RetryPolicy.wait` fits tenacity's ``wait=`` hook (it reads only
-``attempt_number``), which is how the provider distributions use it.
+so tests never wait on the wall clock). :meth:`RetryPolicy.call` is the one retry loop the AWS
+and GCP providers share; :meth:`RetryPolicy.wait` also fits tenacity's ``wait=`` hook (it reads
+only ``attempt_number``). The core depends on no retry library.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
+
+T = TypeVar("T")
 
 
 class Attempt(Protocol):
@@ -35,3 +37,32 @@ class RetryPolicy:
 
     def wait(self, state: Attempt) -> float:
         return self.delay(state.attempt_number)
+
+    def call(
+        self,
+        fn: Callable[[], T],
+        *,
+        retryable: Callable[[BaseException], bool],
+        failed: Callable[[BaseException, int], BaseException],
+        applied: Callable[[], bool] | None = None,
+    ) -> T | None:
+        """``fn()``, retried while it raises an error ``retryable`` accepts, up to ``attempts``
+        tries with :meth:`delay` between them. For a mutation, ``applied()`` is asked before each
+        retry; True (the change is already in effect) ends the call with None, unsent. An error
+        that ends the call is raised as ``failed(error, attempts_made)``, chained to it (return
+        the error itself to raise it as it is)."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                if attempt > 1 and applied is not None and applied():
+                    return None
+                return fn()
+            except Exception as exc:
+                if attempt < self.attempts and retryable(exc):
+                    self.sleep(self.delay(attempt))
+                    continue
+                mapped = failed(exc, attempt)
+                if mapped is exc:
+                    raise
+                raise mapped from exc

@@ -3,8 +3,8 @@
 Every call goes through :func:`call`, which
 
 - retries throttling, 5xx and connection errors with exponential backoff and full jitter
-  (tenacity), sleeping on the injected clock (botocore's own retries are off, so there is exactly
-  one retry policy and call counts are what they look like);
+  (the core's ``RetryPolicy.call``), sleeping on the injected clock (botocore's own retries are
+  off, so there is exactly one retry policy and call counts are what they look like);
 - for a mutation, asks ``applied()`` before each retry whether the earlier attempt already took
   effect (the response may be lost after the change was made), so no mutation is applied twice;
 - maps what is left to the mlrollout error tree at the boundary, naming the call and the IAM
@@ -27,11 +27,6 @@ import boto3
 import botocore.exceptions as bex
 import botocore.session
 from botocore.config import Config
-from tenacity import (
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-)
 
 from mlrollout.errors import ProviderAuthError, ProviderError, ProviderThrottled
 from mlrollout.retry import RetryPolicy
@@ -103,7 +98,7 @@ class AwsCallError(ProviderError):
 
 def client_config() -> Config:
     return Config(
-        retries={"total_max_attempts": 1, "mode": "standard"},  # tenacity retries, not botocore
+        retries={"total_max_attempts": 1, "mode": "standard"},  # our retries, not botocore
         connect_timeout=5,
         read_timeout=30,
         user_agent_extra="mlrollout",
@@ -190,26 +185,12 @@ def call(
     each retry, and a True ends the call without sending it again (the result is then None).
     """
     method = getattr(client, operation)
-    attempt = 0
-    try:
-        for try_ in Retrying(
-            stop=stop_after_attempt(retry.attempts),
-            wait=retry.wait,
-            sleep=retry.sleep,
-            retry=retry_if_exception(retryable),
-            reraise=True,
-        ):
-            with try_:
-                attempt += 1
-                if attempt > 1 and applied is not None and applied():
-                    return None
-                return method(**params)
-    except BaseException as exc:
-        mapped = map_error(client, operation, exc, attempts=attempt)
-        if mapped is exc:
-            raise
-        raise mapped from exc
-    raise AssertionError("unreachable")  # pragma: no cover
+    return retry.call(
+        lambda: method(**params),
+        retryable=retryable,
+        failed=lambda exc, attempts: map_error(client, operation, exc, attempts=attempts),
+        applied=applied,
+    )
 
 
 def map_error(client: Any, operation: str, exc: BaseException, *, attempts: int) -> BaseException:

@@ -3,9 +3,9 @@
 Every call goes through :func:`call`, which
 
 - retries 429, 503 (and 500/502/504) and connection errors with exponential backoff and full
-  jitter (tenacity), sleeping on the injected clock. ``aiplatform_v1`` clients do not retry them
-  themselves, and mlrollout passes ``retry=None`` to the Monitoring client, so there is exactly one
-  retry policy and call counts are what they look like;
+  jitter (the core's ``RetryPolicy.call``), sleeping on the injected clock. ``aiplatform_v1``
+  clients do not retry them themselves, and mlrollout passes ``retry=None`` to the Monitoring
+  client, so there is exactly one retry policy and call counts are what they look like;
 - for a mutation, asks ``applied()`` before each retry whether the earlier attempt already took
   effect (the response may be lost after the change was made), so no mutation is applied twice;
 - maps what is left to the mlrollout error tree at the boundary, by HTTP code only (the REST
@@ -31,7 +31,6 @@ import google.auth.exceptions
 import requests.exceptions
 from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials, Credentials
-from tenacity import Retrying, retry_if_exception, stop_after_attempt
 
 from mlrollout.errors import ProviderAuthError, ProviderError, ProviderThrottled
 from mlrollout.retry import RetryPolicy
@@ -127,25 +126,14 @@ def call(
     ``applied``: for a mutation, returns True when the change is already in effect; asked before
     each retry, and a True ends the call without sending it again (the result is then None).
     """
-    attempt = 0
-    try:
-        for try_ in Retrying(
-            stop=stop_after_attempt(retry.attempts),
-            wait=retry.wait,
-            sleep=retry.sleep,
-            retry=retry_if_exception(retryable),
-            reraise=True,
-        ):
-            with try_:
-                attempt += 1
-                if attempt > 1 and applied is not None and applied():
-                    return None
-                return method(**params)
-    except ProviderError:
-        raise
-    except Exception as exc:
-        raise map_error(operation, exc, attempts=attempt) from exc
-    raise AssertionError("unreachable")  # pragma: no cover
+    return retry.call(
+        lambda: method(**params),
+        retryable=retryable,
+        failed=lambda exc, attempts: (
+            exc if isinstance(exc, ProviderError) else map_error(operation, exc, attempts=attempts)
+        ),
+        applied=applied,
+    )
 
 
 def map_error(operation: str, exc: BaseException, *, attempts: int = 1) -> ProviderError:
