@@ -108,19 +108,17 @@ class Monitor:
         """Add one interval per variant and judge the stage's totals. ``None`` (the source
         returned nothing) or a window with ``error`` set adds nothing; that look HOLDs."""
         self.looks += 1
-        if candidate is None or baseline is None or candidate.error or baseline.error:
-            return self.gates.look(
-                candidate,
-                baseline,
-                candidate_share=self.candidate_share,
-                look=self.looks,
-                horizon=self.horizon,
-            )
-        self.candidate = merge(self.candidate, candidate)
-        self.baseline = merge(self.baseline, baseline)
+        if (
+            candidate is not None
+            and baseline is not None
+            and not (candidate.error or baseline.error)
+        ):
+            self.candidate = merge(self.candidate, candidate)
+            self.baseline = merge(self.baseline, baseline)
+            candidate, baseline = self.candidate, self.baseline
         return self.gates.look(
-            self.candidate,
-            self.baseline,
+            candidate,
+            baseline,
             candidate_share=self.candidate_share,
             look=self.looks,
             horizon=self.horizon,
