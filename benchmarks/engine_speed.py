@@ -13,6 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from mlrollout.engine.engine import LOOK_KINDS
 from mlrollout.engine.runner import Runner
 from mlrollout.plan.loader import load_plan
 from mlrollout.state.sqlite import SqliteStateStore
@@ -31,7 +32,7 @@ def rollout_once(plan: Path, folder: Path) -> tuple[float, float, int, int]:
     runner.drive(record.id)
     wall = time.perf_counter() - started
     events = store.events(record.id)
-    looks = sum(1 for e in events if e.kind in ("look", "analysis.passed", "analysis.failed"))
+    looks = sum(1 for e in events if e.kind in LOOK_KINDS)
     store.close()
     return wall, events[-1].at - events[0].at, len(events), looks
 

@@ -68,6 +68,57 @@ class EndpointState:
         return None
 
 
+#: Tag (label) keys of the ownership mark a runner writes on the endpoint itself.
+OWNER_ROLLOUT_KEY = "mlrollout-rollout"
+OWNER_HOLDER_KEY = "mlrollout-holder"
+OWNER_EXPIRES_KEY = "mlrollout-expires"
+OWNER_KEYS = (OWNER_ROLLOUT_KEY, OWNER_HOLDER_KEY, OWNER_EXPIRES_KEY)
+
+
+@dataclass(frozen=True)
+class OwnerMark:
+    """Who drives an endpoint, written on the endpoint itself (SageMaker tags, Vertex labels,
+    Azure tags, the sandbox's record) so that two runners with two different state stores never
+    both drive it. ``expires_at`` is the driving runner's lease expiry (wall clock): a mark past
+    it belongs to a runner that stopped, and may be taken over."""
+
+    rollout_id: str
+    holder: str
+    expires_at: float
+
+    def live(self, now: float) -> bool:
+        return self.expires_at > now
+
+    def to_tags(self, *, label_safe: bool = False) -> dict[str, str]:
+        """The mark as string tags. ``label_safe``: only lowercase letters, digits, ``-`` and
+        ``_``, at most 63 characters each (Vertex AI / GCP labels)."""
+        tags = {
+            OWNER_ROLLOUT_KEY: self.rollout_id,
+            OWNER_HOLDER_KEY: self.holder,
+            OWNER_EXPIRES_KEY: str(int(self.expires_at)),
+        }
+        if label_safe:
+            tags = {k: _label_value(v) for k, v in tags.items()}
+        return tags
+
+    @classmethod
+    def from_tags(cls, tags: Mapping[str, str] | None) -> OwnerMark | None:
+        """The mark in ``tags`` (other tags are ignored); None if there is none or it is
+        unreadable (a half-written mark counts as none: its expiry is unknown)."""
+        if not tags or OWNER_ROLLOUT_KEY not in tags:
+            return None
+        try:
+            expires = float(tags.get(OWNER_EXPIRES_KEY, ""))
+        except ValueError:
+            return None
+        return cls(tags[OWNER_ROLLOUT_KEY], tags.get(OWNER_HOLDER_KEY, "unknown"), expires)
+
+
+def _label_value(value: str) -> str:
+    cleaned = "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "_" for c in value)
+    return cleaned.lower()[:63]
+
+
 class EndpointAdapter(Protocol):
     """Drives one live endpoint. Every mutation is idempotent: applying the same change twice
     leaves the endpoint as applying it once does, so a tick after a crash may simply redo it."""
@@ -89,6 +140,17 @@ class EndpointAdapter(Protocol):
         ...
 
     def wait_until_stable(self, timeout: float) -> EndpointState: ...
+
+    # Ownership (optional for third-party adapters: without it only the state store's lease
+    # keeps two runners apart, which fails when they use two different stores).
+    def read_owner(self) -> OwnerMark | None:
+        """The ownership mark on the endpoint, if any (one read call)."""
+        ...
+
+    def write_owner(self, mark: OwnerMark | None) -> None:
+        """Write the mark (replacing any), or remove it with None; idempotent, touches nothing
+        else on the endpoint (no traffic change, no redeploy)."""
+        ...
 
 
 # ------------------------------------------------------------------------------------- metrics
@@ -223,7 +285,8 @@ class ProviderSpec(Protocol):
     target_keys: frozenset[str]
     required_keys: frozenset[str]
     capabilities: Capabilities
-    #: Strategies this provider can run now.
+    #: Strategies the platform supports through this provider (the engine may not run all of
+    #: them yet: :func:`runnable_strategies` is what a rollout on it can use now).
     strategies: frozenset[str]
     #: The pip requirement that installs it, for hints.
     install_hint: str
@@ -238,6 +301,17 @@ class ProviderSpec(Protocol):
         ...
 
     def open(self, context: ProviderContext) -> tuple[EndpointAdapter, MetricsSource]: ...
+
+
+#: Strategies the engine executes today. The plan format has more (blue_green, shadow, ab_test):
+#: they parse and validate, and a provider may declare them, but ``plan validate`` refuses them.
+ENGINE_STRATEGIES = frozenset({"canary", "linear"})
+
+
+def runnable_strategies(spec: ProviderSpec) -> frozenset[str]:
+    """The strategies a rollout on ``spec``'s platform can use now: those it declares that the
+    engine runs. ``mlrollout providers`` lists these; ``plan validate`` refuses any other."""
+    return frozenset(spec.strategies) & ENGINE_STRATEGIES
 
 
 def endpoint_key(provider: str, settings: Mapping[str, Any], endpoint: str) -> str:

@@ -12,14 +12,19 @@ the CLI uses for it (see DESIGN.md, "Exit codes"). The CLI prints ``str(error)``
     ├── NeedsHuman                      5   the tool cannot go on by itself
     │   ├── LeaseHeld                   5   another runner drives this endpoint
     │   ├── LeaseLost                   5   this runner's lease was taken over (fencing)
+    │   ├── RolloutActive               5   another rollout of this store is active on the endpoint
+    │   ├── EndpointOwned               5   a runner of another state store drives the endpoint
     │   ├── EndpointDrifted             5   the live endpoint no longer matches the journal
     │   ├── RollbackFailed              5   traffic could not be restored
-    │   └── StateCorrupt                5   the state store cannot be read
+    │   ├── StateCorrupt                5   the state store cannot be read
+    │   └── StateLost                   5   the state store was deleted or replaced mid-run
     ├── ProviderError                   6   a provider call failed before any change
     │   ├── ProviderUnavailable         6   plugin missing or broken
     │   ├── ProviderAuthError           6
     │   └── ProviderThrottled           6   retries ran out on throttling
     └── StateUnavailable                6   the state store cannot be opened or written
+
+    (any other exception)               70  a bug in mlrollout
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ class ExitCode:
     INVALID_PLAN = 4
     NEEDS_HUMAN = 5
     PROVIDER = 6
+    BUG = 70
 
 
 class MlrolloutError(Exception):
@@ -96,6 +102,14 @@ class LeaseLost(NeedsHuman):
     pass
 
 
+class RolloutActive(NeedsHuman):
+    pass
+
+
+class EndpointOwned(NeedsHuman):
+    pass
+
+
 class EndpointDrifted(NeedsHuman):
     pass
 
@@ -105,6 +119,10 @@ class RollbackFailed(NeedsHuman):
 
 
 class StateCorrupt(NeedsHuman):
+    pass
+
+
+class StateLost(NeedsHuman):
     pass
 
 

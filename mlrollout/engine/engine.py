@@ -8,7 +8,10 @@ tick after a crash finds the intent and finishes it (every adapter mutation is i
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -16,22 +19,39 @@ from typing import Any
 from mlrollout.analysis import GateSet, Outcome, Verdict
 from mlrollout.analysis.engine import judged_stages
 from mlrollout.clock import Clock
-from mlrollout.contracts import EndpointAdapter, EndpointState, MetricsQuery, MetricsSource, Window
+from mlrollout.contracts import (
+    EndpointAdapter,
+    EndpointState,
+    MetricsQuery,
+    MetricsSource,
+    OwnerMark,
+    Window,
+)
 from mlrollout.engine.phases import Phase, can_move
 from mlrollout.errors import (
     EndpointDrifted,
+    EndpointOwned,
     MlrolloutError,
     ProviderError,
     RollbackFailed,
+    UsageError,
 )
 from mlrollout.plan.model import Plan
 from mlrollout.plan.timeline import ExecStep, expand_steps, planned_looks
 from mlrollout.state.base import Event, Lease, StateStore
 from mlrollout.units import format_duration
 
+#: Event kinds of a look at the metrics: the gates' verdict is in ``data["verdict"]``.
+LOOK_KINDS = frozenset(
+    {"look", "analysis.passed", "analysis.ended", "analysis.failed", "analysis.inconclusive"}
+)
 #: Event kinds written by commands from other processes (``mlrollout promote|abort``).
 COMMANDS = ("command.promote", "command.abort")
 WEIGHT_TOLERANCE = 0.5  # percent: what counts as "the same weights" when comparing live state
+#: Wall-clock seconds an ownership mark lasts when the runner has no lease (tests, the API).
+OWNER_TTL = 60.0
+#: Rewrite our own mark before a change once its expiry lags the lease's by this much.
+OWNER_REFRESH = 20.0
 
 
 @dataclass
@@ -94,6 +114,8 @@ class Engine:
         lease: Callable[[], Lease | None] = lambda: None,
         listeners: list[Listener] | None = None,
         state: RolloutState | None = None,
+        holder: str = "mlrollout",
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.rollout_id = rollout_id
         self.plan = plan
@@ -103,6 +125,9 @@ class Engine:
         self.clock = clock
         self.lease = lease
         self.listeners = list(listeners or [])
+        self.holder = holder
+        self.wall = wall
+        self._failed_listeners: set[int] = set()
         self.steps: list[ExecStep] = expand_steps(plan)
         self.state = state or RolloutState(candidate=plan.candidate.name)
         looks = planned_looks(plan)
@@ -133,8 +158,23 @@ class Engine:
             snapshot=self.state.to_dict(),
         )
         for listener in self.listeners:
-            listener(event, self.state)
+            # What is shown or sent about an event never stops the rollout (a closed stdout, a
+            # broken reporter): the event is recorded, and the engine goes on.
+            try:
+                listener(event, self.state)
+            except Exception as exc:
+                self._listener_failed(listener, exc)
         return event
+
+    def _listener_failed(self, listener: Listener, exc: Exception) -> None:
+        if id(listener) in self._failed_listeners:
+            return
+        self._failed_listeners.add(id(listener))
+        name = getattr(listener, "__name__", type(listener).__name__)
+        with contextlib.suppress(OSError, ValueError):  # stderr closed too: nothing to tell
+            sys.stderr.write(
+                f"warning: {name} failed ({type(exc).__name__}: {exc}); the rollout goes on\n"
+            )
 
     def _move(self, phase: Phase) -> None:
         current = self.state.phase_enum
@@ -150,9 +190,12 @@ class Engine:
         if state.phase_enum.terminal:
             return TickResult(state.phase_enum, None)
         now = self.clock.now()
-        command = self._read_command()
+        # A change in flight is finished first, before any command is read: a command read now
+        # and then skipped would be marked seen and lost (an abort must never be). The next tick
+        # reads it.
         if state.pending is not None:
             return self._finish_pending()
+        command = self._read_command()
         if command is not None:
             handled = self._apply_command(command)
             if handled is not None:
@@ -224,6 +267,7 @@ class Engine:
         assert pending is not None
         action = pending["action"]
         args = {k: v for k, v in pending.items() if k != "action"}
+        self._claim()
         if action == "set_traffic":
             live = self.adapter.set_traffic(args["weights"])
             self.state.weights = live.weights()
@@ -267,6 +311,17 @@ class Engine:
 
     def _tick_pending(self, live: EndpointState, now: float) -> TickResult:
         candidate = self.plan.candidate.name
+        self._check_owner(self._read_owner())
+        if live.serving_all() == candidate:
+            # Re-running a plan that already went through: nothing to do, and nothing wrong.
+            self.state.reason = (
+                f"{candidate} already serves 100% on {live.name!r}: nothing to roll out"
+            )
+            self.state.weights = live.weights()
+            self._move(Phase.SUCCEEDED)
+            return self._result(
+                None, self.record("promoted", {"weights": live.weights(), "already": True})
+            )
         if self.plan.baseline == "auto":
             baseline = live.serving_all()
             if baseline is None:
@@ -284,8 +339,8 @@ class Engine:
                 )
         if baseline == candidate:
             raise EndpointDrifted(
-                f"the candidate {candidate!r} already serves all traffic on {live.name!r}: "
-                "nothing to roll out"
+                f"the baseline and the candidate are both {candidate!r}: nothing to compare",
+                hint="name the candidate after the new model's variant",
             )
         existing = live.variant(candidate)
         if existing is not None and existing.weight > 0:
@@ -379,7 +434,7 @@ class Engine:
             elif elapsed >= window.max:
                 decided = "inconclusive"
         elif elapsed >= window.max:
-            decided = "hold" if outcome == Outcome.HOLD else "passed"
+            decided = {Outcome.HOLD: "hold", Outcome.PASS: "passed"}.get(outcome, "ended")
         if decided == "hold":
             if analysis.no_data == "rollback":
                 return self._on_failure(
@@ -396,6 +451,9 @@ class Engine:
         if decided == "passed":
             self._advance()
             return self._result(now, self.record("analysis.passed", look))
+        if decided == "ended":  # the bake is over, no gate failed, none has passed yet
+            self._advance()
+            return self._result(now, self.record("analysis.ended", {**look, "undecided": True}))
         return self._result(state.next_look_at, self.record("look", look))
 
     def _look(self, start: float, now: float, *, horizon: int | None) -> Verdict:
@@ -504,6 +562,7 @@ class Engine:
         if live.variant(state.baseline) is not None:
             event = self._mutate("finalize", {"keep": state.candidate, "retire": state.baseline})
             return self._result(self.clock.now(), event)
+        self._release_owner()
         self._move(Phase.SUCCEEDED)
         return self._result(None, self.record("promoted", {"weights": live.weights()}))
 
@@ -519,6 +578,7 @@ class Engine:
         state = self.state
         baseline = state.baseline
         if baseline is None:  # nothing was prepared
+            self._release_owner()
             self._move(Phase.ROLLED_BACK)
             return self._result(None, self.record("rolled_back", {"reason": state.reason}))
         candidate = live.variant(state.candidate)
@@ -536,10 +596,67 @@ class Engine:
                 f"rollback failed: {exc}",
                 hint=f"fix the cause, then `mlrollout resume {self.rollout_id}`",
             ) from exc
+        self._release_owner()
         self._move(Phase.ROLLED_BACK)
         return self._result(
             None, self.record("rolled_back", {"reason": state.reason, "weights": live.weights()})
         )
+
+    # ---------------------------------------------------------------------------- ownership
+
+    def _read_owner(self) -> OwnerMark | None:
+        read = getattr(self.adapter, "read_owner", None)
+        return None if read is None else read()
+
+    def _check_owner(self, mark: OwnerMark | None) -> None:
+        """Stop (exit 5) if another live rollout — one of another state store — owns the
+        endpoint. A mark left by a rollout of this store that has ended is stale."""
+        if mark is None or mark.rollout_id == self.rollout_id or not mark.live(self.wall()):
+            return
+        try:
+            mine = self.store.get_rollout(mark.rollout_id)
+        except UsageError:
+            mine = None
+        if mine is not None and mine.id == mark.rollout_id and Phase(mine.phase).terminal:
+            return
+        left = mark.expires_at - self.wall()
+        raise EndpointOwned(
+            f"endpoint {self.plan.target.endpoint!r} is driven by rollout {mark.rollout_id} "
+            f"({mark.holder}), which is not in this state store ({self.store.location}); "
+            f"its mark on the endpoint expires in {left:.0f}s",
+            hint="run mlrollout with that runner's --state (then `mlrollout status "
+            f"{mark.rollout_id}`), or stop that runner: its mark lapses if it stops renewing",
+        )
+
+    def _claim(self) -> None:
+        """Before every change: check the endpoint's ownership mark, and write ours (with the
+        lease's expiry) if it is missing, another's that lapsed, or ours and due for refresh."""
+        if getattr(self.adapter, "write_owner", None) is None:
+            return
+        mark = self._read_owner()
+        self._check_owner(mark)
+        lease = self.lease()
+        expires = lease.expires_at if lease is not None else self.wall() + OWNER_TTL
+        holder = lease.holder if lease is not None else self.holder
+        if (
+            mark is not None
+            and mark.rollout_id == self.rollout_id
+            and mark.expires_at >= expires - OWNER_REFRESH
+        ):
+            return
+        self.adapter.write_owner(OwnerMark(self.rollout_id, holder, expires))
+
+    def _release_owner(self) -> None:
+        """At the end: remove our mark (best effort; a mark left behind lapses by itself)."""
+        write = getattr(self.adapter, "write_owner", None)
+        if write is None:
+            return
+        try:
+            mark = self._read_owner()
+            if mark is not None and mark.rollout_id == self.rollout_id:
+                write(None)
+        except ProviderError:
+            pass
 
     # ------------------------------------------------------------------------------ helpers
 

@@ -24,8 +24,10 @@ class Phase(StrEnum):
 TERMINAL = frozenset({Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.ABORTED})
 
 TRANSITIONS: dict[Phase, frozenset[Phase]] = {
-    Phase.PENDING: frozenset({Phase.PREPARING, Phase.ABORTED}),
-    Phase.PREPARING: frozenset({Phase.PROGRESSING, Phase.ROLLING_BACK}),
+    # PENDING -> SUCCEEDED: the candidate already served 100 % (a re-run of a finished plan).
+    Phase.PENDING: frozenset({Phase.PREPARING, Phase.ABORTED, Phase.SUCCEEDED}),
+    # PREPARING -> ABORTED: the candidate's creation was refused (nothing changed).
+    Phase.PREPARING: frozenset({Phase.PROGRESSING, Phase.ROLLING_BACK, Phase.ABORTED}),
     Phase.PROGRESSING: frozenset(
         {Phase.PROGRESSING, Phase.WAITING, Phase.PROMOTING, Phase.ROLLING_BACK}
     ),

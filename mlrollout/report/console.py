@@ -111,6 +111,8 @@ def event_line(event: Event, state: RolloutState) -> tuple[str, str] | None:
             return "failed", str(data.get("reason", "a gate failed"))
         if kind == "analysis.inconclusive":
             return "undecided", f"after {when}, then {data.get('then', '?')}: {gates}"
+        if kind == "analysis.ended":
+            return "ended", f"ended undecided after {when} (no gate failed): {gates}"
         return "passed", f"analysis passed after {when}: {gates}"
     if kind == "waiting":
         timeout_at = data.get("timeout_at")

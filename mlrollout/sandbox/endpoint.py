@@ -7,7 +7,9 @@ runner sharing the store sees the same endpoint, and a new process resumes it::
      "variants": {"v6": {"weight": 100.0, "model": null, "instance_type": null,
                          "instance_count": 1}, ...},
      "history": [[t0, {"v6": 100.0}], [t1, {"v6": 90.0, "v7": 10.0}], ...],
-     "shadow": {"v7": 100.0}}
+     "shadow": {"v7": 100.0},
+     "owner": {"mlrollout-rollout": "churn-3f2a1b", "mlrollout-holder": "...",
+               "mlrollout-expires": "1800000060"}}
 
 The first ``describe()`` creates it from the plan's ``sandbox`` section: the first listed variant
 serves 100 %; the others are only behaviours a candidate may take. Every write passes the runner's
@@ -31,6 +33,7 @@ from mlrollout.contracts import (
     Capabilities,
     EndpointState,
     MetricsQuery,
+    OwnerMark,
     VariantState,
     Window,
 )
@@ -206,6 +209,21 @@ class LocalEndpoint:
 
     def wait_until_stable(self, timeout: float) -> EndpointState:
         return self.describe()  # a simulated endpoint is always ready
+
+    def read_owner(self) -> OwnerMark | None:
+        record = self.record()
+        return OwnerMark.from_tags(None if record is None else record.get("owner"))
+
+    def write_owner(self, mark: OwnerMark | None) -> None:
+        record = self._load()
+        value = None if mark is None else mark.to_tags()
+        if record.get("owner") == value:
+            return
+        if value is None:
+            del record["owner"]
+        else:
+            record["owner"] = value
+        self._save(record)
 
 
 class LocalMetrics:

@@ -44,6 +44,16 @@ class LocalProvider:
         names = list(sandbox.variants)
         listed = ", ".join(names)
         problems = []
+        world = plan.target.endpoint_url
+        if world and "://" in world:
+            problems.append(
+                PlanProblem(
+                    ("target", "endpoint_url"),
+                    "for the local sandbox, endpoint_url is a directory or .db file where the "
+                    "simulated endpoint lives (shared by runners with different --state), not "
+                    "a URL",
+                )
+            )
         candidate = plan.candidate.name
         if candidate not in sandbox.variants:
             problems.append(
@@ -88,9 +98,20 @@ class LocalProvider:
                 "the local provider needs the plan's sandbox section",
                 hint="run `mlrollout plan validate` for details",
             )
-        endpoint = LocalEndpoint(
-            plan.target.endpoint, plan.sandbox, context.store, context.clock, context.lease
-        )
+        world = plan.target.endpoint_url
+        if world:
+            # The simulated endpoint lives in a store of its own that runners with different
+            # state stores share, as they would share a cloud endpoint. That store's writes are
+            # not fenced by this state store's lease: the ownership mark keeps runners apart.
+            from mlrollout.state.sqlite import open_sqlite_store
+
+            endpoint = LocalEndpoint(
+                plan.target.endpoint, plan.sandbox, open_sqlite_store(world), context.clock
+            )
+        else:
+            endpoint = LocalEndpoint(
+                plan.target.endpoint, plan.sandbox, context.store, context.clock, context.lease
+            )
         # Simulated time never runs backwards on one sandbox endpoint: a rollout whose clock
         # starts before the endpoint's last traffic change (a second `speed: max` rollout
         # started right after the first, whose virtual time ran ahead) starts after it. Its

@@ -2,7 +2,11 @@
 
 Several processes may share the file: it runs in WAL mode with ``synchronous=FULL`` (an event that
 was appended and returned survives a SIGKILL or power loss), and every write is one short
-``BEGIN IMMEDIATE`` transaction, so the fencing check and the write it guards are atomic.
+``BEGIN IMMEDIATE`` transaction, so the fencing check and the write it guards are atomic (and so
+is creating a rollout with the check that no other is active on its endpoint). A file locked by
+another process is waited for up to ``busy_timeout`` seconds. Before each write the store checks
+that its path still names the file it opened: a state directory deleted or replaced mid-run is
+:class:`~mlrollout.errors.StateLost`, never a journal silently written into a deleted file.
 """
 
 from __future__ import annotations
@@ -16,12 +20,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mlrollout.errors import LeaseHeld, LeaseLost, StateCorrupt, StateUnavailable, UsageError
+from mlrollout.errors import (
+    LeaseHeld,
+    LeaseLost,
+    RolloutActive,
+    StateCorrupt,
+    StateLost,
+    StateUnavailable,
+    UsageError,
+)
 from mlrollout.state.base import Event, Lease, RolloutRecord
 
 SCHEMA_VERSION = 1
 TERMINAL_PHASES = frozenset({"succeeded", "rolled_back", "aborted", "failed"})
-BUSY_TIMEOUT_S = 5.0
+BUSY_TIMEOUT_S = 15.0
 
 _SCHEMA = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -54,21 +66,38 @@ def _dumps(value: dict[str, Any]) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
-def _record(row: tuple[Any, ...]) -> RolloutRecord:
-    rid, name, endpoint, plan, plan_path, created, phase, snapshot, updated, last_seq = row
-    plan, snapshot = json.loads(plan), json.loads(snapshot)
-    return RolloutRecord(
-        rid, name, endpoint, plan, plan_path, created, phase, snapshot, updated, last_seq
+def _loads(text: str, what: str, location: str) -> Any:
+    """A stored JSON document; :class:`StateCorrupt` naming the record and the file if it does
+    not parse as the JSON object it should be (nothing is rewritten)."""
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError) as exc:
+        problem = f"is not valid JSON ({exc})"
+    else:
+        if isinstance(value, dict):
+            return value
+        problem = f"holds a JSON {type(value).__name__}, not an object"
+    raise StateCorrupt(
+        f"state database {location}: {what} {problem}",
+        hint=f"keep a copy of {location}; mlrollout never rewrites it — restore the record from "
+        "a backup, or move the file aside to start afresh",
     )
 
 
 class SqliteStateStore:
     """:class:`~mlrollout.state.base.StateStore` on one SQLite file. Thread-safe per instance."""
 
-    def __init__(self, path: Path, *, wall: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        wall: Callable[[], float] = time.time,
+        busy_timeout: float = BUSY_TIMEOUT_S,
+    ) -> None:
         self.path = Path(path)
         self.location = str(self.path)
         self._wall = wall
+        self.busy_timeout = busy_timeout
         self._lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,7 +107,7 @@ class SqliteStateStore:
             raise self._unavailable(f"state path {self.location} is a directory, not a file")
         try:
             conn = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+                self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
             )
         except sqlite3.Error as exc:
             raise self._unavailable(f"cannot open state database {self.location}: {exc}") from exc
@@ -86,6 +115,7 @@ class SqliteStateStore:
         try:
             with self._guard():
                 self._setup()
+                self._identity = self._file_identity()
         except BaseException:
             conn.close()
             raise
@@ -114,7 +144,8 @@ class SqliteStateStore:
                 ) from exc
             if "locked" in text or "busy" in text:
                 raise StateUnavailable(
-                    f"state database {self.location} stayed locked for {BUSY_TIMEOUT_S:g}s: {text}",
+                    f"state database {self.location} stayed locked for {self.busy_timeout:g}s:"
+                    f" {text}",
                     hint="another mlrollout process holds it; try again",
                 ) from exc
             if isinstance(exc, sqlite3.OperationalError):
@@ -133,10 +164,28 @@ class SqliteStateStore:
         with self._lock, self._guard():
             yield self._conn
 
+    def _file_identity(self) -> tuple[int, int] | None:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def _check_same_file(self) -> None:
+        if self._file_identity() != self._identity:
+            gone = "deleted" if self._file_identity() is None else "replaced by another file"
+            raise StateLost(
+                f"state database {self.location} was {gone} while this runner used it: the "
+                "journal of its rollouts is lost; nothing more was written",
+                hint="check the endpoint by hand (its live traffic is the truth) and restore the "
+                "state from a backup, or `mlrollout abort` with the restored state",
+            )
+
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One short write transaction; everything inside commits together or not at all."""
         with self._lock, self._guard():
+            self._check_same_file()
             conn = self._conn
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -149,7 +198,7 @@ class SqliteStateStore:
 
     def _setup(self) -> None:
         conn = self._conn
-        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         # Look before writing anything: a foreign or corrupt file must stay byte-for-byte intact.
         self._check_schema()
         conn.execute("PRAGMA journal_mode = WAL")
@@ -221,9 +270,24 @@ class SqliteStateStore:
         plan, snapshot = _dumps(r.plan), _dumps(r.snapshot)
         updated = r.updated_at or r.created_at
         row = (r.id, r.name, r.endpoint_key, plan, r.plan_path, r.created_at, r.phase, snapshot)
+        terminal = sorted(TERMINAL_PHASES)
         with self._write() as conn:
             if conn.execute("SELECT 1 FROM rollouts WHERE id = ?", (record.id,)).fetchone():
                 raise UsageError(f"rollout {record.id!r} already exists in {self.location}")
+            # The check and the insert are one transaction: two runs starting together cannot
+            # both create a rollout on one endpoint.
+            other = conn.execute(
+                "SELECT id, phase FROM rollouts WHERE endpoint_key = ? AND phase NOT IN"
+                f" ({', '.join('?' * len(terminal))}) LIMIT 1",
+                (record.endpoint_key, *terminal),
+            ).fetchone()
+            if other is not None:
+                raise RolloutActive(
+                    f"rollout {other[0]} is still active on {record.endpoint_key}"
+                    f" (phase {other[1]})",
+                    hint=f"finish it with `mlrollout resume {other[0]}` or "
+                    f"`mlrollout abort {other[0]}`",
+                )
             conn.execute(
                 f"INSERT INTO rollouts ({_ROLLOUT_COLS}) VALUES ({', '.join('?' * 10)})",
                 (*row, updated, r.last_seq),
@@ -240,7 +304,7 @@ class SqliteStateStore:
                     (len(rollout_id), rollout_id),
                 ).fetchall()
         if len(rows) == 1:
-            return _record(rows[0])
+            return self._record(rows[0])
         hint = "`mlrollout list` shows the rollouts"
         if not rows:
             raise UsageError(f"no rollout {rollout_id!r} in {self.location}", hint=hint)
@@ -259,7 +323,7 @@ class SqliteStateStore:
         sql = f"SELECT {_ROLLOUT_COLS} FROM rollouts {where} {order}"
         with self._read() as conn:
             rows = conn.execute(sql, params).fetchall()
-        return [_record(r) for r in rows]
+        return [self._record(r) for r in rows]
 
     # -- journal ----------------------------------------------------------------------------------
 
@@ -303,7 +367,17 @@ class SqliteStateStore:
                 " WHERE rollout_id = ? AND seq > ? ORDER BY seq",
                 (rollout_id, after),
             ).fetchall()
-        return [Event(rollout_id, s, a, k, json.loads(d), recorded_at=r) for s, a, k, d, r in rows]
+        return [
+            Event(
+                rollout_id,
+                s,
+                a,
+                k,
+                _loads(d, f"event {s} of rollout {rollout_id}", self.location),
+                recorded_at=r,
+            )
+            for s, a, k, d, r in rows
+        ]
 
     # -- key/value --------------------------------------------------------------------------------
 
@@ -312,7 +386,7 @@ class SqliteStateStore:
             row = conn.execute(
                 "SELECT value_json FROM kv WHERE namespace = ? AND key = ?", (namespace, key)
             ).fetchone()
-        return None if row is None else dict(json.loads(row[0]))
+        return None if row is None else _loads(row[0], f"value {namespace}/{key}", self.location)
 
     def put_value(
         self, namespace: str, key: str, value: dict[str, Any], *, lease: Lease | None
@@ -381,6 +455,14 @@ class SqliteStateStore:
         if row is None or row[2] <= self._wall():
             return None
         return Lease(endpoint_key, row[0], row[1], row[2])
+
+    def _record(self, row: tuple[Any, ...]) -> RolloutRecord:
+        rid, name, endpoint, plan, plan_path, created, phase, snapshot, updated, last_seq = row
+        plan = _loads(plan, f"the plan of rollout {rid}", self.location)
+        snapshot = _loads(snapshot, f"the snapshot of rollout {rid}", self.location)
+        return RolloutRecord(
+            rid, name, endpoint, plan, plan_path, created, phase, snapshot, updated, last_seq
+        )
 
     def close(self) -> None:
         with self._lock:

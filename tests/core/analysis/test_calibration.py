@@ -24,6 +24,7 @@ from mlrollout.analysis.calibration import (
 )
 from mlrollout.clock import VirtualClock
 from mlrollout.contracts import Window
+from mlrollout.engine.engine import LOOK_KINDS
 from mlrollout.engine.runner import Runner
 from mlrollout.plan.loader import parse_plan
 from mlrollout.plan.model import Analysis
@@ -220,7 +221,7 @@ def test_the_engine_calibrates_analyze_steps_for_their_length(tmp_path: Path) ->
             break
         if result.next_at is not None:
             clock.set(max(clock.now(), result.next_at))
-    looks = [e.data for e in store.events(record.id) if e.kind in ("look", "analysis.passed")]
+    looks = [e.data for e in store.events(record.id) if e.kind in LOOK_KINDS]
     analyzing = [d for d in looks if not d.get("waiting")]
     waiting = [d for d in looks if d.get("waiting")]
     assert analyzing and waiting

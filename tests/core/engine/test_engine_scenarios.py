@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from mlrollout.clock import VirtualClock
-from mlrollout.engine.engine import Engine, RolloutState
+from mlrollout.engine.engine import LOOK_KINDS, Engine, RolloutState
 from mlrollout.engine.phases import Phase
 from mlrollout.engine.runner import Runner
 from mlrollout.errors import EndpointDrifted, LeaseHeld, ProviderError
@@ -114,7 +114,7 @@ def test_good_candidate_is_promoted_and_baseline_retired(tmp_path: Path) -> None
     assert world.endpoint() == {"v2": 100.0}
     assert world.kinds()[-1] == "promoted"
     looks = [
-        e for e in world.store.events(world.record.id) if e.kind in ("look", "analysis.passed")
+        e for e in world.store.events(world.record.id) if e.kind in LOOK_KINDS
     ]
     assert len(looks) == 20  # one per minute over two 10-minute analyses
 

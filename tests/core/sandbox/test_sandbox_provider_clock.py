@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mlrollout.clock import ScaledClock, VirtualClock
+from mlrollout.engine.engine import LOOK_KINDS
 from mlrollout.engine.runner import Runner
 from mlrollout.plan.loader import parse_plan
 from mlrollout.state.sqlite import SqliteStateStore
@@ -48,7 +49,7 @@ def test_a_second_rollout_right_after_the_first_starts_after_its_last_change(
     outcome = runner.drive(second.id)
     events = store.events(second.id)
     assert events[0].at >= first_end
-    looks = [e.data["verdict"] for e in events if e.kind in ("look", "analysis.passed")]
+    looks = [e.data["verdict"] for e in events if e.kind in LOOK_KINDS]
     srm = [g for v in looks for g in v["gates"] if g["gate"] == "sample-ratio"]
     assert srm and all(g["outcome"] == "pass" for g in srm)
     assert all(abs(g["numbers"]["candidate"] - 0.10) < 0.02 for g in srm)

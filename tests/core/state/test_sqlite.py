@@ -27,11 +27,13 @@ class FakeWall:
         return self.now
 
 
-def record(rid: str, *, created_at: float = 1.0, phase: str = "pending") -> RolloutRecord:
+def record(
+    rid: str, *, created_at: float = 1.0, phase: str = "pending", endpoint: str | None = None
+) -> RolloutRecord:
     return RolloutRecord(
         id=rid,
         name=f"roll-{rid}",
-        endpoint_key="local/ep",
+        endpoint_key=endpoint or f"local/ep-{rid}",
         plan={"strategy": {"kind": "canary", "steps": [5, 25, 100]}, "ratio": 0.5},
         plan_path="plans/canary.yaml",
         created_at=created_at,
