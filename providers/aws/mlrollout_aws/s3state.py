@@ -6,6 +6,7 @@ Layout under ``prefix/``::
     rollouts/<id>/events/<seq>-<nonce>.json   one event
     kv/<namespace>/<key>.json
     leases/<endpoint key, url-quoted>.json    {"holder", "token", "expires_at"}
+    active/<endpoint key, url-quoted>.json    {"rollout", "at"}: the endpoint's newest rollout
 
 S3 has no transactions; conditional writes are the building block (``If-None-Match: *`` creates
 only if absent, ``If-Match: <etag>`` replaces only what was read):
@@ -13,6 +14,9 @@ only if absent, ``If-Match: <etag>`` replaces only what was read):
 - **append**: write the event under a fresh nonce, then replace ``record.json`` ``If-Match`` the
   etag read — the commit point; the record lists the nonce of every committed event, so an event
   written by a writer that then lost the race is never read. A lost race re-reads and retries.
+- **create**: the endpoint's ``active/`` object is written first — ``If-None-Match: *`` when
+  there is none, ``If-Match`` over one whose rollout has ended — so of two runs starting
+  together exactly one creates a rollout on the endpoint; the other is ``RolloutActive``.
 - **lease**: taken with ``If-None-Match: *`` (no lease object yet) or ``If-Match`` (an expired or
   our own lease), renewed ``If-Match``; two runners never both succeed.
 - **fencing**: a write passing a lease first checks that the lease object still names it (holder
@@ -39,6 +43,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 from mlrollout.errors import (
     LeaseHeld,
     LeaseLost,
+    RolloutActive,
     StateCorrupt,
     StateUnavailable,
     UsageError,
@@ -48,6 +53,9 @@ from mlrollout_aws._aws import AwsCallError, RetryPolicy, call, make_client
 
 TERMINAL_PHASES = frozenset({"succeeded", "rolled_back", "aborted", "failed"})
 _MAX_RACES = 50
+#: Seconds an endpoint's claim counts although its rollout's record is not written yet (a run
+#: creating it right now); past it, a claim without a record is a crash's leftover.
+_CLAIM_GRACE = 60.0
 _LEASE_HINT = "another runner may be driving the endpoint; check `mlrollout status` before resuming"
 
 
@@ -208,8 +216,49 @@ class S3StateStore:
             "nonce": secrets.token_hex(6),  # tells this write from an equal one by someone else
         }
         key = self._record_key(r.id)
+        if self._get(key) is not None:
+            raise UsageError(f"rollout {r.id!r} already exists in {self.location}")
+        self._claim_endpoint(r)
         if not self._put(key, data, if_none_match=True, mine=lambda: self._is(key, data)):
             raise UsageError(f"rollout {r.id!r} already exists in {self.location}")
+
+    def _claim_endpoint(self, record: RolloutRecord) -> None:
+        """Make ``record`` the endpoint's active rollout, atomically, unless another is."""
+        key = self._key("active", quote(record.endpoint_key, safe="") + ".json")
+        claim = {"rollout": record.id, "at": self._wall()}
+        for _ in range(_MAX_RACES):
+            found = self._get(key)
+            if found is not None:
+                other = str(found[0].get("rollout", ""))
+                phase = self._active_phase(other, float(found[0].get("at") or 0))
+                if other != record.id and phase is not None:
+                    raise RolloutActive(
+                        f"rollout {other} is still active on {record.endpoint_key} (phase {phase})",
+                        hint=f"finish it with `mlrollout resume {other}` or "
+                        f"`mlrollout abort {other}`",
+                    )
+            written = self._put(
+                key,
+                claim,
+                if_match=found[1] if found is not None else None,
+                if_none_match=found is None,
+                mine=lambda: self._is(key, claim),
+            )
+            if written:
+                return
+        raise StateUnavailable(
+            f"state store {self.location}: could not claim {record.endpoint_key} after "
+            f"{_MAX_RACES} races with other writers",
+            hint="try again",
+        )
+
+    def _active_phase(self, rollout_id: str, claimed_at: float) -> str | None:
+        """The phase of the rollout an endpoint's claim names, if it is still active."""
+        found = self._get(self._record_key(rollout_id)) if rollout_id else None
+        if found is None:
+            return "being created" if self._wall() - claimed_at < _CLAIM_GRACE else None
+        phase = str(found[0].get("phase"))
+        return None if phase in TERMINAL_PHASES else phase
 
     def _is(self, key: str, data: dict[str, Any]) -> bool:
         found = self._get(key)

@@ -45,12 +45,12 @@ def make_store(world, wall, prefix: str = "team/prod") -> S3StateStore:
 
 
 def record(
-    rid: str = "churn-abc123", created: float = 1.0, endpoint: str = "sagemaker:e"
+    rid: str = "churn-abc123", created: float = 1.0, endpoint: str | None = None
 ) -> RolloutRecord:
     return RolloutRecord(
         id=rid,
         name="churn",
-        endpoint_key=endpoint,
+        endpoint_key=endpoint or f"sagemaker:{rid}",
         plan={"yaml": "version: 1"},
         plan_path="plans/p.yaml",
         created_at=created,
@@ -241,3 +241,36 @@ def test_a_corrupt_object_is_a_clear_error_and_the_rest_stays_readable(world, st
     assert body == b"\x00{truncated"
     assert [e.kind for e in store.events("fraud-bbb222")] == ["started", "look"]
     assert {r.id for r in store.list_rollouts()} == {"churn-aaa111", "fraud-bbb222"}
+
+
+def test_two_runs_starting_together_create_one_rollout_per_endpoint(world, store, wall):
+    import threading
+
+    from mlrollout.errors import RolloutActive
+
+    barrier = threading.Barrier(4)
+    created, refused = [], []
+
+    def start(n: int) -> None:
+        mine = make_store(world, wall)
+        barrier.wait()
+        try:
+            mine.create_rollout(record(f"churn-{n:06d}", endpoint="sagemaker:e"))
+            created.append(n)
+        except RolloutActive as exc:
+            refused.append(exc)
+
+    threads = [threading.Thread(target=start, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(created) == 1 and len(refused) == 3
+    # another endpoint is not blocked; once the active rollout ends, the endpoint is free again
+    store.create_rollout(record("other-000001", endpoint="sagemaker:other"))
+    winner = f"churn-{created[0]:06d}"
+    with pytest.raises(RolloutActive, match=winner):
+        store.create_rollout(record("churn-later1", endpoint="sagemaker:e"))
+    store.append_event(winner, "rolled_back", {}, at=2.0, lease=None, phase="rolled_back")
+    store.create_rollout(record("churn-later2", endpoint="sagemaker:e"))
+    assert store.get_rollout("churn-later2").phase == "pending"
