@@ -241,6 +241,16 @@ class Engine:
                 return self._result(None, self.record("aborted", {"by": who}))
             if phase == Phase.ROLLING_BACK:
                 return None
+            baseline = self.state.baseline
+            if phase == Phase.PROMOTING and baseline and not self.adapter.describe().variant(
+                baseline
+            ):
+                # The promotion already retired the baseline: there is nothing to go back to.
+                self.record(
+                    "abort.refused",
+                    {"by": who, "reason": f"too late: {baseline} was already retired"},
+                )
+                return None
             return self._start_rollback(f"aborted by {who}", {"by": who})
         if command.kind == "command.promote" and phase in (Phase.PROGRESSING, Phase.WAITING):
             if command.data.get("full"):

@@ -3,6 +3,7 @@ loop ticks on the right clock until the rollout ends or waits for a human."""
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import re
@@ -20,6 +21,7 @@ from mlrollout.engine.phases import Phase
 from mlrollout.errors import (
     ExitCode,
     LeaseHeld,
+    MlrolloutError,
     NeedsHuman,
     ProviderAuthError,
     ProviderError,
@@ -52,6 +54,25 @@ class RunOutcome:
         if self.phase in (Phase.ROLLED_BACK, Phase.ABORTED):
             return ExitCode.ROLLED_BACK
         return ExitCode.WAITING
+
+
+#: Exit codes from the least to the most alarming, for a pass over many rollouts (`reconcile`).
+SEVERITY = (
+    ExitCode.OK,
+    ExitCode.WAITING,
+    ExitCode.ROLLED_BACK,
+    ExitCode.USAGE,
+    ExitCode.INVALID_PLAN,
+    ExitCode.PROVIDER,
+    ExitCode.NEEDS_HUMAN,
+    ExitCode.BUG,
+)
+
+
+def worse(a: int, b: int) -> int:
+    """The more alarming of two exit codes (an unknown code counts as a bug)."""
+    rank = {code: i for i, code in enumerate(SEVERITY)}
+    return max(a, b, key=lambda code: rank.get(code, len(SEVERITY)))
 
 
 def holder_name() -> str:
@@ -96,15 +117,28 @@ def plan_of(record: RolloutRecord) -> Plan:
     return parse_plan(str(record.plan["yaml"]), record.plan_path).plan
 
 
-def clock_for(plan: Plan, resume_at: float | None) -> Clock:
+def clock_for(
+    plan: Plan,
+    resume_at: float | None,
+    *,
+    idle_since: float | None = None,
+    wall: float | None = None,
+) -> Clock:
     """Virtual time for the sandbox at ``speed: max``, sped-up time for a numeric speed, real time
-    for cloud providers. A resumed virtual clock continues from the journal's last instant."""
+    for cloud providers. A resumed virtual clock continues from the journal's last instant; a
+    resumed sped-up clock also counts the wall time that passed since then (``idle_since``, the
+    last event's wall-clock time), sped up: simulated time passes while nobody drives, so a
+    cron-style ``reconcile`` finds the next look due, as it would on a real endpoint."""
     sandbox = plan.sandbox
     if plan.target.provider == "local" and sandbox is not None:
-        start = resume_at if resume_at else time.time()
+        now = time.time() if wall is None else wall
+        start = resume_at if resume_at else now
         if sandbox.speed == "max":
             return VirtualClock(start)
-        return ScaledClock(float(sandbox.speed), start)
+        factor = float(sandbox.speed)
+        if resume_at and idle_since:
+            start += max(0.0, now - idle_since) * factor
+        return ScaledClock(factor, start)
     return SystemClock()
 
 
@@ -136,16 +170,10 @@ class Runner:
     # ------------------------------------------------------------------------------- create
 
     def create(self, loaded: LoadedPlan) -> RolloutRecord:
-        """Record a new rollout (nothing changes on the endpoint yet)."""
+        """Record a new rollout (nothing changes on the endpoint yet). The store refuses it
+        (:class:`~mlrollout.errors.RolloutActive`) if another is active on the same endpoint."""
         plan = loaded.plan
         key = plan_endpoint_key(plan)
-        for other in self.store.list_rollouts(active_only=True, limit=1000):
-            if other.endpoint_key == key:
-                raise NeedsHuman(
-                    f"rollout {other.id} is still active on {key} (phase {other.phase})",
-                    hint=f"finish it with `mlrollout resume {other.id}` or "
-                    f"`mlrollout abort {other.id}`",
-                )
         record = RolloutRecord(
             id=new_rollout_id(plan),
             name=plan.name,
@@ -166,7 +194,9 @@ class Runner:
         state = RolloutState.from_dict(record.snapshot) if record.snapshot else None
         if state is None:
             state = RolloutState(candidate=plan.candidate.name)
-        clock = clock or clock_for(plan, state.now or None)
+        clock = clock or clock_for(
+            plan, state.now or None, idle_since=record.updated_at or None, wall=self.wall()
+        )
         spec: ProviderSpec = provider_spec(plan.target.provider)
         context = ProviderContext(plan=plan, clock=clock, store=self.store, lease=self.lease)
         adapter, metrics = spec.open(context)
@@ -174,8 +204,10 @@ class Runner:
         if plan.notify:
             from mlrollout.report.webhook import WebhookNotifier
 
-            urls = [n.webhook for n in plan.notify]
-            listeners.append(WebhookNotifier(urls, record.id, plan.name))
+            notifier = WebhookNotifier([n.webhook for n in plan.notify], record.id, plan.name)
+            listeners.append(notifier)
+            # delivered off the critical path; drive() closes it (a bounded flush) at the end
+            self._notifiers: list[WebhookNotifier] = [*getattr(self, "_notifiers", []), notifier]
         return Engine(
             rollout_id=record.id,
             plan=plan,
@@ -186,6 +218,8 @@ class Runner:
             lease=self.lease,
             listeners=listeners,
             state=state,
+            holder=self.holder,
+            wall=self.wall,
         )
 
     def lease(self) -> Lease | None:
@@ -207,13 +241,52 @@ class Runner:
 
     def _renew_lease(self) -> None:
         if self._lease is not None and self.wall() - self._renewed_at >= self.lease_ttl / 3:
-            self._lease = self.store.renew_lease(self._lease, self.lease_ttl)
+            try:
+                self._lease = self.store.renew_lease(self._lease, self.lease_ttl)
+            except StateUnavailable:
+                # A store locked for a while: the lease runs for two more thirds of its TTL, so
+                # try again after the next tick; a write after it expired is refused (fenced).
+                return
             self._renewed_at = self.wall()
 
-    def _release_lease(self) -> None:
-        if self._lease is not None:
-            self.store.release_lease(self._lease)
-            self._lease = None
+    def _release_lease(self, *, quiet: bool = False) -> None:
+        """Give the lease up. ``quiet`` (an error is already on its way): a failure here must not
+        replace it — the lease then lapses by itself after its TTL."""
+        lease, self._lease = self._lease, None
+        if lease is None:
+            return
+        try:
+            self.store.release_lease(lease)
+        except MlrolloutError:
+            if not quiet:
+                raise
+
+    def _end_unstarted(self, record: RolloutRecord, reason: str, data: dict[str, object]) -> None:
+        """Record that a rollout which changed nothing is over (``aborted``), without the
+        provider, so that the endpoint is free for the next ``run``."""
+        record = self.store.get_rollout(record.id)
+        state = RolloutState.from_dict(record.snapshot)
+        if Phase(state.phase).terminal:
+            return
+        state.phase = Phase.ABORTED.value
+        state.reason = reason
+        state.pending = None
+        state.commands_seen = record.last_seq + 1  # this event: nothing is left unread
+        self.store.append_event(
+            record.id,
+            "aborted",
+            {"reason": reason, **data},
+            at=float(state.now or self.wall()),
+            lease=self._lease,
+            phase=state.phase,
+            snapshot=state.to_dict(),
+        )
+
+    def _abort_requested(self, record: RolloutRecord) -> str | None:
+        """Who asked to abort, if an abort command is recorded and not yet read."""
+        seen = int(record.snapshot.get("commands_seen") or 0)
+        aborts = [e for e in self.store.events(record.id, after=seen) if e.kind == "command.abort"]
+        return str(aborts[-1].data.get("by", "someone")) if aborts else None
 
     def drive(
         self,
@@ -236,7 +309,17 @@ class Runner:
         """
         record = self.store.get_rollout(rollout_id)
         self._take_lease(record.endpoint_key)
+        engine: Engine | None = None
         try:
+            record = self.store.get_rollout(rollout_id)  # as it is now that the lease is ours
+            if record.phase == Phase.PENDING.value:
+                who = self._abort_requested(record)
+                if who is not None:  # nothing changed: no need for the provider (or credentials)
+                    self._end_unstarted(record, f"aborted by {who} before any change", {"by": who})
+                    ended = self.store.get_rollout(record.id)
+                    return RunOutcome(
+                        record.id, Phase.ABORTED, RolloutState.from_dict(ended.snapshot)
+                    )
             engine = self.open_engine(record, clock)
             if adopt:
                 live = engine.adapter.describe()
@@ -275,8 +358,40 @@ class Runner:
                     break
                 self._sleep_until(engine.clock, result.next_at)
             return RunOutcome(record.id, engine.state.phase_enum, engine.state)
+        except BaseException as exc:
+            self._after_failure(record, engine, exc)
+            self._release_lease(quiet=True)
+            raise
         finally:
+            from contextlib import suppress
+
+            notifiers, self._notifiers = getattr(self, "_notifiers", []), []
+            for notifier in notifiers:  # a bounded flush; none after a stop (do not hold it up)
+                with suppress(Exception):  # never mask the error in flight; close says why
+                    notifier.close(0.0 if self.stop_requested else None)
             self._release_lease()
+
+    def _after_failure(
+        self, record: RolloutRecord, engine: Engine | None, exc: BaseException
+    ) -> None:
+        """A run that failed before it changed anything (no credentials, an unreachable or
+        busy endpoint, a plugin that does not import) ends ``aborted``: it must not keep the
+        endpoint from the next run. Anything else stays as recorded, for `resume`."""
+        if not isinstance(exc, Exception):
+            return  # interrupted or killed: `resume` continues exactly there
+        phase = Phase(record.phase) if engine is None else engine.state.phase_enum
+        pending = None if engine is None else engine.state.pending
+        refused_prepare = (
+            phase == Phase.PREPARING
+            and isinstance(exc, ProviderAuthError)
+            and pending is not None
+            and pending.get("action") == "prepare"
+        )
+        if phase != Phase.PENDING and not refused_prepare:
+            return
+        message = exc.message if isinstance(exc, MlrolloutError) else f"{type(exc).__name__}"
+        with contextlib.suppress(MlrolloutError):  # the store failed: the error says why
+            self._end_unstarted(record, f"could not start: {message}", {"error": message})
 
     @staticmethod
     def _tick(engine: Engine) -> TickResult:

@@ -130,6 +130,7 @@ def event_line(event: Event, state: RolloutState) -> tuple[str, str] | None:
         "promote.forced": ("promote", f"full promotion forced by {who}"),
         "command.promote": ("command", f"promote requested by {who}"),
         "command.abort": ("command", f"abort requested by {who}"),
+        "abort.refused": ("abort", f"abort by {who} refused: {data.get('reason')}"),
         "step.completed": ("step", f"step {int(data.get('step', 0)) + 1} done"),
         "steps.completed": ("steps", "all steps done, promoting"),
         "rollback.started": ("rollback", str(data.get("reason") or state.reason or "")),

@@ -1,19 +1,35 @@
 """The plan's ``notify`` webhooks: a JSON POST for each event a person would want to hear about.
 
-A webhook never holds a rollout up for long and never stops it: each POST has a short timeout, a
-failure is reported once per URL on stderr and the rollout goes on. A bearer token, if any, comes
-from ``MLROLLOUT_WEBHOOK_TOKEN`` and is never written anywhere.
+A webhook never delays a decision, a traffic change or a rollback, and never stops a rollout. The
+listener only queues the event; a daemon thread per URL delivers it, each POST within a total
+deadline (connecting, sending and every read together, not a timeout per read, so a receiver that
+answers one byte at a time is cut off too). Each URL's queue is bounded: when it is full the
+*oldest* waiting event is dropped and counted, so the latest news (the outcome) survives. A failing
+URL is reported once on stderr, without its query string or credentials. When the run ends,
+:meth:`WebhookNotifier.close` delivers what is still queued for a bounded time only, then gives up
+and says how many notifications were not delivered. A bearer token, if any, comes from
+``MLROLLOUT_WEBHOOK_TOKEN`` and is never written anywhere.
 """
 
 from __future__ import annotations
 
+import atexit
+import base64
+import http.client
+import io
 import json
 import os
+import socket
+import ssl
 import sys
-import urllib.error
+import threading
+import time
 import urllib.request
+from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
 from mlrollout.report.console import describe_event, iso
 
@@ -39,27 +55,179 @@ NOTIFY_KINDS = frozenset(
         "adopted",
     }
 )
-TIMEOUT = 3.0
+#: Wall-clock seconds one POST may take in all: connect, TLS, send, status, headers, body.
+DEADLINE = 5.0
+#: Wall-clock seconds, all URLs together, that ``close`` spends delivering what is still queued.
+FLUSH_TIMEOUT = 5.0
+#: Events waiting per URL; beyond it the oldest waiting one is dropped (and counted).
+QUEUE_SIZE = 100
 TOKEN_ENV = "MLROLLOUT_WEBHOOK_TOKEN"
 
-Post = Callable[[str, bytes, dict[str, str]], None]
+#: ``post(url, body, headers, seconds)``: deliver within ``seconds`` in all, or raise.
+Post = Callable[[str, bytes, dict[str, str], float], None]
 
 
-def _post(url: str, body: bytes, headers: dict[str, str]) -> None:
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-    with urllib.request.urlopen(request, timeout=TIMEOUT) as response:  # the plan checks http(s)
-        response.read()
+class _Refused(Exception):
+    """The receiver answered, but not with a 2xx."""
+
+
+def _left(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("deadline passed")
+    return left
+
+
+class _DeadlineReader(io.RawIOBase):
+    """Reads from a socket, each read allowed only the time left before the deadline.
+
+    It holds the socket's own unbuffered reader, so the socket stays open for it while the
+    connection is closed (as :mod:`http.client` does once the response owns the socket)."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        super().__init__()
+        self._sock = sock
+        self._raw = sock.makefile("rb", buffering=0)
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int | None:
+        self._sock.settimeout(_left(self._deadline))
+        return self._raw.readinto(buffer)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+class _DeadlineSocket:
+    """The part of a socket :mod:`http.client` uses once connected, bound by one deadline."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self._sock = sock
+        self._deadline = deadline
+
+    def sendall(self, data: bytes) -> None:
+        self._sock.settimeout(_left(self._deadline))  # sendall's timeout covers the whole call
+        self._sock.sendall(data)
+
+    def makefile(self, mode: str = "rb", *args: object, **kwargs: object) -> io.BufferedReader:
+        return io.BufferedReader(_DeadlineReader(self._sock, self._deadline))
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def _bounded(conn: http.client.HTTPConnection, deadline: float) -> None:
+    conn.connect()  # the connection's own timeout is the time left: TCP, TLS handshake, tunnel
+    conn.sock = cast(socket.socket, _DeadlineSocket(conn.sock, deadline))
+
+
+def _proxy_for(parts: SplitResult) -> str | None:
+    """The proxy the environment names for this URL (``https_proxy``, ``no_proxy``...), if any."""
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if not proxy or urllib.request.proxy_bypass(parts.netloc):
+        return None
+    return proxy if "://" in proxy else f"http://{proxy}"
+
+
+def post_json(url: str, body: bytes, headers: dict[str, str], seconds: float) -> None:
+    """POST ``body`` and read the whole answer within ``seconds`` of wall time, or raise.
+
+    Redirects are not followed (the bearer token would go along to wherever they point). The
+    name lookup is the one step the deadline cannot cut short: it happens on the delivery thread,
+    never the rollout's, and ``close`` does not wait for it beyond its own timeout."""
+    deadline = time.monotonic() + seconds
+    parts = urlsplit(url)
+    https = parts.scheme == "https"
+    host = parts.hostname or ""
+    port = parts.port or (443 if https else 80)
+    selector = urlunsplit(("", "", parts.path or "/", parts.query, ""))
+    headers = dict(headers)
+    proxy = _proxy_for(parts)
+    context = ssl.create_default_context() if https else None
+    conn: http.client.HTTPConnection
+    if proxy is None:
+        if https:
+            conn = http.client.HTTPSConnection(host, port, timeout=_left(deadline), context=context)
+        else:
+            conn = http.client.HTTPConnection(host, port, timeout=_left(deadline))
+    else:
+        via = urlsplit(proxy)
+        proxy_headers: dict[str, str] = {}
+        if via.username is not None:
+            pair = f"{unquote(via.username)}:{unquote(via.password or '')}".encode()
+            proxy_headers["Proxy-Authorization"] = "Basic " + base64.b64encode(pair).decode()
+        proxy_host, proxy_port = via.hostname or "", via.port or 8080
+        if https:
+            conn = http.client.HTTPSConnection(
+                proxy_host, proxy_port, timeout=_left(deadline), context=context
+            )
+            conn.set_tunnel(host, port, headers=proxy_headers)
+        else:
+            conn = http.client.HTTPConnection(proxy_host, proxy_port, timeout=_left(deadline))
+            netloc = f"[{host}]" if ":" in host else host
+            selector = urlunsplit(("http", f"{netloc}:{port}", parts.path or "/", parts.query, ""))
+            headers.update(proxy_headers)
+    try:
+        _bounded(conn, deadline)
+        conn.request("POST", selector, body=body, headers=headers)
+        response = conn.getresponse()
+        response.read(65536)  # what a webhook answers is not needed: enough to end it cleanly
+        if not 200 <= response.status < 300:
+            raise _Refused(f"HTTP {response.status}")
+    finally:
+        conn.close()
+
+
+@dataclass
+class _Hook:
+    """One URL: its queue, its delivery thread, what became of its events."""
+
+    url: str
+    queue: deque[tuple[bytes, dict[str, str]]] = field(default_factory=deque)
+    thread: threading.Thread | None = None
+    busy: bool = False  # a POST is in flight
+    events: int = 0  # handed to it
+    delivered: int = 0
+    failed: int = 0
+    dropped: int = 0  # pushed out of a full queue, or after close
+    reported: bool = False  # its failure is on stderr already
 
 
 class WebhookNotifier:
-    """A listener that POSTs ``{"rollout", "name", "kind", "phase", "at", "message", "data"}``."""
+    """A listener that POSTs ``{"rollout", "name", "kind", "phase", "at", "message", "data"}``.
 
-    def __init__(self, urls: Sequence[str], rollout_id: str, name: str, post: Post = _post) -> None:
+    Calling it only queues the event (it never waits on the network); :meth:`close` ends it."""
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        rollout_id: str,
+        name: str,
+        post: Post | None = None,
+        *,
+        deadline: float | None = None,
+        flush_timeout: float | None = None,
+        queue_size: int | None = None,
+    ) -> None:
         self.urls = list(urls)
         self.rollout_id = rollout_id
         self.name = name
-        self.post = post
+        self.post: Post = post or post_json
+        self.deadline = DEADLINE if deadline is None else deadline
+        self.flush_timeout = FLUSH_TIMEOUT if flush_timeout is None else flush_timeout
+        self.queue_size = max(1, QUEUE_SIZE if queue_size is None else queue_size)
         self.failed: set[str] = set()
+        self._hooks = [_Hook(url) for url in self.urls]
+        self._cond = threading.Condition()
+        self._closed = False  # no more events; workers leave once their queue is empty
+        self._abandoned = False  # close gave up: workers leave now
+        self._at_exit_registered = False
+
+    # --------------------------------------------------------------------------- listener
 
     def __call__(self, event: Event, state: RolloutState) -> None:
         if event.kind not in NOTIFY_KINDS:
@@ -78,18 +246,133 @@ class WebhookNotifier:
         token = os.environ.get(TOKEN_ENV)
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        for url in self.urls:
+        with self._cond:
+            for hook in self._hooks:
+                hook.events += 1
+                if self._closed:
+                    hook.dropped += 1
+                    continue
+                if len(hook.queue) >= self.queue_size:
+                    hook.queue.popleft()
+                    hook.dropped += 1
+                hook.queue.append((body, headers))
+                if hook.thread is None:
+                    self._start(hook)
+            self._cond.notify_all()
+
+    def _start(self, hook: _Hook) -> None:
+        hook.thread = threading.Thread(
+            target=self._deliver, args=(hook,), name="mlrollout-webhook", daemon=True
+        )
+        hook.thread.start()
+        if not self._at_exit_registered:
+            # a process that ends without close() (no runner) still gets the bounded flush
+            atexit.register(self.close)
+            self._at_exit_registered = True
+
+    # ---------------------------------------------------------------------------- delivery
+
+    def _deliver(self, hook: _Hook) -> None:
+        while True:
+            with self._cond:
+                while not hook.queue and not self._closed:
+                    self._cond.wait()
+                if self._abandoned or not hook.queue:
+                    return
+                body, headers = hook.queue.popleft()
+                hook.busy = True
             try:
-                self.post(url, body, headers)
-            except (OSError, urllib.error.URLError, ValueError) as exc:
-                if url not in self.failed:
-                    self.failed.add(url)
-                    reason = getattr(exc, "reason", None) or type(exc).__name__
-                    sys.stderr.write(
-                        f"warning: webhook {_safe(url)} failed ({reason}); the rollout goes on\n"
-                    )
+                self.post(hook.url, body, headers, self.deadline)
+            except Exception as exc:  # whatever the receiver does, the rollout goes on
+                delivered = False
+                self._report(hook, exc)
+            else:
+                delivered = True
+            with self._cond:
+                hook.busy = False
+                if self._abandoned:
+                    return  # close counted it as not delivered already
+                if delivered:
+                    hook.delivered += 1
+                else:
+                    hook.failed += 1
+                self._cond.notify_all()
+
+    def _report(self, hook: _Hook, exc: Exception) -> None:
+        with self._cond:
+            if hook.reported or self._abandoned:
+                return
+            hook.reported = True
+            self.failed.add(hook.url)
+        sys.stderr.write(
+            f"warning: webhook {_safe(hook.url)} failed ({self._reason(exc)}); "
+            "the rollout goes on\n"
+        )
+
+    def _reason(self, exc: Exception) -> str:
+        """Why, in words that never repeat the URL (exception texts sometimes do)."""
+        if isinstance(exc, TimeoutError):
+            return f"no complete answer within {self.deadline:g}s"
+        if isinstance(exc, _Refused):
+            return str(exc)
+        if isinstance(exc, OSError) and exc.strerror:
+            return str(exc.strerror)
+        return type(exc).__name__
+
+    # ------------------------------------------------------------------------------- close
+
+    def close(self, timeout: float | None = None) -> int:
+        """Take no more events, deliver what is queued for at most ``timeout`` seconds in all
+        (``flush_timeout`` by default; 0 gives up at once), then give up and say on stderr how
+        many notifications were not delivered. Returns that number. Calling it again does
+        nothing."""
+        budget = self.flush_timeout if timeout is None else max(0.0, timeout)
+        end = time.monotonic() + budget
+        with self._cond:
+            if self._closed:
+                return 0
+            self._closed = True
+            self._cond.notify_all()
+            while any(hook.queue or hook.busy for hook in self._hooks):
+                left = end - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            self._abandoned = True
+            lost = {id(hook): len(hook.queue) + int(hook.busy) for hook in self._hooks}
+            for hook in self._hooks:
+                hook.queue.clear()
+            self._cond.notify_all()
+        if self._at_exit_registered:
+            atexit.unregister(self.close)
+        total = 0
+        for hook in self._hooks:
+            why = {
+                "failed": hook.failed,
+                f"still queued after {budget:g}s": lost[id(hook)],
+                "dropped from a full queue": hook.dropped,
+            }
+            missing = sum(why.values())
+            total += missing
+            if missing:
+                detail = ", ".join(f"{n} {what}" for what, n in why.items() if n)
+                sys.stderr.write(
+                    f"warning: webhook {_safe(hook.url)}: {missing} of {hook.events} "
+                    f"notification{'s' if hook.events != 1 else ''} not delivered ({detail})\n"
+                )
+        return total
 
 
 def _safe(url: str) -> str:
-    """The URL without its query string (tokens sometimes ride there)."""
-    return url.split("?", 1)[0]
+    """The URL as it may be shown: scheme, host, port and path only — never the user and
+    password, the query string (tokens ride there) or the fragment."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "(an unreadable URL)"
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host + (f":{port}" if port is not None else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))

@@ -393,6 +393,128 @@ def test_promote_full_then_reconcile(cli, state, plans):
     assert cli("--state", state, "promote", "--full", rid).code == 0
     result = cli("--state", state, "reconcile", "-o", "json")
     assert result.code == 0, result.both
-    assert json.loads(result.out) == {"rollouts": [{"id": rid, "phase": "succeeded"}]}
+    assert json.loads(result.out) == {
+        "rollouts": [{"id": rid, "phase": "succeeded", "exit_code": 0}]
+    }
     assert weights(state, "recsys") == {"v12": 100.0}
     assert json.loads(cli("--state", state, "reconcile", "-o", "json").out) == {"rollouts": []}
+
+
+# ------------------------------------------ the root's options after the command (issue 11)
+
+STORE_COMMANDS = [
+    "run", "resume", "status", "list", "promote", "abort", "reconcile", "report", "demo",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", STORE_COMMANDS)
+def test_every_command_of_the_store_shows_state_and_debug_in_its_help(cli, command):
+    result = cli(command, "--help")
+    assert result.code == 0, result.both
+    assert "--state" in result.out and "MLROLLOUT_STATE" in result.out
+    assert "--debug" in result.out
+
+
+def test_state_after_the_command_is_the_store_every_command_uses(cli, tmp_path, plans, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLROLLOUT_STATE", str(tmp_path / "from-env"))
+    after = str(tmp_path / "after")
+    waiting = cli("run", plans / "local-approval.yaml", "--yes", "--state", after)
+    assert waiting.code == 3, waiting.both
+    rid = started_id(waiting)
+    assert (tmp_path / "after" / "state.db").is_file()
+    # given after the command, --state wins over the environment and over the root's --state
+    listed = cli("--state", tmp_path / "root", "list", "-o", "json", "--state", after)
+    assert [r["id"] for r in json.loads(listed.out)] == [rid], listed.both
+    assert cli("status", rid, "-o", "json", "--state", after).code == 0
+    assert cli("promote", rid, "--state", after).code == 0
+    assert cli("resume", rid, "--state", after).code == 0
+    report = cli("report", rid, "--state", after)
+    assert report.code == 0 and rid in report.out, report.both
+    reconcile = cli("reconcile", "-o", "json", "--state", after)
+    assert reconcile.code == 0 and json.loads(reconcile.out)["rollouts"] == [], reconcile.both
+    other = tmp_path / "other-endpoint.yaml"
+    other.write_text(edit_endpoint((plans / "local-approval.yaml").read_text(), "recsys-2"))
+    second = started_id(cli("run", "--yes", other, "--state", after))
+    assert cli("abort", second, "--state", after).code == 0
+    assert weights(after, "recsys-2") == {"v11": 100.0}
+    assert cli("demo", "-o", "json", "--state", after).code == 0
+    assert (tmp_path / "after" / "demo").is_dir()  # the demo keeps beside the state it was given
+    for unused in ("from-env", "root", ".mlrollout"):
+        assert not (tmp_path / unused).exists(), unused
+
+
+def edit_endpoint(text: str, endpoint: str) -> str:
+    assert "endpoint: recsys\n" in text
+    return text.replace("endpoint: recsys\n", f"endpoint: {endpoint}\n")
+
+
+def test_debug_after_the_command_is_accepted(cli, tmp_path, plans):
+    assert cli("plan", "validate", plans / "local-canary-good.yaml", "--debug").code == 0
+    assert cli("providers", "--debug").code == 0
+    assert cli("list", "--state", tmp_path / "s", "--debug").code == 0
+    failing = cli("status", "--debug", "--state", tmp_path / "s")
+    assert failing.code == 2, failing.both  # no rollouts: a usage error, with its traceback
+    assert "Traceback" in failing.err and "no rollouts" in failing.err
+
+
+# ----------------------------------------------------------------------- report formats
+
+
+def test_report_refuses_a_format_it_cannot_write(cli, state, plans):
+    rid = started_id(cli("--state", state, "run", "--yes", plans / "local-canary-good.yaml"))
+    result = cli("--state", state, "report", rid, "-o", "html")
+    assert result.code == 2, result.both
+    assert result.out == ""  # no Markdown in its place
+    named = [line for line in result.err.splitlines() if "html" in line]
+    assert len(named) == 1 and "'md'" in named[0] and "'json'" in named[0], result.err
+    assert "<md|json>" in cli("report", "--help").out
+    assert json.loads(cli("--state", state, "report", rid, "-o", "json").out)["rollout"] == rid
+
+
+# ----------------------------------------------------------------------------- providers
+
+
+def test_providers_lists_only_the_strategies_that_run(cli, monkeypatch):
+    from mlrollout.contracts import ENGINE_STRATEGIES
+    from mlrollout.sandbox.provider import LocalProviderSpec
+
+    # a platform that declares more than the engine runs (as azureml declares shadow)
+    declared = frozenset({"canary", "linear", "shadow", "blue_green"})
+    monkeypatch.setattr(LocalProviderSpec, "strategies", declared, raising=False)
+    rows = json.loads(cli("providers", "-o", "json").out)
+    endpoints = {row["name"]: row for row in rows if row["kind"] == "endpoint"}
+    assert endpoints["local"]["strategies"] == ["canary", "linear"]
+    for row in endpoints.values():
+        assert set(row.get("strategies", [])) <= ENGINE_STRATEGIES, row
+    text = cli("providers").out
+    assert not any("shadow" in line or "blue_green" in line for line in text.splitlines())
+
+
+SHADOW_PLAN = """\
+version: 1
+name: s
+target: {provider: local, endpoint: ep}
+candidate: {name: v2}
+strategy: {type: shadow, duration: 1h}
+sandbox: {variants: {v1: {}, v2: {}}}
+"""
+
+
+def test_providers_and_validate_share_what_the_engine_runs(cli, tmp_path, monkeypatch):
+    from mlrollout import contracts
+    from mlrollout.sandbox.provider import LocalProviderSpec
+
+    declared = frozenset({"canary", "linear", "shadow"})
+    monkeypatch.setattr(LocalProviderSpec, "strategies", declared, raising=False)
+    plan = tmp_path / "shadow.yaml"
+    plan.write_text(SHADOW_PLAN)
+    refused = cli("plan", "validate", plan)
+    assert refused.code == 4 and "supported now: canary, linear" in refused.err, refused.both
+
+    # the day the engine runs shadow, both say so: one source of truth
+    monkeypatch.setattr(contracts, "ENGINE_STRATEGIES", contracts.ENGINE_STRATEGIES | {"shadow"})
+    rows = json.loads(cli("providers", "-o", "json").out)
+    local = next(row for row in rows if row["name"] == "local")
+    assert local["strategies"] == ["canary", "linear", "shadow"]
+    assert cli("plan", "validate", plan).code == 0

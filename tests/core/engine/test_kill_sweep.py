@@ -153,3 +153,99 @@ def test_every_kill_point_recovers(
             recovered += 1
     assert tried == recovered == 2 * total
     print(f"{how} {expected.value}: {tried} kill points tried, {recovered} recovered")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("candidate_error", [0.01, 0.05], ids=["good", "bad"])
+def test_an_abort_recorded_at_every_kill_point_ends_rolled_back(
+    tmp_path: Path, candidate_error: float
+) -> None:
+    reference, rid, _ = _run(tmp_path / "ref", candidate_error, None, False)
+    total = len(SqliteStateStore(reference).events(rid))
+    tried = too_late = 0
+    for die_at in range(1, total):  # the last write ends the rollout: nothing left to abort
+        for before in (True, False):
+            path, rid, phase = _run(
+                tmp_path / f"{die_at}-{before}", candidate_error, die_at, before
+            )
+            assert phase is None
+            store = SqliteStateStore(path)
+            Runner(store, holder="operator").command(rid, "abort")
+            ended = _finish(path, rid, "resume")
+            # whatever was in flight, the abort wins: rolled back (or, if nothing had changed
+            # yet, aborted), and the baseline serves everything
+            kinds = [e.kind for e in store.events(rid)]
+            if "abort.refused" in kinds:
+                # too late: the promotion had begun retiring the baseline before the abort
+                assert kinds.index("finalize.requested") < kinds.index("command.abort")
+                assert ended == Phase.SUCCEEDED
+                too_late += 1
+            elif "started" in kinds:
+                assert ended == Phase.ROLLED_BACK, (die_at, before, kinds)
+            else:
+                assert ended == Phase.ABORTED, (die_at, before, kinds)
+            weights = {n: v["weight"] for n, v in _endpoint(path)["variants"].items()}
+            if "abort.refused" not in kinds:
+                assert {k: v for k, v in weights.items() if v} == {"v1": 100.0}, (die_at, before)
+                assert "promoted" not in kinds
+            tried += 1
+    assert tried == 2 * (total - 1)
+    assert too_late <= 3  # only kills between finalize.requested and the end
+
+
+@pytest.mark.slow
+def test_a_second_state_store_on_the_same_endpoint_is_refused_at_every_kill_point(
+    tmp_path: Path,
+) -> None:
+    from mlrollout.contracts import OwnerMark
+    from mlrollout.errors import EndpointOwned
+
+    def run_a(folder: Path, die_at: int | None, before: bool) -> tuple[Path, str, Phase | None]:
+        folder.mkdir(parents=True)
+        world = folder / "world.db"
+        text = PLAN.replace("CANDIDATE", "0.01").replace(
+            "endpoint: ep}", f"endpoint: ep, endpoint_url: {world}}}"
+        )
+        path = folder / "a.db"
+        store: SqliteStateStore = (
+            DyingStore(path, die_at, before) if die_at else SqliteStateStore(path)
+        )
+        runner = Runner(store, holder="runner-a")
+        record = runner.create(parse_plan(text, "p.yaml"))
+        try:
+            return world, record.id, runner.drive(record.id, clock=VirtualClock(START)).phase
+        except Killed:
+            return world, record.id, None
+
+    world, rid, phase = run_a(tmp_path / "ref", None, False)
+    assert phase == Phase.SUCCEEDED
+    total = len(SqliteStateStore(tmp_path / "ref" / "a.db").events(rid))
+    refused = unmarked = 0
+    for die_at in range(1, total):
+        for before in (True, False):
+            folder = tmp_path / f"{die_at}-{before}"
+            world, rid, phase = run_a(folder, die_at, before)
+            assert phase is None
+            shared = SqliteStateStore(world)
+            live = shared.get_value("sandbox", "ep")
+            mark = OwnerMark.from_tags((live or {}).get("owner"))
+            before_b = live
+            # runner B keeps its state elsewhere (another CI machine) and starts the same plan
+            b_store = SqliteStateStore(folder / "b.db")
+            b = Runner(b_store, holder="runner-b")
+            text = PLAN.replace("CANDIDATE", "0.01").replace(
+                "endpoint: ep}", f"endpoint: ep, endpoint_url: {world}}}"
+            )
+            b_record = b.create(parse_plan(text, "p.yaml"))
+            if mark is None:
+                # A had not begun to change the endpoint: B may go; A then finds B's work done
+                unmarked += 1
+                assert live is None or list(live["variants"]) == ["v1"], (die_at, before)
+                continue
+            with pytest.raises(EndpointOwned, match=rid):
+                b.drive(b_record.id, clock=VirtualClock(START))
+            assert shared.get_value("sandbox", "ep") == before_b  # B changed nothing
+            assert b_store.get_rollout(b_record.id).phase == "aborted"
+            refused += 1
+    assert refused > 0
+    print(f"second store: refused at {refused} kill points, {unmarked} before any change")
