@@ -10,7 +10,14 @@ from typing import Annotated
 import typer
 
 from mlrollout.cli import plan_cmds, rollout_cmds
-from mlrollout.cli.common import DEFAULT_STATE, Settings
+from mlrollout.cli.common import (
+    DEBUG_HELP,
+    DEFAULT_STATE,
+    STATE_HELP,
+    Settings,
+    accept_global_options_after_commands,
+    stdout_to_devnull,
+)
 
 app = typer.Typer(
     name="mlrollout",
@@ -27,6 +34,7 @@ app = typer.Typer(
 )
 app.add_typer(plan_cmds.app, name="plan")
 rollout_cmds.register(app)
+accept_global_options_after_commands(app)  # `mlrollout run PLAN --state X` as well
 
 
 def _version(value: bool) -> None:
@@ -48,10 +56,10 @@ def root(
         typer.Option(
             "--state",
             envvar="MLROLLOUT_STATE",
-            help="Where rollouts are recorded: a directory (SQLite inside) or a backend URL.",
+            help=f"{STATE_HELP} Also accepted after the command.",
         ),
     ] = DEFAULT_STATE,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help=DEBUG_HELP)] = False,
     version: Annotated[
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
@@ -60,12 +68,25 @@ def root(
     ctx.obj = Settings(state=state, debug=debug)
 
 
+def _quiet_sdk_loggers(debug: bool) -> None:
+    """The cloud SDKs log through Python's logging, which prints WARNING and up to stderr when
+    nothing is configured: azure-identity alone writes ~15 lines about its credential chain before
+    mlrollout's one-line error. mlrollout reports errors itself, so their loggers (and their HTTP
+    stacks') print nothing unless ``--debug``, which lets their warnings through."""
+    import logging
+
+    level = logging.WARNING if debug else logging.CRITICAL + 1
+    for name in ("azure", "msal", "botocore", "boto3", "s3transfer", "urllib3", "google", "grpc"):
+        logging.getLogger(name).setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, map errors to one clear line and the documented exit codes."""
     from mlrollout.errors import ExitCode, MlrolloutError, PlanError
 
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args or bool(os.environ.get("MLROLLOUT_DEBUG"))
+    _quiet_sdk_loggers(debug)
     try:
         result = app(args=args, prog_name="mlrollout", standalone_mode=False)
         code = result if isinstance(result, int) else 0
@@ -103,6 +124,9 @@ def main(argv: list[str] | None = None) -> None:
             "hint: this is a bug in mlrollout; run again with --debug for the traceback "
             "and report it\n"
         )
-        code = 70
-    sys.stdout.flush()
+        code = ExitCode.BUG
+    try:
+        sys.stdout.flush()
+    except OSError:  # the reader of stdout has gone: nothing left to say there
+        stdout_to_devnull()
     raise SystemExit(code)

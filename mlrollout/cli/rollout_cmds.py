@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import signal
 import sys
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
 
-from mlrollout.cli.common import Output, OutputOption, console, interactive, print_json, settings
+from mlrollout.cli.common import (
+    Output,
+    OutputOption,
+    ReportFormat,
+    console,
+    interactive,
+    print_json,
+    settings,
+    stdout_to_devnull,
+)
 
 if TYPE_CHECKING:
     from mlrollout.engine.engine import Engine, Listener, RolloutState
@@ -29,6 +40,45 @@ def register(app: typer.Typer) -> None:
 # ------------------------------------------------------------------------------------- driving
 
 
+class _ClosableStdout:
+    """stdout for progress lines, which a reader may close (`run -o json | head -1`): once a
+    write finds the pipe gone, it says so once on stderr, points the descriptor at /dev/null (so
+    nothing fails at exit either), and drops what follows. The rollout goes on to its end: what
+    is shown never decides it."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.closed = False
+
+    def write(self, text: str) -> int:
+        if not self.closed:
+            try:
+                self.stream.write(text)
+            except OSError as exc:
+                self._gone(exc)
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.closed:
+            try:
+                self.stream.flush()
+            except OSError as exc:
+                self._gone(exc)
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    def _gone(self, exc: OSError) -> None:
+        if exc.errno not in (errno.EPIPE, errno.EINVAL) and not isinstance(exc, BrokenPipeError):
+            raise exc
+        self.closed = True
+        stdout_to_devnull()
+        with contextlib.suppress(OSError):
+            sys.stderr.write(
+                "stdout was closed: progress is no longer printed; the rollout goes on\n"
+            )
+
+
 class _Display:
     """Chooses how progress is shown: JSON lines, a live terminal view, or plain lines."""
 
@@ -41,13 +91,14 @@ class _Display:
         self.steps = plan_steps
         self.live: LiveReporter | None = None
         self.current: Listener
+        self.out = _ClosableStdout(sys.stdout)
         if output == Output.json:
-            self.current = JsonReporter(sys.stdout)
+            self.current = JsonReporter(self.out)  # type: ignore[arg-type]
         elif sys.stdout.isatty():
             self.live = LiveReporter(console(), record.id, record.name, plan_steps, worst)
             self.current = self.live
         else:
-            self.current = PlainReporter(sys.stdout, record.id, plan_steps)
+            self.current = PlainReporter(self.out, record.id, plan_steps)  # type: ignore[arg-type]
 
     def __call__(self, event: Event, state: RolloutState) -> None:
         self.current(event, state)
@@ -59,7 +110,7 @@ class _Display:
         if self.live is not None:
             self.live.close()
             self.live = None
-            self.current = PlainReporter(sys.stdout, self.record.id, self.steps)
+            self.current = PlainReporter(self.out, self.record.id, self.steps)  # type: ignore[arg-type]
 
     def __enter__(self) -> _Display:
         if self.live is not None:
@@ -161,7 +212,9 @@ def _summary(outcome: RunOutcome, output: Output) -> None:
     rid = outcome.rollout_id
     state = outcome.state
     weights = ", ".join(f"{k} {v:g}%" for k, v in state.weights.items())
-    if outcome.exit_code == 0:
+    if outcome.exit_code == 0 and state.reason:  # nothing to do (already promoted)
+        out.print(f"[green]nothing to do[/]: {state.reason} ({rid})")
+    elif outcome.exit_code == 0:
         out.print(f"[green]promoted[/]: {state.candidate} serves 100% ({rid})")
     elif outcome.exit_code == 1:
         out.print(f"[red]rolled back[/]: {weights} — {state.reason}")
@@ -287,28 +340,41 @@ def _command(ctx: typer.Context, rollout_id: str, kind: str, *, full: bool = Fal
 
 
 def reconcile(ctx: typer.Context, output: Output = OutputOption) -> int:
-    """One pass over every active rollout: do the work that is due, then exit (for cron)."""
-    from mlrollout.engine.runner import Runner
-    from mlrollout.errors import MlrolloutError
+    """One pass over every active rollout: do the work that is due, then exit (for cron).
+
+    Exit code: the worst real outcome of the pass, from best to worst 0 (nothing ended badly;
+    rollouts still going, promoted, or driven by another runner), 3 (a rollout waits for a
+    human), 1 (one rolled back), 4 (a stored plan is no longer valid), 6 (a provider error),
+    5 (one needs a human), 70 (a bug in mlrollout).
+    """
+    from mlrollout.engine.runner import Runner, worse
+    from mlrollout.errors import ExitCode, LeaseHeld, MlrolloutError
 
     results = Runner(settings(ctx).store()).reconcile()
-    rows = []
+    rows: list[dict[str, Any]] = []
     worst = 0
     for record, result in results:
+        if isinstance(result, LeaseHeld):  # another runner drives it: normal, not a failure
+            rows.append({"id": record.id, "phase": record.phase, "driven_by": result.message})
+            continue
         if isinstance(result, Exception):
             message = result.message if isinstance(result, MlrolloutError) else repr(result)
-            rows.append({"id": record.id, "error": message})
-            code = getattr(result, "exit_code", 5)
-            worst = max(worst, 5 if code in (5, 6) else 0)
+            code = result.exit_code if isinstance(result, MlrolloutError) else ExitCode.BUG
+            rows.append({"id": record.id, "error": message, "exit_code": code})
         else:
-            rows.append({"id": record.id, "phase": result.phase.value})
+            code = result.exit_code
+            rows.append({"id": record.id, "phase": result.phase.value, "exit_code": code})
+        worst = worse(worst, code)
     if output == Output.json:
         print_json({"rollouts": rows})
     else:
         if not rows:
             sys.stdout.write("no active rollouts\n")
         for row in rows:
-            sys.stdout.write(f"{row['id']}: {row.get('phase') or 'error: ' + row['error']}\n")
+            if "driven_by" in row:
+                sys.stdout.write(f"{row['id']}: {row['phase']}, {row['driven_by']}\n")
+            else:
+                sys.stdout.write(f"{row['id']}: {row.get('phase') or 'error: ' + row['error']}\n")
     return worst
 
 
@@ -391,8 +457,11 @@ def report(
     ctx: typer.Context,
     rollout_id: IdArg,
     output: Annotated[
-        str, typer.Option("--output", "-o", help="md (Markdown) or json (the journal).")
-    ] = "md",
+        ReportFormat,
+        typer.Option(
+            "--output", "-o", help="md (Markdown) or json (the journal).", show_default=True
+        ),
+    ] = ReportFormat.md,
 ) -> None:
     """What happened and why: outcome, timeline, gate verdicts, what to do next."""
     from mlrollout.engine.runner import plan_of
@@ -402,7 +471,7 @@ def report(
     store = settings(ctx).store()
     record = store.get_rollout(rollout_id)
     events = store.events(record.id)
-    if output == "json":
+    if output == ReportFormat.json:
         print_json(
             {
                 "rollout": record.id,
@@ -424,6 +493,7 @@ def providers(ctx: typer.Context, output: Output = OutputOption) -> None:
     """The installed providers and state backends, and what each can do."""
     if ctx.invoked_subcommand is not None:
         return
+    from mlrollout.contracts import runnable_strategies
     from mlrollout.errors import MlrolloutError
     from mlrollout.plugins import ENDPOINTS_GROUP, STATE_GROUP, provider_spec, refs
 
@@ -436,7 +506,7 @@ def providers(ctx: typer.Context, output: Output = OutputOption) -> None:
         }
         try:
             spec = provider_spec(name)
-            row["strategies"] = sorted(spec.strategies)
+            row["strategies"] = sorted(runnable_strategies(spec))  # what a rollout can use now
             row["capabilities"] = {k: v for k, v in vars(spec.capabilities).items()}
         except MlrolloutError as exc:
             row["error"] = exc.message
@@ -464,6 +534,7 @@ def aws_iam_policy(
     the state bucket's permissions too. No network."""
     from mlrollout.errors import ProviderUnavailable, UsageError
     from mlrollout.plan.loader import load_plan
+    from mlrollout.plugins import install_command
 
     plan = load_plan(plan_file).plan
     if plan.target.provider != "sagemaker":
@@ -475,7 +546,7 @@ def aws_iam_policy(
         from mlrollout_aws.iam import iam_policy  # type: ignore[import-not-found,unused-ignore]
     except ImportError as exc:
         raise ProviderUnavailable(
-            "the AWS provider is not installed", hint="install it: pip install 'mlrollout[aws]'"
+            "the AWS provider is not installed", hint=f"install it: {install_command('aws')}"
         ) from exc
     print_json(iam_policy(plan, state=settings(ctx).state))
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
+from mlrollout.contracts import runnable_strategies
 from mlrollout.errors import ProviderUnavailable
 from mlrollout.plan.model import (
     COMMON_TARGET_KEYS,
@@ -19,9 +21,6 @@ from mlrollout.plugins import provider_spec
 
 Path = tuple[str | int, ...]
 
-#: Strategies the engine can execute today (others parse and validate but cannot run yet).
-ENGINE_STRATEGIES = frozenset({"canary", "linear"})
-
 
 @dataclass(frozen=True)
 class Finding:
@@ -31,22 +30,84 @@ class Finding:
     at_key: bool = False  # point at the key itself (an unknown key), not its value
 
 
+# ------------------------------------------------------------------- partially valid plans
+
+
+class PartInvalid(Exception):
+    """A check read a part of the plan that did not validate: that check cannot run."""
+
+
+class InvalidPart:
+    """Stands, in a partially valid plan, for a section that did not validate (its problems are
+    reported already). Reading it raises :class:`PartInvalid`, so a check that needs it is
+    skipped while the checks that read only valid parts still run. ``known`` holds values of it
+    that are valid all the same (a strategy's ``type``)."""
+
+    __slots__ = ("_known", "_part")  # underscored: never one of the plan's own keys
+
+    def __init__(self, part: str, known: dict[str, Any] | None = None) -> None:
+        self._part = part
+        self._known = known or {}
+
+    def __getattr__(self, key: str) -> Any:
+        if key.startswith("_"):
+            raise AttributeError(key)
+        if key in self._known:
+            return self._known[key]
+        raise PartInvalid(self._part)
+
+    def _invalid(self, *args: object) -> Any:
+        raise PartInvalid(self._part)
+
+    __iter__ = __len__ = __bool__ = __contains__ = __getitem__ = _invalid
+    __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = _invalid
+    __hash__ = object.__hash__
+
+    def __repr__(self) -> str:
+        return f"InvalidPart({self._part!r})"
+
+
+def is_partial(plan: Plan) -> bool:
+    """Does ``plan`` stand in for an invalid one (some section is an :class:`InvalidPart`)?"""
+    return any(isinstance(value, InvalidPart) for value in vars(plan).values())
+
+
+def _guarded(check: Callable[..., list[Finding]], *args: Any) -> list[Finding]:
+    try:
+        return check(*args)
+    except PartInvalid:
+        return []
+
+
+# --------------------------------------------------------------------------------- the checks
+
+
 def check_plan(plan: Plan) -> list[Finding]:
+    """Every problem the plan's parts show together and against the provider. On a partially
+    valid plan (see :class:`InvalidPart`) each check runs if the parts it reads are valid."""
     found: list[Finding] = []
-    provider_problems = _check_provider(plan)
+    provider_problems = _guarded(_check_provider, plan)
     found += provider_problems
     provider_known = not any(f.path == ("target", "provider") for f in provider_problems)
-    found += _check_secrets(plan)
-    found += _check_steps(plan)
-    found += _check_gates(plan)
-    found += _check_analysis(plan)
-    if plan.baseline != "auto" and plan.baseline == plan.candidate.name:
-        found.append(Finding(("candidate", "name"), "the candidate has the baseline's name"))
-    if plan.sandbox is not None and plan.target.provider != "local" and provider_known:
-        found.append(
-            Finding(("sandbox",), "a sandbox section only applies to provider: local; remove it")
-        )
+    for check in (_check_secrets, _check_steps, _check_gates, _check_analysis, _check_baseline):
+        found += _guarded(check, plan)
+    if provider_known:
+        found += _guarded(_check_sandbox, plan)
     return found
+
+
+def _check_baseline(plan: Plan) -> list[Finding]:
+    if plan.baseline != "auto" and plan.baseline == plan.candidate.name:
+        return [Finding(("candidate", "name"), "the candidate has the baseline's name")]
+    return []
+
+
+def _check_sandbox(plan: Plan) -> list[Finding]:
+    if plan.sandbox is not None and plan.target.provider != "local":
+        return [
+            Finding(("sandbox",), "a sandbox section only applies to provider: local; remove it")
+        ]
+    return []
 
 
 _SECRET_WORDS = ("password", "passwd", "secret", "token", "credential", "access_key", "api_key")
@@ -76,25 +137,67 @@ def _check_secrets(plan: Plan) -> list[Finding]:
                 )
             )
     for i, note in enumerate(plan.notify):
-        if _userinfo(note.webhook):
+        if _userinfo(note.webhook, user_alone=True):  # a token rides as a user name too
             found.append(
                 Finding(
                     ("notify", i, "webhook"),
-                    "this URL carries credentials "
-                    "(user:password@): pass them through the environment",
+                    "this URL carries credentials (user:password@ or token@): give the webhook "
+                    f"a bearer token through {WEBHOOK_TOKEN_ENV} instead",
+                )
+            )
+        elif (param := _credential_param(note.webhook)) is not None:
+            found.append(
+                Finding(
+                    ("notify", i, "webhook"),
+                    f"this URL carries a credential in its query string ({param}=...), and a "
+                    "plan is recorded and shown: give the webhook a bearer token through "
+                    f"{WEBHOOK_TOKEN_ENV} instead",
                 )
             )
     return found
 
 
-def _userinfo(url: str) -> bool:
+#: The environment variable the webhook notifier sends as ``Authorization: Bearer``.
+WEBHOOK_TOKEN_ENV = "MLROLLOUT_WEBHOOK_TOKEN"
+#: Query parameters that are credentials by their whole name (compared in lower case, - as _)...
+_CREDENTIAL_PARAMS = frozenset(
+    {"key", "apikey", "sig", "signature", "code", "auth", "authorization", "pass", "pwd", "jwt"}
+    | {"bearer", "hmac", "sas", "session", "sessionid", "sid", "ticket", "otp"}
+)
+#: ... or by a word in it (``access_token``, ``client_secret``, ``X-Amz-Credential``, ``apiKey``)
+_CREDENTIAL_WORDS = (*_SECRET_WORDS, "apikey", "signature", "passphrase", "auth_")
+#: ... or by how it ends (``private_key``, ``subscription-key``, ``hook_sig``).
+_CREDENTIAL_ENDINGS = ("_key", "_sig", "_pass", "_pwd", "_auth", "_session")
+
+
+def _credential_param(url: str) -> str | None:
+    """The name of the first query parameter of ``url`` that looks like a credential."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    try:
+        query = urlsplit(url).query
+    except ValueError:
+        return None
+    for name, _ in parse_qsl(query, keep_blank_values=True):
+        word = name.strip().lower().replace("-", "_")
+        if (
+            word in _CREDENTIAL_PARAMS
+            or any(part in word for part in _CREDENTIAL_WORDS)
+            or word.endswith(_CREDENTIAL_ENDINGS)
+        ):
+            return name if len(name) <= 32 else name[:32] + "..."
+    return None
+
+
+def _userinfo(url: str, *, user_alone: bool = False) -> bool:
     from urllib.parse import urlsplit
 
     try:
         parts = urlsplit(url)
     except ValueError:
         return False
-    return bool(parts.scheme and parts.netloc and parts.password)
+    secret = parts.password if not user_alone else parts.password or parts.username
+    return bool(parts.scheme and parts.netloc and secret)
 
 
 def _check_provider(plan: Plan) -> list[Finding]:
@@ -121,21 +224,34 @@ def _check_provider(plan: Plan) -> list[Finding]:
     for key in sorted(spec.required_keys):
         if target.setting(key) in (None, ""):
             found.append(Finding(("target",), f"provider {spec.name!r} needs target.{key}"))
-    kind = plan.strategy.type
-    if kind not in spec.strategies or kind not in ENGINE_STRATEGIES:
-        now = sorted(spec.strategies & ENGINE_STRATEGIES)
-        capable = _capable(spec.capabilities, kind)
-        why = (
-            f"provider {spec.name!r} cannot run a {kind} rollout"
-            if not capable
-            else f"the {kind} strategy on provider {spec.name!r} is not supported yet"
-        )
-        found.append(
-            Finding(("strategy", "type"), f"{why}; supported now: {', '.join(now) or 'none'}")
-        )
-    for problem in spec.check_plan(plan):
-        found.append(Finding(problem.path, problem.message))
+    found += _guarded(_check_strategy_runs, spec, plan)
+    found += _guarded(_check_provider_limits, spec, plan)
     return found
+
+
+def _check_strategy_runs(spec: Any, plan: Plan) -> list[Finding]:
+    kind = plan.strategy.type
+    runnable = runnable_strategies(spec)
+    if kind in runnable:
+        return []
+    capable = _capable(spec.capabilities, kind)
+    why = (
+        f"provider {spec.name!r} cannot run a {kind} rollout"
+        if not capable
+        else f"the {kind} strategy on provider {spec.name!r} is not supported yet"
+    )
+    now = ", ".join(sorted(runnable)) or "none"
+    return [Finding(("strategy", "type"), f"{why}; supported now: {now}")]
+
+
+def _check_provider_limits(spec: Any, plan: Plan) -> list[Finding]:
+    try:
+        problems = spec.check_plan(plan)
+    except Exception:
+        if is_partial(plan):  # the provider's checks need what did not validate: fix that first
+            return []
+        raise
+    return [Finding(problem.path, problem.message) for problem in problems]
 
 
 def _capable(capabilities: object, kind: str) -> bool:

@@ -3,18 +3,19 @@ with file:line:column and the key path."""
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from mlrollout.errors import PlanError, PlanIssue
-from mlrollout.plan.checks import Finding, check_plan
+from mlrollout.plan.checks import Finding, InvalidPart, check_plan
 from mlrollout.plan.model import STRATEGY_TYPES, Plan
 from mlrollout.plan.yamlsafe import MAX_BYTES, Located, YamlProblem, load_located
 
@@ -104,18 +105,74 @@ def parse_plan(text: str, filename: str = "<plan>") -> LoadedPlan:
                 )
             ]
         )
+    dropped: list[KeyPath] = []  # mappings an unknown key was dropped from (see _salvage)
     try:
         plan = Plan.model_validate(data)
     except ValidationError as exc:
-        issues += [_issue(filename, located, err) for err in exc.errors()]
-        raise PlanError(_dedupe(issues)) from None
+        errors = exc.errors()
+        issues += [_issue(filename, located, err) for err in errors]
+        # Every problem in one pass: the checks that can run on the valid parts run too.
+        plan, dropped = _salvage(data, errors)
     warnings: list[PlanIssue] = []
     for finding in check_plan(plan):
+        if finding.path in dropped:
+            continue  # about a mapping whose unknown key is reported: may follow from it
         issue = _finding_issue(filename, located, finding)
         (issues if finding.severity == "error" else warnings).append(issue)
     if issues:
         raise PlanError(_dedupe(issues))
     return LoadedPlan(plan=plan, path=filename, text=text, warnings=warnings)
+
+
+def _salvage(data: dict[str, Any], errors: list[Any]) -> tuple[Plan, list[KeyPath]]:
+    """What of an invalid plan the checks can still read, and where unknown keys were dropped.
+
+    Unknown keys are dropped (they are reported already); each top-level section that still
+    does not validate becomes an :class:`~mlrollout.plan.checks.InvalidPart`, which a check
+    reading it stops on. A strategy's ``type`` stays known when it is one of the types."""
+    cleaned = copy.deepcopy(data)
+    dropped: list[KeyPath] = []
+    for err in errors:
+        if err["type"] == "extra_forbidden":
+            path = _data_path(tuple(err["loc"]), data)
+            if path and _drop(cleaned, path) and len(path) > 1:
+                dropped.append(path[:-1])  # a top-level unknown key hides nothing else
+    try:
+        return Plan.model_validate(cleaned), dropped
+    except ValidationError:
+        pass
+    values: dict[str, Any] = {}
+    for name, info in Plan.model_fields.items():
+        if name not in cleaned:
+            values[name] = (
+                InvalidPart(name)
+                if info.is_required()
+                else info.get_default(call_default_factory=True)
+            )
+            continue
+        raw = cleaned[name]
+        section: Any = Annotated[info.annotation, info]  # the field's type with its constraints
+        try:
+            values[name] = TypeAdapter(section).validate_python(raw)
+        except ValidationError:
+            kind = raw.get("type") if name == "strategy" and isinstance(raw, dict) else None
+            values[name] = InvalidPart(name, {"type": kind} if kind in STRATEGY_TYPES else None)
+    return Plan.model_construct(**values), dropped
+
+
+def _drop(data: Any, path: KeyPath) -> bool:
+    node = data
+    for part in path[:-1]:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        else:
+            return False
+    if isinstance(node, dict) and path[-1] in node:
+        del node[path[-1]]
+        return True
+    return False
 
 
 def _dedupe(issues: list[PlanIssue]) -> list[PlanIssue]:

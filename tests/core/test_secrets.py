@@ -82,3 +82,48 @@ def test_a_plan_carrying_credentials_is_refused_before_it_is_recorded(
     assert done.returncode == 4, done.stderr
     assert where in done.stderr and "credentials" in done.stderr
     assert not (tmp_path / "state").exists()  # nothing recorded
+
+
+#: Query parameters that carry a credential, as webhook URLs are handed out with them.
+CREDENTIAL_QUERIES = [
+    "token",
+    "api_key",
+    "apiKey",
+    "sig",
+    "access_token",
+    "password",
+    "secret",
+    "key",
+    "code",
+    "X-Amz-Signature",
+    "subscription-key",
+]
+
+
+def test_a_webhook_url_with_a_credential_in_its_query_is_refused_where_it_stands(
+    tmp_path: Path,
+) -> None:
+    plan = (ROOT / "plans" / "local-canary-good.yaml").read_text()
+    first = plan.count("\n") + 2  # the line of notify[0]
+    hooks = [
+        f"https://hooks.example.com/x?channel=ops&{q}=hook-secret-{i}"
+        for i, q in enumerate(CREDENTIAL_QUERIES)
+    ]
+    hooks += ["https://hooks.example.com/x?api_key=", "https://hooks.example.com/x?channel=ops"]
+    plan += "notify:\n" + "".join(f"  - webhook: {url}\n" for url in hooks)
+    path = tmp_path / "plan.yaml"
+    path.write_text(plan)
+    done = _mlrollout(tmp_path, "plan", "validate", str(path))
+    assert done.returncode == 4, done.stderr
+    names = [*CREDENTIAL_QUERIES, "api_key"]
+    for i, name in enumerate(names):  # FILE:LINE:COLUMN: key.path: message, like any problem
+        assert (
+            f"{path}:{first + i}:14: notify[{i}].webhook: this URL carries a credential in its "
+            f"query string ({name}=...)"
+        ) in done.stderr, done.stderr
+    assert f"notify[{len(names)}]" not in done.stderr  # a query without a credential is fine
+    assert done.stderr.count("MLROLLOUT_WEBHOOK_TOKEN") == len(names)
+    assert "hook-secret" not in done.stderr + done.stdout
+    done = _mlrollout(tmp_path, "run", "--yes", str(path))
+    assert done.returncode == 4, done.stderr
+    assert not (tmp_path / "state").exists()  # nothing recorded

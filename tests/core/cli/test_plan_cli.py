@@ -364,8 +364,10 @@ def test_known_provider_that_is_not_installed_says_how_to_install_it(cli, tmp_pa
     path = write(tmp_path, without_sandbox(text))
     result = cli("plan", "validate", path)
     lines = assert_clean_failure(result, path)
+    from mlrollout.plugins import install_command
+
     assert any(
-        line.startswith(f"{path}:4:13: target.provider: ") and "mlrollout[aws]" in line
+        line.startswith(f"{path}:4:13: target.provider: ") and install_command("aws") in line
         for line in lines
     ), lines
 
@@ -528,3 +530,93 @@ def test_preview_changes_nothing(cli, tmp_path, plans, monkeypatch):
     before = sorted(p.name for p in tmp_path.iterdir())
     assert cli("plan", "preview", plans / "local-canary-good.yaml").code == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no .mlrollout created
+
+
+# ------------------------------------------------- every problem in one pass (issue 11)
+
+LAYERED = """\
+version: 1
+name: layered
+target:
+  provider: local
+  endpoint: ep
+candidate:
+  name: v3
+strategy:
+  type: shadow
+  duration: 1h
+analysis:
+  intervall: 60s
+  gates:
+    - name: errors
+      metric: error_rate
+      vs_baseline: {max_increase: 25%}
+    - name: p99
+      metric: latency_p99
+rollback:
+  automatic: maybe
+sandbox:
+  variants:
+    v1: {error_rate: 0.01}
+    v2: {error_rate: 0.01}
+"""
+
+
+def test_problems_of_every_layer_are_listed_in_one_pass(cli, tmp_path):
+    # an unknown key and a bad value (the model), a strategy the provider cannot run, the
+    # provider's own check and a cross-field check: all at once, not one layer per fix
+    path = write(tmp_path, LAYERED)
+    lines = assert_clean_failure(cli("plan", "validate", path), path)
+    expected = {
+        (12, 3, "analysis.intervall", "unknown key 'intervall' (did you mean 'interval'?)"),
+        (20, 14, "rollback.automatic", "a valid boolean"),
+        (9, 9, "strategy.type", "shadow"),
+        (7, 9, "candidate.name", "not a sandbox variant"),
+        (17, 7, "analysis.gates[1]", "the gate has no bound"),
+    }
+    for line, column, key, words in expected:
+        head = f"{path}:{line}:{column}: {key}: "
+        assert any(x.startswith(head) and words in x for x in lines), (head, words, lines)
+    assert len(lines) == len(expected), lines
+
+
+def test_a_check_that_needs_an_invalid_part_is_skipped_not_guessed(cli, tmp_path):
+    # the candidate does not validate: the provider's check of it (is it a sandbox variant?)
+    # cannot run, the checks of the other parts still do
+    text = LAYERED.replace("  name: v3\n", "  name: v3\n  instance_count: 0\n")
+    path = write(tmp_path, text)
+    lines = assert_clean_failure(cli("plan", "validate", path), path)
+    assert any(": candidate.instance_count: " in x for x in lines), lines
+    assert not any("sandbox variant" in x for x in lines), lines
+    assert any("strategy.type: " in x for x in lines), lines
+    assert any("analysis.gates[1]: the gate has no bound" in x for x in lines), lines
+
+
+def test_a_typo_in_a_key_hides_what_follows_from_it(cli, tmp_path):
+    # `vs_basline` is reported; "the gate has no bound" only follows from it: not reported
+    text = edit("vs_baseline: {max_increase: 25%}", "vs_basline: {max_increase: 25%}")
+    path = write(tmp_path, text)
+    lines = assert_clean_failure(cli("plan", "validate", path), path)
+    assert len(lines) == 1 and "unknown key 'vs_basline'" in lines[0], lines
+
+
+# --------------------------------------------------------------- install hints (issue 11)
+
+
+def test_the_install_hint_of_a_missing_provider_works_from_a_checkout(cli, tmp_path, monkeypatch):
+    import mlrollout
+    from mlrollout import plugins
+
+    repo = Path(mlrollout.__file__).resolve().parents[1]
+    # a provider of ours whose distribution is not installed (its folder: providers/gcp)
+    monkeypatch.setitem(plugins.KNOWN_PROVIDERS, "zcloud", "gcp")
+    text = edit("provider: local", "provider: zcloud")
+    path = write(tmp_path, without_sandbox(text))
+    monkeypatch.chdir(repo)
+    result = cli("plan", "validate", path)
+    lines = assert_clean_failure(result, path)
+    assert any("pip install ./providers/gcp" in line for line in lines), lines
+    assert not any("mlrollout[gcp]" in line for line in lines), lines
+    monkeypatch.chdir(tmp_path)  # elsewhere: the folder's absolute path
+    lines = problem_lines(cli("plan", "validate", path).err)
+    assert any(f"pip install {repo / 'providers' / 'gcp'}" in line for line in lines), lines

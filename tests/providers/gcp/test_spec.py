@@ -41,7 +41,7 @@ def findings(text: str) -> list[str]:
 
 def test_the_entry_point_gives_the_spec():
     spec = provider_spec("vertex")
-    assert spec is VertexProviderSpec
+    assert spec.plugin is VertexProviderSpec  # behind the core's PluginSpec
     assert spec.capabilities.weights and not spec.capabilities.shadow
     assert spec.required_keys == {"project", "location"}
 
@@ -117,3 +117,9 @@ def test_preview_lists_the_calls_and_one_metrics_call_per_metric_type():
     assert len(calls["metrics"]) == 2  # no latency gate: counts and errors only
     assert any("DeployModel" in c for c in calls["prepare"])
     assert any("UndeployModel" in c for c in calls["finalize"])
+    assert [c.split(" (")[0] for c in calls["owner"]] == [
+        "Vertex.GetEndpoint",
+        "Vertex.UpdateEndpoint",
+        "Vertex.UpdateEndpoint",
+    ]
+    assert all("updateMask labels" in c for c in calls["owner"][1:])
