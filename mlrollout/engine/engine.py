@@ -242,8 +242,10 @@ class Engine:
             if phase == Phase.ROLLING_BACK:
                 return None
             baseline = self.state.baseline
-            if phase == Phase.PROMOTING and baseline and not self.adapter.describe().variant(
-                baseline
+            if (
+                phase == Phase.PROMOTING
+                and baseline
+                and not self.adapter.describe().variant(baseline)
             ):
                 # The promotion already retired the baseline: there is nothing to go back to.
                 self.record(

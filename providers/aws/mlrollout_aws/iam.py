@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
+from mlrollout.contracts import OWNER_KEYS
 from mlrollout.plan.model import Plan
 from mlrollout_aws import naming
 
@@ -47,6 +48,14 @@ def iam_policy(plan: Plan, state: str | None = None) -> dict[str, Any]:
             "Effect": "Allow",
             "Action": ["sagemaker:CreateEndpointConfig", "sagemaker:AddTags"],
             "Resource": managed,
+        },
+        {
+            # The ownership mark on the endpoint (read with ListTags above): only its own keys.
+            "Sid": "MarkEndpointOwner",
+            "Effect": "Allow",
+            "Action": ["sagemaker:AddTags", "sagemaker:DeleteTags"],
+            "Resource": f"{arn}:endpoint/{endpoint}",
+            "Condition": {"ForAllValues:StringEquals": {"aws:TagKeys": list(OWNER_KEYS)}},
         },
         {
             "Sid": "ShiftTraffic",

@@ -15,6 +15,11 @@ How each contract method maps to SageMaker (every call through :func:`mlrollout_
   exactly the variants left, so a rollback leaves no mlrollout config behind), ``UpdateEndpoint``,
   wait, then delete the endpoint configs mlrollout created for this endpoint and no longer uses
   (name *and* tag must say so: nothing else is ever deleted).
+- ``read_owner``: ``ListTags`` on the endpoint's ARN (the ARN comes from ``DescribeEndpoint``, which
+  every other method calls anyway; fetched once per adapter when it is not known yet).
+- ``write_owner``: ``AddTags`` with the mark's three tags (AddTags overwrites the values of keys
+  that exist; other tags are left alone), or ``DeleteTags`` of the three keys for ``None``. Tags
+  are no part of the endpoint's config: neither changes traffic nor redeploys anything.
 
 Every mutation first looks whether it is already in effect (after a crash or a lost response) and
 then does nothing: a retried ``UpdateEndpoint`` or weight change is never applied twice.
@@ -23,11 +28,18 @@ then does nothing: a retried ``UpdateEndpoint`` or weight change is never applie
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from mlrollout.clock import Clock
-from mlrollout.contracts import EndpointState, ProviderContext, VariantState
+from mlrollout.contracts import (
+    OWNER_KEYS,
+    EndpointState,
+    OwnerMark,
+    ProviderContext,
+    VariantState,
+)
 from mlrollout.errors import ProviderError
 from mlrollout.plan.model import Candidate
 from mlrollout_aws import naming
@@ -62,6 +74,7 @@ _VARIANT_KEYS = (
     "RoutingConfig",
 )
 _WEIGHT_TOLERANCE = 0.01  # percent
+_TAG_UNSAFE = re.compile(r"[^\w .:/=+\-@]")
 POLL_SECONDS = 15.0
 UPDATE_TIMEOUT = 3600.0
 
@@ -88,6 +101,7 @@ class SageMakerEndpoint:
         self.poll = poll
         self.update_timeout = update_timeout
         self._models: set[str] = set()  # models known to exist
+        self._arn: str | None = None  # the endpoint's ARN, once known
 
     @classmethod
     def from_context(cls, context: ProviderContext) -> SageMakerEndpoint:
@@ -115,7 +129,7 @@ class SageMakerEndpoint:
 
     def _raw(self) -> dict[str, Any]:
         try:
-            return dict(self._call("describe_endpoint", EndpointName=self.name))
+            raw = dict(self._call("describe_endpoint", EndpointName=self.name))
         except AwsCallError as exc:
             if exc.code == "ValidationException" and "could not find" in str(exc).lower():
                 raise ProviderError(
@@ -125,6 +139,16 @@ class SageMakerEndpoint:
                     "the endpoint: it rolls out onto an existing one)",
                 ) from exc
             raise
+        if raw.get("EndpointArn"):
+            self._arn = str(raw["EndpointArn"])
+        return raw
+
+    def _endpoint_arn(self) -> str:
+        if self._arn is None:
+            self._raw()  # DescribeEndpoint sets it
+        if self._arn is None:
+            raise ProviderError(f"SageMaker did not report the ARN of endpoint {self.name!r}")
+        return self._arn
 
     def _config(self, name: str) -> dict[str, Any]:
         return dict(self._call("describe_endpoint_config", EndpointConfigName=name))
@@ -322,6 +346,38 @@ class SageMakerEndpoint:
         self._delete_unused_configs(in_use=current_name)
         return self._state(raw)
 
+    # ---------------------------------------------------------------------------- ownership
+
+    def read_owner(self) -> OwnerMark | None:
+        return OwnerMark.from_tags(self._tags(self._endpoint_arn()))
+
+    def write_owner(self, mark: OwnerMark | None) -> None:
+        arn = self._endpoint_arn()
+        if mark is None:
+            call(
+                self.client,
+                "delete_tags",
+                retry=self.retry,
+                applied=lambda: not any(k in self._tags(arn) for k in OWNER_KEYS),
+                ResourceArn=arn,
+                TagKeys=list(OWNER_KEYS),
+            )
+            return
+        wanted = {k: _tag_value(v) for k, v in mark.to_tags().items()}
+
+        def applied() -> bool:  # before a retry: did the lost attempt write it after all?
+            tags = self._tags(arn)
+            return all(tags.get(k) == v for k, v in wanted.items())
+
+        call(
+            self.client,
+            "add_tags",
+            retry=self.retry,
+            applied=applied,
+            ResourceArn=arn,
+            Tags=[{"Key": k, "Value": v} for k, v in wanted.items()],
+        )
+
     # ------------------------------------------------------------------------------ helpers
 
     def _check_model(self, model: str) -> None:
@@ -465,6 +521,12 @@ class SageMakerEndpoint:
     def _weights_are(self, raw: Mapping[str, Any], weights: Mapping[str, float]) -> bool:
         live = self._state(raw).weights()
         return all(abs(live.get(n, 0.0) - w) <= _WEIGHT_TOLERANCE for n, w in weights.items())
+
+
+def _tag_value(value: str) -> str:
+    """``value`` as a SageMaker tag value: at most 256 letters, digits, spaces and ``_.:/=+-@``
+    (a holder named after an unusual user or host name must not fail the write)."""
+    return _TAG_UNSAFE.sub("_", value)[:256]
 
 
 def _weight(variant: Mapping[str, Any]) -> float:

@@ -110,6 +110,12 @@ class SageMakerProvider:
                 "SageMaker.DeleteEndpointConfig (only configs mlrollout created)",
             ],
             "metrics": ["CloudWatch.GetMetricData (one call per look, all gates, both variants)"],
+            "owner": [
+                "SageMaker.ListTags on the endpoint (before every change)",
+                "SageMaker.AddTags mlrollout-rollout/-holder/-expires (before the first change, "
+                "then when due for refresh)",
+                "SageMaker.DeleteTags of those keys (when the rollout ends)",
+            ],
         }
 
     # ------------------------------------------------------------------------------- open

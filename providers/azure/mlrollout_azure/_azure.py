@@ -1,9 +1,13 @@
 """What the Azure ML adapter and the metrics source share: retries on the injected clock, the
 mapping of Azure errors onto mlrollout's error tree, and the clients' wire settings.
 
-The SDKs' own retry policies are switched off (``retry_total=0``): tenacity retries throttling
-(429), unavailability (500/502/503/504) and connection errors with exponential backoff and jitter,
-sleeping on the rollout's clock, so a virtual clock makes retries instant and deterministic.
+Every call goes through :func:`call`, the core's one retry loop (``mlrollout.retry.RetryPolicy``,
+as the AWS and GCP providers use it). The SDKs' own retry policies are switched off
+(``retry_total=0``): :func:`call` retries timeouts (408), throttling (429), unavailability
+(500/502/503/504) and connection errors with exponential backoff and full jitter, sleeping on the
+rollout's clock, so a virtual clock makes retries instant. For a mutation it asks ``applied()``
+before each retry whether the attempt whose answer was lost took effect after all (a DELETE
+answered 503 after it was applied, a dropped connection): if so nothing is sent again.
 """
 
 from __future__ import annotations
@@ -12,11 +16,10 @@ import contextlib
 import logging
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import tenacity
 from azure.core.exceptions import (
     ClientAuthenticationError,
     HttpResponseError,
@@ -27,6 +30,7 @@ from azure.core.exceptions import (
 
 from mlrollout.clock import Clock
 from mlrollout.errors import ProviderAuthError, ProviderError, ProviderThrottled
+from mlrollout.retry import RetryPolicy
 
 T = TypeVar("T")
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -42,11 +46,10 @@ PERMISSIONS = {
 }
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    attempts: int = 10  # as azure-core's own default (retry_total=10)
-    initial: float = 1.0  # seconds, doubled per attempt, with jitter
-    cap: float = 30.0
+def retry_policy(clock: Clock) -> RetryPolicy:
+    """The Azure clients' retry budget: 10 attempts as azure-core's own default (retry_total=10),
+    waits from up to 1 s doubling to at most 30 s, on ``clock``."""
+    return RetryPolicy(attempts=10, base=1.0, cap=30.0, sleep=clock.sleep)
 
 
 def status_of(exc: BaseException) -> int | None:
@@ -65,23 +68,43 @@ def transient(exc: BaseException) -> bool:
     return False
 
 
-def call(clock: Clock, policy: RetryPolicy, fn: Callable[[], T]) -> T:
-    """``fn()`` retried on transient errors, sleeping on ``clock``."""
-    retrying = tenacity.Retrying(
-        stop=tenacity.stop_after_attempt(policy.attempts),
-        wait=tenacity.wait_exponential_jitter(initial=policy.initial, max=policy.cap),
-        retry=tenacity.retry_if_exception(transient),
-        sleep=clock.sleep,
-        reraise=True,
-    )
-    return retrying(fn)
+def call(
+    retry: RetryPolicy,
+    fn: Callable[[], T],
+    *,
+    action: str,
+    what: str,
+    permission: str,
+    applied: Callable[[], bool] | None = None,
+) -> T | None:
+    """``fn()`` retried on transient errors; an Azure error that ends it is raised as
+    :func:`provider_error` (``action``, ``what``, ``permission``), anything else as it is.
+
+    ``applied``: for a mutation, returns True when the change is already in effect; asked before
+    each retry, and a True ends the call without sending it again (the result is then None).
+    """
+
+    def failed(exc: BaseException, attempts: int) -> BaseException:
+        if isinstance(exc, ProviderError):
+            return exc
+        if type(exc).__module__.startswith("azure.") or transient(exc):
+            return provider_error(exc, action, what, permission)
+        return exc
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # azure-ai-ml's deprecation and experimental notices
+        return retry.call(fn, retryable=transient, failed=failed, applied=applied)
 
 
-def describe_error(exc: BaseException) -> str:
-    message = getattr(exc, "message", None) or str(exc)
+def describe_error(exc: BaseException, *, first_line: bool = False) -> str:
+    """The error's message on one line of at most 300 characters (only its first line with
+    ``first_line``), led by the service's error code."""
+    message = str(getattr(exc, "message", None) or exc)
+    if first_line:
+        message = (message.strip().splitlines() or [""])[0]
     error = getattr(exc, "error", None)
     code = getattr(error, "code", None)
-    text = " ".join(str(message).split())
+    text = " ".join(message.split())
     if len(text) > 300:
         text = text[:297] + "..."
     return f"{code}: {text}" if code and code not in text else text
@@ -97,8 +120,10 @@ def provider_error(exc: BaseException, action: str, what: str, permission: str) 
         f"{PERMISSIONS.get(permission, permission)})"
     )
     if isinstance(exc, ClientAuthenticationError) and status is None:
+        # DefaultAzureCredential's message has a line per credential it tried: keep the first.
         return ProviderAuthError(
-            f"no Azure credentials to {action}: {detail}",
+            f"no Azure credentials to {action}: {describe_error(exc, first_line=True)} "
+            "(--debug shows why each credential failed)",
             hint="sign in with `az login`, or set AZURE_TENANT_ID/AZURE_CLIENT_ID/"
             "AZURE_CLIENT_SECRET (or a workload/managed identity); " + grant,
         )
@@ -157,12 +182,15 @@ def quiet() -> Iterator[None]:
 
 def quiet_sdk_loggers() -> None:
     """azure-ai-ml's modules log progress ("Check: endpoint exists") at INFO on their own
-    handlers; a rollout reports progress itself."""
+    handlers (so the level of the ``azure`` logger does not reach them); a rollout reports
+    progress itself. They are kept at least as quiet as the ``azure`` logger (which the CLI
+    silences unless ``--debug``)."""
+    parent = logging.getLogger("azure").level
     for name in ["azure.ai.ml", *logging.Logger.manager.loggerDict]:
         if name.startswith("azure.ai.ml"):
             logger = logging.getLogger(name)
             # Its activity telemetry logs an expected 404 (a probe) at ERROR: not an error here.
-            floor = logging.CRITICAL if "_telemetry" in name else logging.WARNING
+            floor = max(parent, logging.CRITICAL if "_telemetry" in name else logging.WARNING)
             if logger.level < floor:
                 logger.setLevel(floor)
 

@@ -2,10 +2,13 @@
 
 Variants are the endpoint's deployments; weights are its ``traffic`` (whole percents summing to
 100), shadow is its ``mirror_traffic`` (one deployment, at most 50 %). Every mutation first reads
-the endpoint and does nothing when it already is as asked (a retried or resumed tick never applies
-a change twice), then begins the long-running operation and waits for it on the rollout's clock,
-with a timeout, and confirms the result with a GET (the operation's poller may stop on a transient
-error; the resource is the truth).
+the endpoint and does nothing when it already is as asked (a resumed tick never applies a change
+twice), then begins the long-running operation and waits for it on the rollout's clock, with a
+timeout, and confirms the result with a GET (the operation's poller may stop on a transient error;
+the resource is the truth). A mutation whose answer is lost (a 503 or a dropped connection after
+the service took it) is not simply sent again: before each retry ``applied()`` reads the endpoint
+or deployment (waiting out an update still running) and, when the change is in effect, the call
+ends there and the wait confirms it.
 
 Calls per action (ARM requests; ``*`` = repeated while the operation runs):
 
@@ -16,6 +19,15 @@ Calls per action (ARM requests; ``*`` = repeated while the operation runs):
 - ``set_traffic`` / ``set_shadow``: GET endpoint (+ deployments), (SDK: GET workspace) PUT endpoint,
   GET operation*, GET endpoint; then ``describe``.
 - ``finalize``: DELETE deployment, GET operation*, GET deployment (404); then ``describe``.
+- a retry of a write (after a transient error): first GET endpoint (+ deployments) or GET
+  deployment, to ask whether the lost attempt applied; then the write again only if it did not.
+- ``read_owner``: GET endpoint (the mark is three of its ``tags``; one request, through the ARM
+  client ``MLClient.online_endpoints`` itself uses, without the SDK's deployments listing).
+- ``write_owner``: GET endpoint, then — unless the tags already are as asked — PATCH endpoint
+  ``{"tags": ...}`` (ARM's ``OnlineEndpoints_Update``: tags and identity only, so it cannot touch
+  ``traffic`` or ``mirror_traffic``; the SDK's ``begin_create_or_update`` would PUT the whole
+  endpoint as it was read, undoing a traffic change made since), GET operation*, GET endpoint.
+  PATCH replaces the tags whole: the write carries every other tag as it was read.
 """
 
 from __future__ import annotations
@@ -28,19 +40,26 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlrollout.clock import Clock
-from mlrollout.contracts import Capabilities, EndpointState, ProviderContext, VariantState
+from mlrollout.contracts import (
+    OWNER_KEYS,
+    Capabilities,
+    EndpointState,
+    OwnerMark,
+    ProviderContext,
+    VariantState,
+)
 from mlrollout.errors import ProviderError
 from mlrollout.plan.model import Candidate
+from mlrollout.retry import RetryPolicy
 from mlrollout.units import format_duration
 from mlrollout_azure import _azure
-from mlrollout_azure._azure import RetryPolicy
 from mlrollout_azure.spec import CAPABILITIES, MAX_MIRROR_PERCENT, MODEL_REF
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # marshmallow deprecation noise from azure-ai-ml's schemas
     from azure.ai.ml import MLClient
     from azure.ai.ml.entities import ManagedOnlineDeployment, OnlineDeployment, OnlineEndpoint
-    from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+    from azure.core.exceptions import ResourceNotFoundError
 
 #: How long a deployment may take to provision (Azure ML typically takes 5-15 minutes).
 LRO_TIMEOUT = 45 * 60.0
@@ -50,6 +69,7 @@ POLL_EVERY = 10.0
 VIRTUAL_GRACE = 0.05
 _MODEL_ID = re.compile(r"/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)$")
 _DONE = {"succeeded", "failed", "canceled"}
+_BUSY = ("creating", "updating")
 
 
 @dataclass(frozen=True)
@@ -96,7 +116,7 @@ class AzureMLEndpoint:
         self.target = target
         self.clock = clock
         self.candidate = candidate
-        self.retry = retry or RetryPolicy()
+        self.retry = retry or _azure.retry_policy(clock)
         self.lro_timeout = lro_timeout
         self.poll_every = poll_every
         self.location: str | None = None
@@ -119,19 +139,20 @@ class AzureMLEndpoint:
 
     # ------------------------------------------------------------------------------ calls
 
-    def _call(self, fn: Callable[[], Any], action: str, what: str, permission: str) -> Any:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                return _azure.call(self.clock, self.retry, fn)
-        except ProviderError:
-            raise
-        except Exception as exc:
-            if isinstance(exc, HttpResponseError | ConnectionError) or _azure.transient(exc):
-                raise _azure.provider_error(exc, action, what, permission) from exc
-            if type(exc).__module__.startswith("azure."):
-                raise _azure.provider_error(exc, action, what, permission) from exc
-            raise
+    def _call(
+        self,
+        fn: Callable[[], Any],
+        action: str,
+        what: str,
+        permission: str,
+        *,
+        applied: Callable[[], bool] | None = None,
+    ) -> Any:
+        """``fn()`` through :func:`_azure.call`; a mutation passes ``applied`` (then the result
+        is None when a retry found the change already in effect)."""
+        return _azure.call(
+            self.retry, fn, action=action, what=what, permission=permission, applied=applied
+        )
 
     def _endpoint(self) -> OnlineEndpoint:
         t = self.target
@@ -155,21 +176,28 @@ class AzureMLEndpoint:
 
     def _deployment(self, name: str) -> OnlineDeployment | None:
         t = self.target
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                found: OnlineDeployment = _azure.call(
-                    self.clock,
-                    self.retry,
-                    lambda: self.client.online_deployments.get(name, t.endpoint),
-                )
+
+        def get() -> OnlineDeployment | None:
+            try:
+                found: OnlineDeployment = self.client.online_deployments.get(name, t.endpoint)
                 return found
-        except ResourceNotFoundError:
-            return None
-        except Exception as exc:
-            raise _azure.provider_error(
-                exc, f"read deployment {name!r}", f"deployment {name!r}", "read"
-            ) from exc
+            except ResourceNotFoundError:
+                return None
+
+        found: OnlineDeployment | None = self._call(
+            get, f"read deployment {name!r}", f"deployment {name!r}", "read"
+        )
+        return found
+
+    def _settled_endpoint(self) -> OnlineEndpoint:
+        """The endpoint once no update runs on it (the one whose answer was lost may still be
+        running), waiting on the clock for at most the operation timeout."""
+        deadline = self.clock.now() + self.lro_timeout
+        while True:
+            endpoint = self._endpoint()
+            if _status(endpoint.provisioning_state) not in _BUSY or self.clock.now() >= deadline:
+                return endpoint
+            self.clock.sleep(self.poll_every)
 
     # ----------------------------------------------------------------------------- checks
 
@@ -264,12 +292,20 @@ class AzureMLEndpoint:
             readiness_probe=base.readiness_probe,
             app_insights_enabled=bool(getattr(base, "app_insights_enabled", False)),
         )
+
+        def applied() -> bool:  # before a retry: did the lost attempt create it after all?
+            found = self._deployment(candidate.name)
+            if found is None:
+                return False
+            return existing is None or _status(found.provisioning_state) in (*_BUSY, "ready")
+
         with _azure.quiet():
             poller = self._call(
                 lambda: self.client.online_deployments.begin_create_or_update(deployment),
                 f"create deployment {candidate.name!r} on {t.endpoint!r}",
                 f"online endpoint {t.endpoint!r} or model {candidate.model!r} in {t.where}",
                 "deploy",
+                applied=applied,
             )
             self._await_deployment(candidate.name, poller)
         return self.describe()
@@ -277,7 +313,7 @@ class AzureMLEndpoint:
     def set_traffic(self, weights: Mapping[str, float]) -> EndpointState:
         target = whole_percents(weights)
         endpoint = self._endpoint()
-        current = {k: int(v) for k, v in (endpoint.traffic or {}).items() if v}
+        current = _nonzero(endpoint.traffic)
         wanted = {k: v for k, v in target.items() if v}
         if current == wanted:
             return self.describe()
@@ -300,7 +336,7 @@ class AzureMLEndpoint:
             )
         wanted = {variant: round(percent)} if variant is not None and round(percent) > 0 else {}
         endpoint = self._endpoint()
-        current = {k: int(v) for k, v in (endpoint.mirror_traffic or {}).items() if v}
+        current = _nonzero(endpoint.mirror_traffic)
         if current == wanted:
             return self.describe()
         if variant is not None and endpoint.traffic.get(variant):
@@ -329,12 +365,18 @@ class AzureMLEndpoint:
                 f"traffic ({gone.shadow_percent:g}% mirrored)",
                 hint="move its traffic away first (set_traffic)",
             )
+
+        def applied() -> bool:  # before a retry: did the lost attempt delete it after all?
+            found = self._deployment(retire)
+            return found is None or _status(found.provisioning_state) == "deleting"
+
         with _azure.quiet():
             poller = self._call(
                 lambda: self.client.online_deployments.begin_delete(retire, t.endpoint),
                 f"delete deployment {retire!r} of {t.endpoint!r}",
                 f"deployment {retire!r} in {t.where}",
                 "delete",
+                applied=applied,
             )
             self._wait(poller, f"deleting deployment {retire!r}", lambda: self._deleted(retire))
         return self.describe()
@@ -354,31 +396,119 @@ class AzureMLEndpoint:
                 )
             self.clock.sleep(self.poll_every)
 
+    # --------------------------------------------------------------------------- ownership
+
+    def read_owner(self) -> OwnerMark | None:
+        return OwnerMark.from_tags(_tags_of(self._arm_endpoint()))
+
+    def write_owner(self, mark: OwnerMark | None) -> None:
+        t = self.target
+        tags = _tags_of(self._arm_endpoint())
+        wanted = {k: v for k, v in tags.items() if k not in OWNER_KEYS}
+        if mark is not None:
+            wanted.update(mark.to_tags())
+        if wanted == tags:
+            return
+        ours = _owner_tags(wanted)
+        operations = self._arm_operations()
+        action = (
+            f"mark the owner on online endpoint {t.endpoint!r}"
+            if mark is not None
+            else f"remove the owner mark from online endpoint {t.endpoint!r}"
+        )
+        with _azure.quiet():
+            poller = self._call(
+                lambda: operations.begin_update(
+                    resource_group_name=t.resource_group,
+                    workspace_name=t.workspace,
+                    endpoint_name=t.endpoint,
+                    body={"tags": wanted},
+                    polling=False,  # no poller thread: the GETs of ``check`` confirm it
+                ),
+                action,
+                f"online endpoint {t.endpoint!r} in {t.where}",
+                "write",
+                # before a retry: did the lost attempt write the mark after all?
+                applied=lambda: _owner_tags(self._settled_endpoint().tags or {}) == ours,
+            )
+
+            sent = self.clock.now()
+
+            def check() -> str | None:
+                live = self._arm_endpoint()
+                status = _status(live.properties.provisioning_state)
+                if status not in ("ready", "failed", "canceled"):
+                    return None
+                if _owner_tags(_tags_of(live)) == ours:
+                    return "ok"
+                if status == "ready" and self.clock.now() - sent < 3 * self.poll_every:
+                    return None  # accepted, not begun yet (there is no poller to ask)
+                return f"the endpoint is {status} with tags {_tags_of(live)}"
+
+            self._wait(poller, action, check)
+
+    def _arm_operations(self) -> Any:
+        """The ARM operations on online endpoints that ``MLClient.online_endpoints`` calls itself
+        (azure-ai-ml's generated client, on MLClient's pipeline: same credential, cloud and
+        retry settings). MLClient has no public PATCH of an endpoint."""
+        operations = getattr(self.client.online_endpoints, "_online_operation", None)
+        if operations is None or not hasattr(operations, "begin_update"):
+            raise ProviderError(
+                "this azure-ai-ml has no ARM client for online endpoints to write the ownership "
+                "mark (tags) with",
+                hint="install the azure-ai-ml version mlrollout-azure is tested with "
+                "(pip install -U 'mlrollout[azure]')",
+            )
+        return operations
+
+    def _arm_endpoint(self) -> Any:
+        """The endpoint as ARM returns it, in one GET (for its tags and provisioning state)."""
+        t = self.target
+        operations = self._arm_operations()
+        return self._call(
+            lambda: operations.get(
+                resource_group_name=t.resource_group,
+                workspace_name=t.workspace,
+                endpoint_name=t.endpoint,
+            ),
+            f"read online endpoint {t.endpoint!r}",
+            f"online endpoint {t.endpoint!r} in {t.where}",
+            "read",
+        )
+
     # -------------------------------------------------------------------------- operations
 
     def _update_endpoint(self, endpoint: OnlineEndpoint, action: str) -> None:
         t = self.target
+        want_traffic = _nonzero(endpoint.traffic)
+        want_mirror = _nonzero(endpoint.mirror_traffic)
+
+        def in_effect(live: OnlineEndpoint) -> bool:
+            return (_nonzero(live.traffic), _nonzero(live.mirror_traffic)) == (
+                want_traffic,
+                want_mirror,
+            )
+
         with _azure.quiet():
             poller = self._call(
                 lambda: self.client.online_endpoints.begin_create_or_update(endpoint),
                 action,
                 f"online endpoint {t.endpoint!r} in {t.where}",
                 "write",
+                # before a retry: did the lost attempt update it after all?
+                applied=lambda: in_effect(self._settled_endpoint()),
             )
-            want_traffic = {k: v for k, v in (endpoint.traffic or {}).items() if v}
-            want_mirror = {k: v for k, v in (endpoint.mirror_traffic or {}).items() if v}
 
             def check() -> str | None:
                 live = self._endpoint()
                 status = _status(live.provisioning_state)
                 if status not in ("ready", "failed"):
                     return None
-                traffic = {k: v for k, v in (live.traffic or {}).items() if v}
-                mirror = {k: v for k, v in (live.mirror_traffic or {}).items() if v}
-                if traffic == want_traffic and mirror == want_mirror:
+                if in_effect(live):
                     return "ok"
-                if status == "ready" and not poller.done():
+                if status == "ready" and poller is not None and not poller.done():
                     return None  # the update has not begun yet
+                traffic, mirror = _nonzero(live.traffic), _nonzero(live.mirror_traffic)
                 return f"the endpoint is {status} with traffic {traffic}, mirror {mirror}"
 
             self._wait(poller, action, check)
@@ -473,6 +603,20 @@ def whole_percents(weights: Mapping[str, float]) -> dict[str, int]:
     for name in by_remainder[:short]:
         floors[name] += 1
     return floors
+
+
+def _nonzero(split: Mapping[str, Any] | None) -> dict[str, int]:
+    """A traffic or mirror split without its zero entries (Azure drops them)."""
+    return {k: int(v) for k, v in (split or {}).items() if v}
+
+
+def _tags_of(endpoint: Any) -> dict[str, str]:
+    return {str(k): str(v) for k, v in (getattr(endpoint, "tags", None) or {}).items()}
+
+
+def _owner_tags(tags: Mapping[str, Any]) -> dict[str, str]:
+    """The ownership mark's tags among ``tags``."""
+    return {k: str(v) for k, v in tags.items() if k in OWNER_KEYS}
 
 
 def _status(state: Any) -> str:

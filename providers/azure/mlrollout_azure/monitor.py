@@ -35,8 +35,8 @@ from mlrollout.clock import Clock
 from mlrollout.contracts import CustomValue, MetricsQuery, ProviderContext, Window
 from mlrollout.errors import ProviderError
 from mlrollout.plan.model import LATENCY_METRICS, Gate
+from mlrollout.retry import RetryPolicy
 from mlrollout_azure import _azure
-from mlrollout_azure._azure import RetryPolicy
 from mlrollout_azure.azureml import AzureMLEndpoint, AzureTarget, target_of
 from mlrollout_azure.spec import ENDPOINT_NAMESPACE
 
@@ -81,7 +81,7 @@ class AzureMonitorMetrics:
         self._client: Any = None
         self.target = target
         self.clock = clock
-        self.retry = retry or RetryPolicy()
+        self.retry = retry or _azure.retry_policy(clock)
         self.calls = 0
 
     @classmethod
@@ -207,21 +207,15 @@ class AzureMonitorMetrics:
                 filter=group.filter,
             )
 
-        try:
-            results = _azure.call(self.clock, self.retry, run)
-        except ProviderError:
-            raise
-        except Exception as exc:
-            if type(exc).__module__.startswith("azure.") or _azure.transient(exc):
-                raise _azure.provider_error(
-                    exc,
-                    f"read Azure Monitor metrics {', '.join(group.metrics)}",
-                    f"metrics of {group.resource_id}",
-                    "metrics",
-                ) from exc
-            raise
+        results = _azure.call(
+            self.retry,
+            run,
+            action=f"read Azure Monitor metrics {', '.join(group.metrics)}",
+            what=f"metrics of {group.resource_id}",
+            permission="metrics",
+        )
         out: dict[str, list[Any]] = defaultdict(list)
-        for result in results:
+        for result in results or ():
             for metric in result.metrics:
                 out[metric.name] += list(metric.timeseries)
         return out

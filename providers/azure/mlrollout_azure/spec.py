@@ -119,6 +119,12 @@ class AzureMLProvider:
                 "Azure Monitor metrics:getBatch RequestLatency_P50/P90/P95/P99 (latency gates)",
                 "Azure Monitor metrics:getBatch per custom metric group (custom gates)",
             ],
+            "owner": [
+                "AzureML GET onlineEndpoint (its tags; before every change)",
+                "AzureML PATCH onlineEndpoint tags mlrollout-rollout/-holder/-expires + poll its "
+                "operation (before the first change, then when due for refresh)",
+                "AzureML PATCH onlineEndpoint tags without them (when the rollout ends)",
+            ],
         }
 
     # ------------------------------------------------------------------------------- open

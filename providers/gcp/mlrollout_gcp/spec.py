@@ -149,6 +149,12 @@ class VertexProvider:
                 "Vertex.GetOperation (polled until done)",
             ],
             "metrics": metrics,
+            "owner": [
+                "Vertex.GetEndpoint (the endpoint's labels; before every change)",
+                "Vertex.UpdateEndpoint (updateMask labels: mlrollout-rollout/-holder/-expires; "
+                "before the first change, then when due for refresh)",
+                "Vertex.UpdateEndpoint (updateMask labels, without them, when the rollout ends)",
+            ],
         }
 
     # ------------------------------------------------------------------------------- open

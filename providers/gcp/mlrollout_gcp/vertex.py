@@ -15,7 +15,13 @@ transport (the gRPC default hangs against emulators and needs more plumbing behi
 - set_traffic: ``UpdateEndpoint`` with update mask ``traffic_split`` (integer percents summing to
   100, rounded by largest remainder);
 - finalize: ``ListOperations`` as for prepare, ``UndeployModel`` of the retired model with the
-  final split, then ``GetOperation``.
+  final split, then ``GetOperation``;
+- read_owner: ``GetEndpoint`` (the mark is three of the endpoint's ``labels``);
+- write_owner: ``GetEndpoint``, then — unless the labels already are as asked — ``UpdateEndpoint``
+  with update mask ``labels`` and the endpoint's labels with ours set (``OwnerMark.to_tags(
+  label_safe=True)``: lowercase, at most 63 characters) or removed (``None``). The mask makes the
+  service change the labels and nothing else (no traffic change, no redeploy); the map is replaced
+  whole, so the write carries every other label as it was read.
 
 Every mutation is idempotent: it is skipped when the endpoint already shows it, and a retried call
 first checks whether the earlier attempt took effect.
@@ -35,8 +41,10 @@ from google.protobuf import field_mask_pb2
 
 from mlrollout.clock import Clock
 from mlrollout.contracts import (
+    OWNER_KEYS,
     Capabilities,
     EndpointState,
+    OwnerMark,
     ProviderContext,
     VariantState,
 )
@@ -80,6 +88,10 @@ def integer_split(weights: Mapping[str, float]) -> dict[str, int]:
     for name in order[:left]:
         floors[name] += 1
     return floors
+
+
+def _owner_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in labels.items() if k in OWNER_KEYS}
 
 
 class VertexEndpoint:
@@ -426,6 +438,30 @@ class VertexEndpoint:
 
     def wait_until_stable(self, timeout: float) -> EndpointState:
         return self.describe()  # every change is waited for when it is made
+
+    # ----------------------------------------------------------------------------- ownership
+
+    def read_owner(self) -> OwnerMark | None:
+        return OwnerMark.from_tags(dict(self._get().labels))
+
+    def write_owner(self, mark: OwnerMark | None) -> None:
+        labels = dict(self._get().labels)
+        wanted = {k: v for k, v in labels.items() if k not in OWNER_KEYS}
+        if mark is not None:
+            wanted.update(mark.to_tags(label_safe=True))
+        if wanted == labels:
+            return
+        ours = _owner_labels(wanted)
+
+        def applied() -> bool:  # before a retry: did the lost attempt write them after all?
+            return _owner_labels(dict(self._get().labels)) == ours
+
+        self._call(
+            "update_endpoint",
+            applied=applied,
+            endpoint=aiplatform_v1.Endpoint(name=self.resource(), labels=wanted),
+            update_mask=field_mask_pb2.FieldMask(paths=["labels"]),
+        )
 
     # ----------------------------------------------------------------------------- operations
 

@@ -113,9 +113,7 @@ def test_good_candidate_is_promoted_and_baseline_retired(tmp_path: Path) -> None
     assert world.run_to_end() == Phase.SUCCEEDED
     assert world.endpoint() == {"v2": 100.0}
     assert world.kinds()[-1] == "promoted"
-    looks = [
-        e for e in world.store.events(world.record.id) if e.kind in LOOK_KINDS
-    ]
+    looks = [e for e in world.store.events(world.record.id) if e.kind in LOOK_KINDS]
     assert len(looks) == 20  # one per minute over two 10-minute analyses
 
 

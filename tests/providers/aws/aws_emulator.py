@@ -16,7 +16,11 @@ project-owned layer for what moto lacks. boto3 reaches it over real HTTP through
   on the new config — or fails (``fail_updates``: ``rollback`` = back to ``InService`` on the old
   config with a ``FailureReason``; or ``Failed`` / ``UpdateRollbackFailed``);
 - **adds status transitions**: a weight change leaves the endpoint ``Updating`` for
-  ``weights_seconds``.
+  ``weights_seconds``;
+- **fixes SageMaker's tagging** where moto differs (:meth:`AwsEmulator.tags`): ``AddTags``
+  overwrites the value of a key the resource has (moto appends a second tag with the same key),
+  refuses more than 50 tags and values outside SageMaker's pattern; ``AddTags``, ``ListTags`` and
+  ``DeleteTags`` on an unknown resource answer ``ValidationException`` (moto: a 500).
 
 :func:`extend_cloudwatch` replaces moto's metric storage for the test session (moto expands
 ``Values``/``Counts`` into one datum per count, has no percentile statistics, no pagination): points
@@ -50,6 +54,10 @@ from werkzeug.serving import make_server
 
 _SCOPE = re.compile(r"Credential=[^/]+/[^/]+/([^/]+)/([^/]+)/")
 _RPC = re.compile(r"/service/[^/]+/operation/([A-Za-z]+)")
+_TAG_OPERATIONS = frozenset({"AddTags", "ListTags", "DeleteTags"})
+MAX_TAGS = 50  # per SageMaker resource
+#: SageMaker's tag value pattern (``\p{L}\p{Z}\p{N}_.:/=+\-@``, at most 256), near enough.
+_TAG_VALUE = re.compile(r"[\w .:/=+\-@]{0,256}")
 
 
 # ---------------------------------------------------------------------------------- faults
@@ -199,11 +207,14 @@ class Layer:
             fault = next((f for f in em.faults if f.matches(service, operation)), None)
         if fault is not None and not fault.after:
             return self._send(start_response, *error_response(service, fault.kind, wire))
+        answer = None
         if service == "sagemaker" and operation == "UpdateEndpoint":
             with em.lock:
-                status, headers, out = em.update_endpoint(region, json.loads(body or b"{}"))
-        else:
-            status, headers, out = self._moto(environ)
+                answer = em.update_endpoint(region, json.loads(body or b"{}"))
+        elif service == "sagemaker" and operation in _TAG_OPERATIONS:
+            with em.lock:
+                answer = em.tags(region, operation, json.loads(body or b"{}"))
+        status, headers, out = answer if answer is not None else self._moto(environ)
         ok = status.startswith("2")
         if ok:
             with em.lock:
@@ -413,6 +424,40 @@ class AwsEmulator:
 
         self._later(self.update_seconds, finish)
         return _json("200 OK", {"EndpointArn": endpoint.arn})
+
+    def tags(
+        self, region: str, operation: str, request: dict[str, Any]
+    ) -> tuple[str, list[tuple[str, str]], bytes] | None:
+        """SageMaker's AddTags (all of it) and the unknown-resource answer of ListTags and
+        DeleteTags; None leaves the request to moto."""
+        arn = str(request.get("ResourceArn", ""))
+        try:
+            resource = self.backend(region)._get_resource_from_arn(arn)
+        except Exception:  # moto's lookup fails on an ARN of a kind it does not know
+            resource = None
+        if resource is None:
+            return _validation(f"Could not find resource {arn}.")
+        if operation != "AddTags":
+            return None
+        tags = {t["Key"]: t["Value"] for t in resource.tags}
+        added = list(request.get("Tags") or [])
+        bad = [t["Value"] for t in added if not _TAG_VALUE.fullmatch(str(t.get("Value", "")))]
+        if bad:
+            return _validation(
+                f"Tag values {bad} fail to satisfy the constraint {_TAG_VALUE.pattern}"
+            )
+        tags.update({t["Key"]: t["Value"] for t in added})
+        if len(tags) > MAX_TAGS:
+            return _validation(
+                f"A resource has at most {MAX_TAGS} tags; {arn} would have {len(tags)}."
+            )
+        resource.tags = [{"Key": k, "Value": v} for k, v in tags.items()]
+        return _json("200 OK", {"Tags": added})
+
+    def endpoint_tags(self, name: str, region: str = "us-east-1") -> list[tuple[str, str]]:
+        """The endpoint's tags as the emulator holds them, sorted (a key twice shows twice)."""
+        endpoint = self.endpoint(name, region)
+        return sorted((t["Key"], t["Value"]) for t in (endpoint.tags if endpoint else []))
 
     def weights_changed(self, region: str, name: str) -> None:
         endpoint = self.endpoint(name, region)

@@ -14,6 +14,7 @@ from aws_traffic import BAD, GOOD
 from mlrollout_aws._aws import RetryPolicy
 from mlrollout_aws.s3state import S3StateStore
 
+from mlrollout.engine.engine import LOOK_KINDS
 from mlrollout.engine.runner import Runner, RunOutcome
 from mlrollout.errors import ExitCode, LeaseHeld, NeedsHuman
 from mlrollout.plan.loader import load_plan
@@ -104,6 +105,11 @@ def test_a_bad_candidate_is_rolled_back_and_leaves_nothing_behind(world):
         "UpdateEndpointWeightsAndCapacities": 2,  # 10 %, then back to 0 %
         "DeleteEndpointConfig": 1,
     }
+    # The ownership mark (endpoint tags): read before every change and at the start and the end
+    # (6 ListTags; finalize reads 2 more for its configs), written once, removed at the end.
+    owner = {op: world.emulator.count(op) for op in ("ListTags", "AddTags", "DeleteTags")}
+    assert owner == {"ListTags": 8, "AddTags": 1, "DeleteTags": 1}
+    assert world.emulator.endpoint_tags("churn") == []
 
 
 def test_a_good_candidate_is_promoted_and_serves_alone(world):
@@ -124,10 +130,7 @@ def test_a_good_candidate_is_promoted_and_serves_alone(world):
         "DeleteEndpointConfig": 1,
     }
     # Calls per stage (SageMaker and CloudWatch), as the journal saw them.
-    looks = sum(
-        stages.by_kind.get(k, Counter())["GetMetricData"]
-        for k in ("look", "analysis.passed", "analysis.failed", "analysis.inconclusive")
-    )
+    looks = sum(stages.by_kind.get(k, Counter())["GetMetricData"] for k in LOOK_KINDS)
     assert looks == outcome.state.looks
     assert stages.by_kind["prepare.applied"]["UpdateEndpoint"] == 1
     assert stages.by_kind["finalize.applied"]["DeleteEndpointConfig"] == 1
@@ -196,7 +199,9 @@ def test_a_missing_model_stops_with_exit_6_before_any_change(world):
     assert info.value.exit_code == ExitCode.PROVIDER
     assert sum(mutations(world).values()) == 0
     assert world.configs() == [original]
-    assert runner.store.get_rollout(record.id).phase == "pending"
+    # it changed nothing: it ends aborted, and does not block the retry once the model exists
+    assert runner.store.get_rollout(record.id).phase == "aborted"
+    assert runner.create(load_plan(str(world.plan()))).phase == "pending"
 
 
 def test_a_failed_update_stops_recorded_and_resume_finishes_it(world):

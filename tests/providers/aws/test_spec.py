@@ -155,6 +155,11 @@ def test_describe_calls_name_the_sagemaker_and_cloudwatch_calls():
     calls = provider_spec("sagemaker").describe_calls(plan)
     assert calls["set_traffic"][0] == "SageMaker.UpdateEndpointWeightsAndCapacities"
     assert len(calls["metrics"]) == 1 and "GetMetricData" in calls["metrics"][0]
+    assert [c.split()[0] for c in calls["owner"]] == [
+        "SageMaker.ListTags",
+        "SageMaker.AddTags",
+        "SageMaker.DeleteTags",
+    ]
 
 
 def test_iam_policy_command(tmp_path, capsys):
@@ -187,6 +192,18 @@ def test_iam_policy_command(tmp_path, capsys):
     delete = next(s for s in policy["Statement"] if "sagemaker:DeleteEndpointConfig" in s["Action"])
     assert delete["Resource"].endswith(":endpoint-config/churn-scoring-mlr-*")
     assert delete["Condition"] == {"StringEquals": {"aws:ResourceTag/mlrollout:managed": "true"}}
+    # The ownership mark: tag writes on the endpoint itself, only with mlrollout's own keys.
+    owner = next(s for s in policy["Statement"] if s["Sid"] == "MarkEndpointOwner")
+    assert owner["Action"] == ["sagemaker:AddTags", "sagemaker:DeleteTags"]
+    assert owner["Resource"] == "arn:aws:sagemaker:us-east-1:*:endpoint/churn-scoring"
+    assert owner["Condition"] == {
+        "ForAllValues:StringEquals": {
+            "aws:TagKeys": ["mlrollout-rollout", "mlrollout-holder", "mlrollout-expires"]
+        }
+    }
+    read = next(s for s in policy["Statement"] if s["Sid"] == "ReadEndpoint")
+    assert "sagemaker:ListTags" in read["Action"]
+    assert "arn:aws:sagemaker:us-east-1:*:endpoint/churn-scoring" in read["Resource"]
     objects = next(s for s in policy["Statement"] if "s3:PutObject" in s["Action"])
     assert objects["Resource"] == "arn:aws:s3:::team-rollouts/prod/*"
 

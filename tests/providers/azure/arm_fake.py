@@ -4,17 +4,25 @@ tokens over plain HTTP). The certificate (a throwaway CA and a leaf for 127.0.0.
 with ``cryptography`` when the fake starts; clients trust it through ``REQUESTS_CA_BUNDLE``.
 
 What it keeps (per subscription/resource group/workspace): the workspace, its models, its managed
-online endpoints (``traffic``, ``mirrorTraffic``) and their deployments. Writes answer the way ARM
-does: ``201``/``202`` with an ``Azure-AsyncOperation`` header; the operation reports ``InProgress``
-until the fake's (virtual) clock passes its ``done_at``, then ``Succeeded`` or ``Failed`` and the
-change takes effect. Rules checked like the service: traffic is whole percents summing to 100 on
-existing deployments, mirror traffic goes to one deployment at most 50 % and not to one serving
-live traffic, a deployment that takes traffic cannot be deleted.
+online endpoints (``traffic``, ``mirrorTraffic``, ``tags``) and their deployments. Writes answer
+the way ARM does: ``201``/``202`` with an ``Azure-AsyncOperation`` header; the operation reports
+``InProgress`` until the fake's (virtual) clock passes its ``done_at``, then ``Succeeded`` or
+``Failed`` and the change takes effect. Rules checked like the service: traffic is whole percents
+summing to 100 on existing deployments, mirror traffic goes to one deployment at most 50 % and not
+to one serving live traffic, a deployment that takes traffic cannot be deleted. A PUT of an
+endpoint replaces it whole, as ARM's PUT does: a PUT that leaves out the traffic (or the tags) sets
+none, and shows in ``applied`` as a traffic change. A PATCH of an endpoint
+(``OnlineEndpoints_Update``) takes only ``tags`` and ``identity`` — anything else is refused — and
+replaces the tags; tag changes are recorded in ``tag_writes``, not ``applied`` (they serve
+nothing).
 
 Faults: a seeded share of requests answered 429/503 before anything is applied, one-shot faults
-on matching requests, ``deny`` (401/403), slow or failing provisioning per deployment name.
-Everything is recorded: ``requests`` (method, path, status) and ``applied`` (each change that took
-effect), so tests count calls per stage and check that nothing was applied twice.
+on matching requests (``once``: answered instead of applied; ``lost``: applied, then answered 503
+or with a dropped connection, the answer the client never gets), ``deny`` (401/403), slow or
+failing provisioning per deployment (or endpoint) name. Everything is recorded: ``requests``
+(method, path, status; :data:`DROPPED` for a connection closed without an answer) and ``applied``
+(each change that took effect), so tests count calls per stage and check that nothing was applied
+twice.
 
 ``POST /subscriptions/{s}/metrics:getBatch`` serves Azure Monitor metrics from a
 :class:`~mlrollout.sandbox.traffic.TrafficModel` driven by the traffic history the fake recorded
@@ -60,6 +68,8 @@ DIMENSIONS = {
     "RequestsPerMinute": {"deployment", "statuscodeclass", "statuscode", "modelstatuscode"},
     **{name: {"deployment"} for name in LATENCY_METRICS},
 }
+#: The status recorded for a request whose connection was closed without an answer (``lost``).
+DROPPED = 444
 
 
 # --------------------------------------------------------------------------------- certificate
@@ -142,7 +152,10 @@ class Faults:
     deny: int | None = None  # 401 or 403 on every ARM request
     deny_writes: int | None = None  # ... on writes only
     once: list[tuple[str, str, int]] = field(default_factory=list)  # (METHOD, path regex, status)
-    slow: dict[str, float] = field(default_factory=dict)  # deployment -> provisioning seconds
+    #: (METHOD, path regex, status or DROPPED): the first matching request that succeeds is
+    #: applied, then answered ``status`` (or its connection closed): its answer is lost.
+    lost: list[tuple[str, str, int]] = field(default_factory=list)
+    slow: dict[str, float] = field(default_factory=dict)  # deployment/endpoint -> seconds to apply
     fail_provisioning: dict[str, str] = field(default_factory=dict)  # deployment -> message
     rng: random.Random = field(default_factory=random.Random)
 
@@ -180,6 +193,8 @@ class ArmFake:
         self.custom_metrics: dict[str, Any] = {}
         #: the query strings of every metrics:getBatch call
         self.metric_queries: list[dict[str, list[str]]] = []
+        #: (at, endpoint, tags) after every change of an endpoint's tags.
+        self.tag_writes: list[tuple[float, str, dict[str, str]]] = []
         self._server: ThreadingHTTPServer | None = None
         self.url = ""
         self.ca_file = ""
@@ -203,6 +218,9 @@ class ArmFake:
                 status, headers, payload = fake.handle(
                     self.command, self.path, dict(self.headers), body
                 )
+                if status == DROPPED:
+                    self.close_connection = True  # the change is made; no answer goes out
+                    return
                 data = b"" if payload is None else json.dumps(payload).encode()
                 self.send_response(status)
                 for name, value in headers.items():
@@ -260,6 +278,7 @@ class ArmFake:
             "mirrorTraffic": {},
             "provisioningState": "Succeeded",
             "authMode": "Key",
+            "tags": {},
         }
         ws.deployments[name] = {}
         for dep, model in deployments.items():
@@ -319,8 +338,13 @@ class ArmFake:
                     status, out_headers, payload = self._route(method, path, query, body)
                 except _Reply as reply:
                     status, out_headers, payload = reply.status, {}, _error(*reply.args)
+                if status < 400:
+                    status, out_headers, payload = self._lose(
+                        method, path, status, out_headers, payload
+                    )
             self.requests.append((method, path, status))
-        if method == "GET" and OP_PATH.match(path) and payload.get("status") == "InProgress":
+        polling = method == "GET" and OP_PATH.match(path) and isinstance(payload, dict)
+        if polling and payload.get("status") == "InProgress":
             time.sleep(0.002)  # a poller spinning at polling_interval=0 must not hog the CPU
         return status, out_headers, payload
 
@@ -343,6 +367,18 @@ class ArmFake:
             status = faults.rng.choice((429, 503))
             return status, {"Retry-After": "0"}, _error("Injected", f"injected {status}")
         return 0, {}, None
+
+    def _lose(
+        self, method: str, path: str, status: int, headers: dict[str, str], payload: Any
+    ) -> tuple[int, dict[str, str], Any]:
+        """The answer to a request that was applied: itself, or lost as a ``lost`` fault says."""
+        for i, (m, pattern, lost) in enumerate(self.faults.lost):
+            if m == method and re.search(pattern, path):
+                del self.faults.lost[i]
+                if lost == DROPPED:
+                    return DROPPED, {}, None
+                return lost, {"Retry-After": "0"}, _error("Injected", f"injected {lost} (applied)")
+        return status, headers, payload
 
     def _route(
         self, method: str, path: str, query: dict[str, list[str]], body: bytes
@@ -396,8 +432,10 @@ class ArmFake:
         if "/deployments" not in rest:
             if method == "GET":
                 return 200, {}, _endpoint_json(ws, endpoint)
-            if method in ("PUT", "PATCH"):
+            if method == "PUT":
                 return self._put_endpoint(ws, endpoint, data)
+            if method == "PATCH":
+                return self._patch_endpoint(ws, endpoint, data)
             raise _Reply(405, "MethodNotAllowed", method)
         deployments = ws.deployments[ep_name]
         dep_name = m["dep"]
@@ -446,9 +484,11 @@ class ArmFake:
         if any(v and traffic.get(k) for k, v in mirror.items()):
             raise _Reply(400, "BadArgument", "A deployment with live traffic cannot be mirrored.")
         name = endpoint["name"]
+        tags = {str(k): str(v) for k, v in (data.get("tags") or {}).items()}
         endpoint["provisioningState"] = "Updating"
 
         def finish() -> None:
+            self._set_tags(endpoint, tags)
             new_traffic = {k: v for k, v in traffic.items() if v}
             new_mirror = {k: v for k, v in mirror.items() if v}
             if new_traffic != {k: v for k, v in endpoint["traffic"].items() if v}:
@@ -461,8 +501,42 @@ class ArmFake:
             endpoint["traffic"], endpoint["mirrorTraffic"] = new_traffic, new_mirror
             endpoint["provisioningState"] = "Succeeded"
 
-        headers = self._operation(0.0, finish)
+        headers = self._operation(self.faults.slow.get(name, 0.0), finish)
         return 201, headers, _endpoint_json(ws, endpoint)
+
+    def _patch_endpoint(
+        self, ws: Workspace, endpoint: dict[str, Any], data: dict[str, Any]
+    ) -> tuple[int, dict[str, str], Any]:
+        """ARM's OnlineEndpoints_Update: a PartialMinimalTrackedResourceWithIdentity (tags and
+        identity, nothing else), applied as a long-running operation."""
+        other = sorted(set(data) - {"tags", "identity"})
+        if other:
+            raise _Reply(
+                400,
+                "BadArgument",
+                f"A PATCH of an online endpoint takes tags and identity only, not "
+                f"{', '.join(other)}.",
+            )
+        tags = data.get("tags")
+        if tags is not None and (
+            not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values())
+        ):
+            raise _Reply(400, "BadArgument", "Tags are a map of strings.")
+        endpoint["provisioningState"] = "Updating"
+
+        def finish() -> None:
+            if tags is not None:
+                self._set_tags(endpoint, tags)
+            endpoint["provisioningState"] = "Succeeded"
+
+        headers = self._operation(self.faults.slow.get(endpoint["name"], 0.0), finish)
+        headers["Location"] = headers["Azure-AsyncOperation"]
+        return 202, headers, None
+
+    def _set_tags(self, endpoint: dict[str, Any], tags: dict[str, str]) -> None:
+        if tags != endpoint.get("tags", {}):
+            endpoint["tags"] = dict(tags)
+            self.tag_writes.append((self.clock.now(), endpoint["name"], dict(tags)))
 
     def _put_deployment(
         self, ws: Workspace, ep: str, name: str, data: dict[str, Any]
@@ -497,8 +571,8 @@ class ArmFake:
         self, ws: Workspace, ep: str, name: str
     ) -> tuple[int, dict[str, str], Any]:
         deployments = ws.deployments[ep]
-        if name not in deployments:
-            return 204, {}, None
+        if name not in deployments:  # a DELETE sent again after the first one applied
+            raise _Reply(404, "UserError", f"Deployment {name} not found.")
         endpoint = ws.endpoints[ep]
         if endpoint["traffic"].get(name) or endpoint["mirrorTraffic"].get(name):
             raise _Reply(400, "BadArgument", f"Deployment {name} takes traffic: cannot delete.")
@@ -680,6 +754,7 @@ def _endpoint_json(ws: Workspace, endpoint: dict[str, Any]) -> dict[str, Any]:
         "location": ws.location,
         "kind": "Managed",
         "identity": {"type": "SystemAssigned"},
+        "tags": dict(endpoint.get("tags", {})),
         "properties": {
             "authMode": endpoint["authMode"],
             "scoringUri": f"https://{name}.{ws.location}.inference.ml.azure.com/score",

@@ -63,6 +63,7 @@ class World:
         fake.traffic_models.clear()
         fake.custom_metrics.clear()
         fake.metric_queries.clear()
+        fake.tag_writes.clear()
         fake.faults = Faults()
         self.ws = fake.workspace(SUB, RG, WS)
         self.url = fake.url

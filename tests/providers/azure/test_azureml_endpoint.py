@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from arm_fake import DROPPED
 from azure_world import FakeCredential
 
 from mlrollout.contracts import ProviderContext
@@ -225,3 +226,74 @@ def test_a_prepare_resumed_after_a_timeout_waits_again_without_a_second_create(w
     state = endpoint.prepare(plan.candidate, "blue")  # `mlrollout resume`: the same call again
     assert state.variant("green").status == "ready"
     assert writes(world) == [("PUT", "green")]
+
+
+# ------------------------------------------------- a mutation whose answer is lost (issue 12)
+
+#: The fake applies the request, then the answer never arrives: a 503, or a dropped connection.
+LOST = [pytest.param(503, id="503-after-applying"), pytest.param(DROPPED, id="connection-dropped")]
+
+
+@pytest.mark.parametrize("lost", LOST)
+def test_a_delete_whose_answer_is_lost_ends_as_success(world, lost):
+    world.endpoint()
+    endpoint, plan = adapter(world)
+    endpoint.prepare(plan.candidate, "blue")
+    world.fake.faults.lost.append(("DELETE", r"/deployments/green$", lost))
+    state = endpoint.finalize("blue", "green")  # not "deployment 'green' not found"
+    assert [v.name for v in state.variants] == ["blue"]
+    assert world.deployments() == ["blue"]
+    assert world.fake.count("DELETE") == 1  # asked whether it applied, not sent again
+    assert world.fake.applied[-1] == ("deployment.delete", "churn", "green")
+
+
+@pytest.mark.parametrize("lost", LOST)
+def test_a_traffic_update_whose_answer_is_lost_is_not_sent_again(world, lost):
+    world.endpoint()
+    endpoint, plan = adapter(world)
+    endpoint.prepare(plan.candidate, "blue")
+    world.fake.faults.slow["churn"] = 120.0  # still updating when the retry asks
+    world.fake.faults.lost.append(("PUT", r"/onlineEndpoints/churn$", lost))
+    before = world.clock.now()
+    state = endpoint.set_traffic({"blue": 90.0, "green": 10.0})
+    assert state.weights() == {"blue": 90.0, "green": 10.0}
+    assert world.live()["traffic"] == {"blue": 90, "green": 10}
+    assert world.fake.count("PUT", r"/onlineEndpoints/churn$") == 1
+    assert world.fake.applied[-1] == ("traffic", "churn", {"blue": 90, "green": 10})
+    assert world.clock.now() - before >= 120.0  # it waited for the update, on the clock
+
+
+def test_a_mirror_update_whose_answer_is_lost_is_not_sent_again(world):
+    world.endpoint()
+    endpoint, plan = adapter(world)
+    endpoint.prepare(plan.candidate, "blue")
+    world.fake.faults.lost.append(("PUT", r"/onlineEndpoints/churn$", 503))
+    state = endpoint.set_shadow("green", 20)
+    assert state.variant("green").shadow_percent == 20.0
+    assert world.fake.count("PUT", r"/onlineEndpoints/churn$") == 1
+    assert world.fake.applied[-1] == ("mirror", "churn", {"green": 20})
+
+
+@pytest.mark.parametrize("lost", LOST)
+def test_a_deployment_create_whose_answer_is_lost_is_not_sent_again(world, lost):
+    world.endpoint()
+    world.fake.faults.slow["green"] = 300.0  # still creating when the retry asks
+    world.fake.faults.lost.append(("PUT", r"/deployments/green$", lost))
+    endpoint, plan = adapter(world)
+    state = endpoint.prepare(plan.candidate, "blue")
+    assert state.variant("green").status == "ready"
+    assert world.fake.count("PUT", r"/deployments/green$") == 1
+    assert [a for a in world.fake.applied if a[0] == "deployment.put"] == [
+        ("deployment.put", "churn", "green", "Succeeded")
+    ]
+
+
+def test_a_traffic_update_refused_before_it_applied_is_sent_again(world):
+    world.endpoint()
+    endpoint, plan = adapter(world)
+    endpoint.prepare(plan.candidate, "blue")
+    world.fake.faults.once.append(("PUT", r"/onlineEndpoints/churn$", 503))  # nothing applied
+    state = endpoint.set_traffic({"blue": 90.0, "green": 10.0})
+    assert state.weights() == {"blue": 90.0, "green": 10.0}
+    sent = [s for m, p, s in world.fake.requests if m == "PUT" and p.endswith("/churn")]
+    assert sent == [503, 201]

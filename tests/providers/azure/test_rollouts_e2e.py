@@ -11,12 +11,23 @@ import re
 from collections import Counter
 from typing import Any
 
+from arm_fake import DROPPED
 from azure_world import BAD, GOOD, PLAN
 
+from mlrollout.engine.engine import LOOK_KINDS
 from mlrollout.engine.runner import Runner, RunOutcome
 from mlrollout.errors import ExitCode
 from mlrollout.plan.loader import load_plan
 from mlrollout.state.sqlite import open_sqlite_store
+
+#: The changes a promotion of ``green`` makes, each once, in this order.
+PROMOTED = [
+    ("deployment.put", "churn", "green", "Succeeded"),
+    ("traffic", "churn", {"blue": 90, "green": 10}),
+    ("traffic", "churn", {"blue": 50, "green": 50}),
+    ("traffic", "churn", {"green": 100}),
+    ("deployment.delete", "churn", "blue"),
+]
 
 
 def _kind(method: str, path: str) -> str:
@@ -73,8 +84,7 @@ def metric_calls(world) -> int:
 
 def metric_calls_per_look(stages: CallsPerStage) -> set[int]:
     """Batch calls made by each look (0 while not one whole minute is in the window yet)."""
-    looks = ("look", "analysis.passed", "analysis.failed")
-    return {calls["POST metrics"] for kind, calls in stages.per_event if kind in looks}
+    return {calls["POST metrics"] for kind, calls in stages.per_event if kind in LOOK_KINDS}
 
 
 def test_a_bad_candidate_is_rolled_back_and_its_deployment_deleted(world, capsys):
@@ -92,6 +102,10 @@ def test_a_bad_candidate_is_rolled_back_and_its_deployment_deleted(world, capsys
         ("traffic", "churn", {"blue": 100}),
         ("deployment.delete", "churn", "green"),
     ]
+    # The ownership mark (tags, by PATCH): written before the first change, removed at the end.
+    [(_, _, marked), (_, _, removed)] = world.fake.tag_writes
+    assert marked["mlrollout-rollout"] == outcome.rollout_id and removed == {}
+    assert world.fake.count("PATCH") == 2
     # Two batch calls per look (traffic split; latency percentiles), whatever the gates.
     assert metric_calls_per_look(stages) <= {0, 2}
     assert 2 <= metric_calls(world) <= 2 * outcome.state.looks
@@ -106,13 +120,7 @@ def test_a_good_candidate_is_promoted_and_serves_alone(world):
     live = world.live()
     assert live["traffic"] == {"green": 100}
     assert world.deployments() == ["green"]
-    assert world.fake.applied == [
-        ("deployment.put", "churn", "green", "Succeeded"),
-        ("traffic", "churn", {"blue": 90, "green": 10}),
-        ("traffic", "churn", {"blue": 50, "green": 50}),
-        ("traffic", "churn", {"green": 100}),
-        ("deployment.delete", "churn", "blue"),
-    ]
+    assert world.fake.applied == PROMOTED
     assert metric_calls_per_look(stages) <= {0, 2}
     assert 4 <= metric_calls(world) <= 2 * outcome.state.looks
     by = stages.by_kind
@@ -120,7 +128,7 @@ def test_a_good_candidate_is_promoted_and_serves_alone(world):
     assert by["started"] == {
         "GET workspace": 1,
         "GET model": 1,
-        "GET endpoint": 1,
+        "GET endpoint": 2,  # describe's, and the ownership mark's (read_owner: one GET)
         "GET deployments": 2,
     }
     # describe (every tick): GET endpoint + GET deployments (inside the SDK's get), GET deployments
@@ -130,15 +138,22 @@ def test_a_good_candidate_is_promoted_and_serves_alone(world):
     # baseline (environment, code), the SDK's checks, and a confirming read when it gets there
     assert 2 <= prepare["GET deployment"] <= 3
     assert {k: v for k, v in prepare.items() if k not in ("PUT deployment", "GET deployment")} == {
-        "GET endpoint": 2,
+        # 2 the SDK's; 3 the ownership mark's, before the first change: read it, read the tags
+        # to merge, PATCH them, read to confirm
+        "GET endpoint": 5,
+        "PATCH endpoint": 1,
         "GET deployments": 2,
         "GET workspace": 1,  # the SDK reads the workspace's region
     }
     shifts, finalize = by["set_traffic.applied"], by["finalize.applied"]
     assert shifts["PUT endpoint"] == 3 and finalize["DELETE deployment"] == 1  # writes: exact
-    # reads (as measured; an SDK poller thread may add a confirming read now and then)
-    assert 12 <= shifts["GET endpoint"] <= 15 and 12 <= shifts["GET deployments"] <= 15
-    assert 2 <= finalize["GET endpoint"] <= 3 and 4 <= finalize["GET deployments"] <= 5
+    # reads (as measured; an SDK poller thread may add a confirming read now and then), one GET
+    # endpoint of them per change the ownership mark's (read before every change)
+    assert 15 <= shifts["GET endpoint"] <= 18 and 12 <= shifts["GET deployments"] <= 15
+    assert 3 <= finalize["GET endpoint"] <= 4 and 4 <= finalize["GET deployments"] <= 5
+    assert "PATCH endpoint" not in shifts and "PATCH endpoint" not in finalize  # mark fresh
+    # the end: read the mark, read the tags to merge, PATCH them without it, read to confirm
+    assert by["promoted"]["PATCH endpoint"] == 1
     last_look = [calls for kind, calls in stages.per_event if kind == "look"][-1]
     assert last_look == {"GET endpoint": 1, "GET deployments": 2, "POST metrics": 2}
 
@@ -170,13 +185,7 @@ def test_throttling_and_unavailability_on_a_fifth_of_the_calls_change_nothing(wo
     injected = [r for r in world.fake.requests if r[2] in (429, 503)]
     assert len(injected) >= 20
     # Nothing applied twice: the same changes, once each, as without faults.
-    assert world.fake.applied == [
-        ("deployment.put", "churn", "green", "Succeeded"),
-        ("traffic", "churn", {"blue": 90, "green": 10}),
-        ("traffic", "churn", {"blue": 50, "green": 50}),
-        ("traffic", "churn", {"green": 100}),
-        ("deployment.delete", "churn", "blue"),
-    ]
+    assert world.fake.applied == PROMOTED
     puts = [p for m, p, s in world.fake.requests if m == "PUT" and s < 400]
     assert len([p for p in puts if re.search(r"/deployments/green$", p)]) == 1
 
@@ -194,3 +203,22 @@ def test_throttling_on_a_bad_candidate_still_rolls_back(world):
         "traffic",
         "deployment.delete",
     ]
+
+
+def test_answers_lost_after_every_kind_of_change_still_apply_each_change_once(world):
+    # The fake applies each of these, then answers 503 or drops the connection (issue 12).
+    world.fake.faults.lost += [
+        ("PUT", r"/deployments/green$", 503),
+        ("PUT", r"/onlineEndpoints/churn$", DROPPED),
+        ("PUT", r"/onlineEndpoints/churn$", 503),
+        ("DELETE", r"/deployments/blue$", 503),
+    ]
+    outcome = rollout(world, candidate=GOOD)
+    assert outcome.exit_code == ExitCode.OK, outcome.state.reason
+    assert world.fake.faults.lost == []  # every one was hit
+    assert world.live()["traffic"] == {"green": 100}
+    assert world.deployments() == ["green"]
+    assert world.fake.applied == PROMOTED
+    # Each write sent once: the retries asked first whether the lost attempt had applied.
+    writes = Counter(_kind(m, p) for m, p, _ in world.fake.requests if m in ("PUT", "DELETE"))
+    assert writes == {"PUT deployment": 1, "PUT endpoint": 3, "DELETE deployment": 1}

@@ -122,3 +122,11 @@ def test_custom_queries_are_checked():
     assert any("unknown key 'metrc'" in m for m in messages)
     assert any("needs metric" in m for m in messages)
     assert any("not an Azure Monitor aggregation" in m for m in messages)
+
+
+def test_preview_lists_the_ownership_calls():
+    plan = parse_plan(BASE.format(strategy=CANARY, interval="60s", model="m:1", sub=SUB), "p").plan
+    owner = provider_spec("azureml").describe_calls(plan)["owner"]
+    assert owner[0].startswith("AzureML GET onlineEndpoint")
+    assert all(c.startswith("AzureML PATCH onlineEndpoint tags") for c in owner[1:])
+    assert not any("PUT" in c for c in owner)  # a PUT would carry the traffic as it was read

@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 from gcp_world import BAD, GOOD, World
 
+from mlrollout.engine.engine import LOOK_KINDS
 from mlrollout.engine.runner import Runner, RunOutcome
 from mlrollout.errors import ExitCode
 from mlrollout.plan.loader import load_plan
 from mlrollout.state.sqlite import SqliteStateStore
 
 MUTATIONS = ("DeployModel", "UpdateEndpoint", "UndeployModel")
-LOOK_EVENTS = ("look", "analysis.passed", "analysis.failed", "analysis.inconclusive")
 
 
 class CallsPerStage:
@@ -74,6 +74,11 @@ def test_a_bad_candidate_is_rolled_back_and_undeployed(world):
     assert applied(world)[2][1]["split"] == {"1001": 100}
     [(_, undeploy, _)] = [b for b in world.vertex.bodies if b[0] == "UndeployModel"]
     assert undeploy["trafficSplit"] == {"1001": 100}
+    # The ownership mark: written (labels) before the first change, removed at the end.
+    [(_, _, marked), (_, _, removed)] = world.vertex.label_writes
+    assert marked["mlrollout-rollout"] == outcome.rollout_id and removed == {}
+    masks = [q["updateMask"] for c, _, q in world.vertex.bodies if c == "UpdateEndpoint"]
+    assert masks == [["labels"], ["trafficSplit"], ["trafficSplit"], ["labels"]]
 
 
 def test_a_good_candidate_is_promoted_and_serves_alone(world, capsys):
@@ -92,7 +97,7 @@ def test_a_good_candidate_is_promoted_and_serves_alone(world, capsys):
     looks = outcome.state.looks
     assert looks >= 4
     assert len(world.monitoring.calls) == 3 * looks
-    assert sum(stages.by_kind.get(k, Counter())["ListTimeSeries"] for k in LOOK_EVENTS) == 3 * looks
+    assert sum(stages.by_kind.get(k, Counter())["ListTimeSeries"] for k in LOOK_KINDS) == 3 * looks
     assert stages.by_kind["prepare.applied"]["DeployModel"] == 1
     assert stages.by_kind["finalize.applied"]["UndeployModel"] == 1
     with capsys.disabled():

@@ -8,15 +8,21 @@ A small HTTP server on 127.0.0.1 (port 0) in a thread, keeping state:
   finish ``op_seconds`` later on the injected clock (or fail, see ``fail_operations``); the change
   is applied when the operation finishes, and operations are polled at ``GET /ui/{operation}``;
   a done operation carries a typed ``response`` (``@type``);
-- ``PATCH .../endpoints/ID?updateMask=traffic_split`` applies a split at once;
+- ``PATCH .../endpoints/ID?updateMask=...`` applies the masked fields at once, and only those
+  (``traffic_split`` and/or ``labels``; any other field in the body is ignored, as a field mask
+  says): a PATCH with ``updateMask=labels`` never changes the split;
 - ``GET .../models/M`` answers for the models :meth:`add_model` made.
 
 Validation as Vertex does it: a split is whole percents summing to 100 over deployed models; the
-model to undeploy takes no traffic after the undeploy. Errors are ``{"error": {code, message,
-status}}`` with the HTTP code. Faults: ``fault_rate`` answers that share of requests with 429 or
-503 *before* doing anything (seeded); ``deny`` answers 403 for the named calls. Every request is
-recorded in ``calls`` (call name, HTTP status) and every applied change in ``applied``; the weight
-history per endpoint (by display name, on the injected clock) feeds the Cloud Monitoring fake.
+model to undeploy takes no traffic after the undeploy; labels as GCP allows them (at most 64; keys
+1-63 characters starting with a lowercase letter, values at most 63, both of lowercase letters,
+digits, ``_`` and ``-``: ASCII only, stricter than GCP's international lowercase). Errors are
+``{"error": {code, message, status}}`` with the HTTP code. Faults: ``fault_rate`` answers that
+share of requests with 429 or 503 *before* doing anything (seeded); ``deny`` answers 403 for the
+named calls. Every request is recorded in ``calls`` (call name, HTTP status) and every applied
+change to what is deployed or served in ``applied`` (label changes go to ``label_writes``: they
+serve nothing); the weight history per endpoint (by display name, on the injected clock) feeds the
+Cloud Monitoring fake.
 """
 
 from __future__ import annotations
@@ -46,6 +52,11 @@ _OPERATION = re.compile(r"^/ui/(?P<name>projects/.+/operations/[^/]+)$")
 _OPERATIONS = re.compile(
     r"^/(?:ui|v1)/(?P<name>projects/[^/]+/locations/[^/]+/endpoints/[^/]+)/operations$"
 )
+_LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+_LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
+MAX_LABELS = 64
+#: Update mask paths the fake applies (either spelling: the REST transport sends camelCase).
+_MASK = {"traffic_split": "traffic_split", "trafficSplit": "traffic_split", "labels": "labels"}
 _STATUS = {
     400: "FAILED_PRECONDITION",
     403: "PERMISSION_DENIED",
@@ -54,6 +65,16 @@ _STATUS = {
     429: "RESOURCE_EXHAUSTED",
     503: "UNAVAILABLE",
 }
+
+
+def _check_labels(labels: dict[str, Any]) -> None:
+    if len(labels) > MAX_LABELS:
+        raise ApiError(400, f"{len(labels)} labels: at most {MAX_LABELS}")
+    for key, value in labels.items():
+        if not _LABEL_KEY.match(str(key)):
+            raise ApiError(400, f"label key {key!r} is not a valid label key")
+        if not isinstance(value, str) or not _LABEL_VALUE.match(value):
+            raise ApiError(400, f"label value {value!r} (of {key!r}) is not a valid label value")
 
 
 class ApiError(Exception):
@@ -80,6 +101,7 @@ class Endpoint:
     display_name: str
     deployed: list[dict[str, Any]] = field(default_factory=list)
     split: dict[str, int] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
     #: (at, {display name: percent}) after every change, on the injected clock.
     history: list[tuple[float, dict[str, float]]] = field(default_factory=list)
 
@@ -89,6 +111,7 @@ class Endpoint:
             "displayName": self.display_name,
             "deployedModels": [dict(d) for d in self.deployed],
             "trafficSplit": dict(self.split),
+            "labels": dict(self.labels),
         }
 
     def weights(self) -> dict[str, float]:
@@ -121,6 +144,8 @@ class VertexFake:
             self.calls: list[tuple[str, int]] = []
             self.bodies: list[tuple[str, dict[str, Any], dict[str, list[str]]]] = []
             self.applied: list[tuple[str, dict[str, Any]]] = []
+            #: (at, endpoint id, labels) after every change of an endpoint's labels.
+            self.label_writes: list[tuple[float, str, dict[str, str]]] = []
             self.names: dict[str, str] = {}  # deployed model id -> display name, ever
             self.op_seconds = 0.0
             self.fail_operations: set[str] = set()
@@ -290,15 +315,29 @@ class VertexFake:
         return self._operation(ep, "UndeployModel", apply)
 
     def update(self, ep: Endpoint, body: dict[str, Any], mask: str) -> dict[str, Any]:
-        paths = {p.strip() for p in mask.split(",") if p.strip()}
-        if paths != {"traffic_split"} and paths != {"trafficSplit"}:
-            raise ApiError(400, f"the fake updates traffic_split only, not {sorted(paths)}")
+        given = [p.strip() for p in mask.split(",") if p.strip()]
+        unknown = sorted(p for p in given if p not in _MASK)
+        if not given or unknown:
+            raise ApiError(
+                400, f"the fake updates traffic_split and labels only, not {unknown or given}"
+            )
+        paths = {_MASK[p] for p in given}
         split = {str(k): v for k, v in (body.get("trafficSplit") or {}).items()}
-        self._check_split(ep, split, None)
-        if not split:
-            raise ApiError(400, "an empty traffic split")
-        ep.split = {k: v for k, v in split.items() if v > 0}
-        self._record(ep, self.clock.now(), "UpdateEndpoint", {"split": dict(ep.split)})
+        labels = dict(body.get("labels") or {})
+        if "traffic_split" in paths:
+            self._check_split(ep, split, None)
+            if not split:
+                raise ApiError(400, "an empty traffic split")
+        if "labels" in paths:
+            _check_labels(labels)
+        # Validated: now apply what the mask names, and nothing else.
+        if "traffic_split" in paths:
+            ep.split = {k: v for k, v in split.items() if v > 0}
+            self._record(ep, self.clock.now(), "UpdateEndpoint", {"split": dict(ep.split)})
+        if "labels" in paths and labels != ep.labels:
+            ep.labels = labels
+            endpoint_id = ep.name.rsplit("/", 1)[-1]
+            self.label_writes.append((self.clock.now(), endpoint_id, dict(labels)))
         return ep.json()
 
     # ------------------------------------------------------------------------------- serving
