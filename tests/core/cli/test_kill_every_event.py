@@ -144,3 +144,45 @@ def test_sigkill_at_every_journal_event_then_resume_or_reconcile(
             finish_and_check(state, which, "resume" if tried % 2 == 0 else "reconcile")
             tried += 1
     print(f"\n{which}: {tried} SIGKILL points of {total} events tried, all recovered")
+
+
+@pytest.mark.slow
+def test_sigkill_at_every_journal_event_then_abort_rolls_back(tmp_path: Path, hook: Path) -> None:
+    """The same kill points, answered by `mlrollout abort ID` (the operator gives up on the
+    rollout): whatever was in flight, it ends rolled back, unless the promotion had already
+    retired the baseline (then the abort is refused as too late, and says so)."""
+    reference = tmp_path / "reference"
+    assert mlrollout(reference, "run", "--yes", str(PLANS["good"])).returncode == 0
+    total = len(rollout_events(reference))
+    outcomes: dict[str, int] = {}
+    for n in range(1, total):
+        state = tmp_path / f"kill-{n}"
+        env = {"MLROLLOUT_TEST_DIE_AT": str(n), "MLROLLOUT_TEST_DIE_BEFORE": "0"}
+        killed = mlrollout(state, "run", "--yes", str(PLANS["good"]), hook=hook, env=env)
+        assert killed.returncode == -9, (n, killed.stderr[-2000:])
+        store = open_sqlite_store(str(state))
+        try:
+            rid = store.list_rollouts()[0].id
+        finally:
+            store.close()
+        aborted = mlrollout(state, "abort", rid)
+        assert aborted.returncode == 0, (n, aborted.stderr[-2000:])
+        assert "Traceback" not in aborted.stderr
+        store = open_sqlite_store(str(state))
+        try:
+            phase = store.get_rollout(rid).phase
+            kinds = [e.kind for e in store.events(rid)]
+            live = store.get_value("sandbox", "churn-scoring")
+        finally:
+            store.close()
+        outcomes[phase] = outcomes.get(phase, 0) + 1
+        serving = {k: v["weight"] for k, v in (live or {"variants": {}})["variants"].items()}
+        if "abort.refused" in kinds:
+            assert phase == "succeeded" and serving == {"v8": 100.0}, n
+        elif phase == "aborted":
+            assert "started" not in kinds, n  # only before any change
+        else:
+            assert phase == "rolled_back", (n, phase, kinds)
+            assert {k: v for k, v in serving.items() if v} == {"v6": 100.0}, n
+    assert outcomes.get("rolled_back", 0) > total // 2, outcomes
+    print(f"\nabort after SIGKILL at {total - 1} points: {outcomes}")
