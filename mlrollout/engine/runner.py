@@ -12,7 +12,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from mlrollout.clock import Clock, ScaledClock, SystemClock, VirtualClock
 from mlrollout.contracts import ProviderContext, ProviderSpec, endpoint_key
@@ -31,6 +31,9 @@ from mlrollout.plan.loader import LoadedPlan, parse_plan
 from mlrollout.plan.model import Plan
 from mlrollout.plugins import provider_spec
 from mlrollout.state.base import Lease, RolloutRecord, StateStore
+
+if TYPE_CHECKING:
+    from mlrollout.report.webhook import WebhookNotifier
 
 LEASE_TTL = 60.0  # wall-clock seconds; renewed every third of it while running
 MAX_REAL_SLEEP = 5.0  # wall-clock seconds between ticks at most: commands are noticed quickly
@@ -166,6 +169,8 @@ class Runner:
         #: Set (e.g. by a signal handler) to stop between two ticks: the change in flight is
         #: finished and recorded first, so `resume` continues exactly there.
         self.stop_requested = False
+        #: Webhook notifiers of the engines opened; drive() closes them (a bounded flush).
+        self._notifiers: list[WebhookNotifier] = []
 
     # ------------------------------------------------------------------------------- create
 
@@ -207,7 +212,7 @@ class Runner:
             notifier = WebhookNotifier([n.webhook for n in plan.notify], record.id, plan.name)
             listeners.append(notifier)
             # delivered off the critical path; drive() closes it (a bounded flush) at the end
-            self._notifiers: list[WebhookNotifier] = [*getattr(self, "_notifiers", []), notifier]
+            self._notifiers.append(notifier)
         return Engine(
             rollout_id=record.id,
             plan=plan,
@@ -363,11 +368,9 @@ class Runner:
             self._release_lease(quiet=True)
             raise
         finally:
-            from contextlib import suppress
-
-            notifiers, self._notifiers = getattr(self, "_notifiers", []), []
+            notifiers, self._notifiers = self._notifiers, []
             for notifier in notifiers:  # a bounded flush; none after a stop (do not hold it up)
-                with suppress(Exception):  # never mask the error in flight; close says why
+                with contextlib.suppress(Exception):  # never mask the error in flight
                     notifier.close(0.0 if self.stop_requested else None)
             self._release_lease()
 
