@@ -153,6 +153,10 @@ def render_preview(data: dict[str, object], *, stderr: bool = False) -> None:
     assert isinstance(before, dict)
     out.print("API calls `run` would make:")
     out.print(f"  before:        {', '.join(before['api_calls'])}")
+    ownership = data.get("ownership")
+    if isinstance(ownership, dict) and ownership["api_calls"]:
+        owner_calls = ", ".join(ownership["api_calls"])
+        out.print(f"  ownership:     {owner_calls}")
     calls: dict[str, str] = {}
     for step in steps:
         if step["api_calls"]:

@@ -137,6 +137,8 @@ def build_preview(loaded: LoadedPlan) -> dict[str, Any]:
             + (calls.get("finalize", []) if plan.rollback.cleanup else []),
         },
         "before": {"api_calls": calls.get("describe", []) + calls.get("prepare", [])},
+        # read before every change; written before the first one and removed at the end
+        "ownership": {"api_calls": calls.get("owner", [])},
         "min_seconds": elapsed_min,
         "max_seconds": None if math.isinf(elapsed_max) else elapsed_max,
         "min": format_duration(elapsed_min),

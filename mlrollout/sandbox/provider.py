@@ -88,6 +88,7 @@ class LocalProvider:
             "prepare": [f"sandbox: add variant {plan.candidate.name} at 0%"],
             "set_traffic": ["sandbox: set weights"],
             "finalize": ["sandbox: remove variant"],
+            "owner": ["sandbox: read/write the endpoint's owner mark"],
             "metrics": ["sandbox: synthesize windows (seeded)"],
         }
 
