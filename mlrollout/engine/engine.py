@@ -28,6 +28,7 @@ from mlrollout.contracts import (
     Window,
 )
 from mlrollout.engine.phases import Phase, can_move
+from mlrollout.engine.strategies import ExecStep, Strategy, strategy_for
 from mlrollout.errors import (
     EndpointDrifted,
     EndpointOwned,
@@ -37,7 +38,7 @@ from mlrollout.errors import (
     UsageError,
 )
 from mlrollout.plan.model import Plan
-from mlrollout.plan.timeline import ExecStep, expand_steps, planned_looks
+from mlrollout.plan.timeline import planned_looks
 from mlrollout.state.base import Event, Lease, StateStore
 from mlrollout.units import format_duration
 
@@ -128,7 +129,11 @@ class Engine:
         self.holder = holder
         self.wall = wall
         self._failed_listeners: set[int] = set()
-        self.steps: list[ExecStep] = expand_steps(plan)
+        strategy = strategy_for(plan)
+        if strategy is None:  # `plan validate` refuses such a plan before anything is recorded
+            raise MlrolloutError(f"the engine cannot run strategy {plan.strategy.type!r} yet")
+        self.strategy: Strategy = strategy
+        self.steps: list[ExecStep] = strategy.steps(plan)
         self.state = state or RolloutState(candidate=plan.candidate.name)
         looks = planned_looks(plan)
         # Each analyze step (and each watched approval wait) is a stage with fresh cumulative
@@ -284,7 +289,7 @@ class Engine:
             live = self.adapter.set_traffic(args["weights"])
             self.state.weights = live.weights()
         elif action == "prepare":
-            live = self.adapter.prepare(self.plan.candidate, args["baseline"])
+            live = self.adapter.prepare(self.strategy.candidate(self.plan), args["baseline"])
             self.state.weights = live.weights()
         elif action == "finalize":
             live = self.adapter.finalize(args["keep"], args["retire"])
@@ -376,6 +381,7 @@ class Engine:
     def _tick_progressing(self, live: EndpointState, now: float) -> TickResult:
         state = self.state
         if state.step >= len(self.steps):
+            assert self.strategy.ending(self.plan) == "promote"
             self._move(Phase.PROMOTING)
             return self._result(now, self.record("steps.completed", {}))
         step = self.steps[state.step]
@@ -487,13 +493,11 @@ class Engine:
             }
         candidate = windows.get(state.candidate, Window())
         baseline = windows.get(state.baseline, Window())
-        # With no traffic on the baseline there is nothing to compare against: only absolute
-        # gates judge (e.g. a bake at 100 %).
-        base_weight = state.weights.get(state.baseline, 0.0)
         number = max(1, round((now - start) / self.plan.analysis.interval))
-        if base_weight <= 0:
+        if self.strategy.comparison(state.weights, state.baseline) == "absolute":
             return self.absolute_gates.look(candidate, baseline, look=number, horizon=horizon)
         # The configured split, for the sample-ratio-mismatch check.
+        base_weight = state.weights.get(state.baseline, 0.0)
         cand_weight = state.weights.get(state.candidate, 0.0)
         share = cand_weight / (cand_weight + base_weight)
         return self.gates.look(
@@ -674,10 +678,7 @@ class Engine:
 
     def _split(self, candidate_weight: float) -> dict[str, float]:
         assert self.state.baseline is not None
-        return {
-            self.state.candidate: candidate_weight,
-            self.state.baseline: 100.0 - candidate_weight,
-        }
+        return self.strategy.weights(candidate_weight, self.state.candidate, self.state.baseline)
 
     def _enter_step(self, index: int) -> None:
         self.state.step = index

@@ -7,80 +7,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
-from mlrollout.plan.model import (
-    AnalyzeWindow,
-    Approve,
-    CanaryStrategy,
-    LinearStrategy,
-    Plan,
-)
+from mlrollout.engine.strategies.base import ExecStep, StepKind
+from mlrollout.plan.model import Plan
 
-StepKind = Literal["weight", "analyze", "pause", "approve"]
-
-
-@dataclass(frozen=True)
-class ExecStep:
-    index: int
-    kind: StepKind
-    weight: float | None = None  # for "weight": the candidate's new share, percent
-    window: AnalyzeWindow | None = None  # for "analyze"
-    pause: float | None = None  # for "pause", seconds
-    approve: Approve | None = None  # for "approve"
-
-    def describe(self) -> str:
-        from mlrollout.units import format_duration
-
-        if self.kind == "weight":
-            return f"set candidate weight to {self.weight:g}%"
-        if self.kind == "analyze":
-            assert self.window is not None
-            if self.window.adaptive:
-                return (
-                    f"analyze {format_duration(self.window.min)}-{format_duration(self.window.max)}"
-                    " (adaptive)"
-                )
-            return f"analyze {format_duration(self.window.max)}"
-        if self.kind == "pause":
-            assert self.pause is not None
-            return f"pause {format_duration(self.pause)}"
-        assert self.approve is not None
-        timeout = self.approve.timeout
-        if timeout is None:
-            return "wait for approval (no timeout)"
-        return (
-            f"wait for approval (timeout {format_duration(timeout)}, "
-            f"then {self.approve.on_timeout})"
-        )
+__all__ = ["ExecStep", "StepKind", "TimedStep", "expand_steps", "planned_looks", "timeline"]
 
 
 def expand_steps(plan: Plan) -> list[ExecStep]:
-    """The executable steps of a canary or linear plan (other strategies: empty for now)."""
-    strategy = plan.strategy
-    steps: list[ExecStep] = []
-    if isinstance(strategy, CanaryStrategy):
-        for step in strategy.steps:
-            steps.append(
-                ExecStep(
-                    index=len(steps),
-                    kind=step.kind,  # type: ignore[arg-type]
-                    weight=step.weight,
-                    window=step.analyze,
-                    pause=step.pause,
-                    approve=step.approve,
-                )
-            )
-    elif isinstance(strategy, LinearStrategy):
-        weight = 0.0
-        window = AnalyzeWindow(min=strategy.every, max=strategy.every, adaptive=False)
-        while True:
-            weight = min(100.0, weight + strategy.step)
-            if weight >= 100.0:
-                break
-            steps.append(ExecStep(index=len(steps), kind="weight", weight=weight))
-            steps.append(ExecStep(index=len(steps), kind="analyze", window=window))
-    return steps
+    """The executable steps of the plan's strategy module (empty for a strategy the engine
+    cannot run yet: ``plan validate`` refuses those)."""
+    from mlrollout.engine.strategies import strategy_for
+
+    strategy = strategy_for(plan)
+    return [] if strategy is None else strategy.steps(plan)
 
 
 @dataclass(frozen=True)

@@ -182,7 +182,7 @@ def test_provider_declarations() -> None:
     assert LocalProviderSpec.strategies == {"canary", "linear"}
     calls = LocalProviderSpec.describe_calls(plan())
     assert calls["prepare"] == ["sandbox: add variant v7 at 0%"]
-    assert set(calls) == {"describe", "prepare", "set_traffic", "finalize", "metrics"}
+    assert set(calls) == {"describe", "prepare", "set_traffic", "finalize", "metrics", "owner"}
 
 
 def test_check_plan() -> None:

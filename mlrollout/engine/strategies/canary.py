@@ -1,0 +1,32 @@
+"""``canary``: the plan's own steps (``weight``, ``analyze``, ``pause``, ``approve``), in order."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mlrollout.engine.strategies.base import ExecStep, SplitStrategy
+
+if TYPE_CHECKING:
+    from mlrollout.plan.model import Plan
+
+
+class Canary(SplitStrategy):
+    name = "canary"
+
+    def steps(self, plan: Plan) -> list[ExecStep]:
+        from mlrollout.plan.model import CanaryStrategy
+
+        strategy = plan.strategy
+        if not isinstance(strategy, CanaryStrategy):  # a partial plan (validation goes on)
+            return []
+        return [
+            ExecStep(
+                index=i,
+                kind=step.kind,  # type: ignore[arg-type]
+                weight=step.weight,
+                window=step.analyze,
+                pause=step.pause,
+                approve=step.approve,
+            )
+            for i, step in enumerate(strategy.steps)
+        ]
