@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mlrollout.engine.engine import LOOK_KINDS
+from mlrollout.engine.events import LOOK_KINDS
 from mlrollout.engine.runner import Runner
 from mlrollout.plan.loader import load_plan
 from mlrollout.state.sqlite import SqliteStateStore

@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 from statistics import NormalDist
 
+from mlrollout.analysis.measures import Criteria
 from mlrollout.analysis.mixture import kl_bernoulli
 from mlrollout.plan.model import LATENCY_METRICS, Gate
 from mlrollout.units import format_duration, format_rate
@@ -78,9 +79,9 @@ def expect(gate: Gate, alpha: float, share: float, baseline_rate: float = 0.01) 
     q = LATENCY_METRICS.get(gate.metric)
     if gate.metric == "requests":
         return Expectation("request count (exact)", None, None, note="decides on the count")
-    margin = gate.margin
-    split = max(1, sum(x is not None for x in (gate.max, gate.min, gate.vs_baseline)))
-    alpha /= split
+    criteria = Criteria.of(gate)
+    margin = criteria.margin
+    alpha /= criteria.split
     if margin is not None:
         limit = 1 + margin.amount if margin.kind == "relative" else None
         if q == 0.5:
@@ -105,7 +106,7 @@ def expect(gate: Gate, alpha: float, share: float, baseline_rate: float = 0.01) 
             method = "mixture SPRT on requests beyond the baseline's quantile (always valid)"
         else:
             method = "mixture SPRT on the conditional binomial (always valid)"
-            if gate.worse_when == "decrease":  # a custom rate such as thumbs-up
+            if criteria.worse == "decrease":  # a custom rate such as thumbs-up
                 p0 = 0.5
                 low = 1 - margin.amount if margin.kind == "relative" else 1 - margin.amount / p0
                 fail = _conditional(p0, 0.5, share, 1.0, alpha, FAIL_EXTRA_NATS)
@@ -120,7 +121,7 @@ def expect(gate: Gate, alpha: float, share: float, baseline_rate: float = 0.01) 
         fail = _conditional(p0, 2.0, share, 1.0, alpha, FAIL_EXTRA_NATS)
         healthy = _conditional(p0, 1.0, share, limit, alpha, EXTRA_NATS) if limit > 1 else None
         return Expectation(method, fail, healthy, what)
-    bound = gate.max_value if gate.max_value is not None else gate.min_value
+    bound = criteria.max if criteria.max is not None else criteria.min
     if bound is None:
         return Expectation("records only", None, None)
     if q is not None:

@@ -23,7 +23,7 @@ Two families are used:
   alternatives being drifts (used for the Mann-Whitney rank statistic on latency).
 
 :func:`normal_cs_radius` is Robbins' normal-mixture confidence sequence, used to print an
-always-valid interval next to each estimate.
+always-valid interval next to each estimate (:func:`normal_cs_z`: the same in standard errors).
 """
 
 from __future__ import annotations
@@ -166,6 +166,12 @@ def normal_cs_radius(information: float, alpha: float, rho: float = 20.0) -> flo
         return math.inf
     v = information + rho
     return math.sqrt(v * math.log(v / (rho * alpha * alpha))) / information
+
+
+def normal_cs_z(information: float, alpha: float) -> float:
+    """The normal quantile an always-valid interval uses at this much information (the radius of
+    :func:`normal_cs_radius` in standard errors)."""
+    return normal_cs_radius(max(information, 1e-9), alpha) * math.sqrt(max(information, 1e-9))
 
 
 def kl_bernoulli(p: float, q: float) -> float:

@@ -12,8 +12,8 @@ import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from mlrollout.analysis.engine import GateSet
-from mlrollout.analysis.gates import DecisionRule
+from mlrollout.analysis.gateset import GateSet
+from mlrollout.analysis.rule import DecisionRule
 from mlrollout.analysis.verdict import Verdict
 from mlrollout.contracts import CustomValue, LatencyHistogram, Window
 from mlrollout.plan.model import Analysis
@@ -106,19 +106,18 @@ class Monitor:
 
     def observe(self, candidate: Window | None, baseline: Window | None) -> Verdict:
         """Add one interval per variant and judge the stage's totals. ``None`` (the source
-        returned nothing) or a window with ``error`` set adds nothing; that look HOLDs."""
+        returned nothing) or a window with ``error`` set adds nothing, for either variant; that
+        look judges the totals so far with the missing variant as no data (its failed query as
+        an error measurement), so every gate that needs it HOLDs."""
         self.looks += 1
-        if (
-            candidate is not None
-            and baseline is not None
-            and not (candidate.error or baseline.error)
-        ):
+        usable = [w is not None and not w.error for w in (candidate, baseline)]
+        if all(usable):
+            assert candidate is not None and baseline is not None
             self.candidate = merge(self.candidate, candidate)
             self.baseline = merge(self.baseline, baseline)
-            candidate, baseline = self.candidate, self.baseline
         return self.gates.look(
-            candidate,
-            baseline,
+            self.candidate if usable[0] else candidate,
+            self.baseline if usable[1] else baseline,
             candidate_share=self.candidate_share,
             look=self.looks,
             horizon=self.horizon,

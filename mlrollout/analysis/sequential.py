@@ -34,9 +34,10 @@ Per metric:
   compared once ``min_requests`` (and, for a percentile, at least 10 requests in its tail) are in,
   and the verdict says that this guarantee is weaker.
 
-No data, a failed query, or fewer than ``min_requests`` per variant: HOLD, never PASS (v1's rules,
-shared). Each verdict states the estimate, an always-valid interval (Robbins' normal mixture),
-the evidence against the boundary, the samples, and a sentence.
+No data, a failed query, or fewer than ``min_requests`` per variant: HOLD, never PASS (the checks
+every rule shares, :class:`~mlrollout.analysis.rule.RuleBase`). Each verdict states the estimate,
+an always-valid interval (Robbins' normal mixture), the evidence against the boundary, the
+samples, and a sentence.
 """
 
 from __future__ import annotations
@@ -48,43 +49,44 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mlrollout.analysis.calibration import Pace
-from mlrollout.analysis.gates import (
+from mlrollout.analysis.measures import (
+    MEAN_NOTE,
+    PERCENTILE_NOTE,
+    Counts,
+    Criteria,
     Direction,
+    Estimate,
     Kind,
-    LookContext,
-    RuleBase,
-    _Counts,
-    _Estimate,
-    _formatter,
-    _kind,
-    _label,
-    _margin_text,
-    _measure,
-    _Result,
+    Result,
+    confidence,
+    describe_margin,
+    formatter,
+    gate_label,
+    kind_of,
+    measure,
+    measure_both,
+    nats,
+    wilson,
 )
 from mlrollout.analysis.mixture import (
     FAIL_GRID,
     PASS_GRID,
     RANK_GRID,
-    SRM_GRID,
     bernoulli_log_lr,
-    bernoulli_log_lr_two_sided,
     gaussian_log_lr,
     kl_bernoulli,
     normal_cs_radius,
+    normal_cs_z,
     pass_grid,
 )
-from mlrollout.analysis.verdict import GateVerdict, Numbers, Outcome
+from mlrollout.analysis.rule import LookContext, RuleBase, combine
+from mlrollout.analysis.verdict import Numbers, Outcome
 from mlrollout.contracts import LatencyHistogram, Window
 from mlrollout.plan.model import LATENCY_METRICS, Gate, Margin
 from mlrollout.units import format_rate
 
-#: The false-alarm budget of the sample-ratio-mismatch check, per stage. A mismatch only holds.
-SRM_ALPHA = 0.005
 _PERCENTILE_TAIL = 10  # requests in a provider percentile's tail before its value means anything
 _MIXTURE_COST = 1.0  # nats a mixture pays over a test told the effect (for "needed" estimates)
-_WEAK = "a provider percentile gives no confidence bound: a weaker guarantee"
-_WEAK_MEAN = "a mean that is not a rate gives no confidence bound: a weaker guarantee"
 _VERDICT = {Outcome.FAIL: "roll back", Outcome.PASS: "pass", Outcome.CONTINUE: "keep watching"}
 
 
@@ -110,17 +112,17 @@ class _Evidence:
 
     def text(self) -> str:
         if self.outcome is Outcome.FAIL:
-            return f"evidence {_nats(self.fail)} ≥ {self.fail_at:.1f} needed"
+            return f"evidence {nats(self.fail)} ≥ {self.fail_at:.1f} needed"
         if self.outcome is Outcome.PASS:
-            return f"evidence {_nats(self.passing)} ≥ {self.boundary:.1f} needed"
+            return f"evidence {nats(self.passing)} ≥ {self.boundary:.1f} needed"
         if abs(self.fail_at - self.boundary) < 0.05:
             return (
-                f"evidence of a regression {_nats(self.fail)}, of staying within it "
-                f"{_nats(self.passing)}, {self.boundary:.1f} needed"
+                f"evidence of a regression {nats(self.fail)}, of staying within it "
+                f"{nats(self.passing)}, {self.boundary:.1f} needed"
             )
         return (
-            f"evidence of a regression {_nats(self.fail)} ({self.fail_at:.1f} needed), of "
-            f"staying within it {_nats(self.passing)} ({self.boundary:.1f} needed)"
+            f"evidence of a regression {nats(self.fail)} ({self.fail_at:.1f} needed), of "
+            f"staying within it {nats(self.passing)} ({self.boundary:.1f} needed)"
         )
 
     def numbers(self) -> Numbers:
@@ -146,35 +148,12 @@ def _evidence(
     return _Evidence(fail, passing, top, at, down)
 
 
-def _nats(value: float) -> str:
-    if math.isinf(value):
-        return "∞" if value > 0 else "-∞"
-    return f"{value:.1f}"
-
-
 def _pct(ratio: float) -> str:
     """A ratio as a signed change: ``1.1`` → ``+10%``."""
     if not math.isfinite(ratio):
         return "+∞%"
     change = (ratio - 1) * 100
     return f"{change:+.0f}%" if abs(change) >= 10 else f"{change:+.2g}%"
-
-
-@functools.lru_cache(maxsize=256)
-def _conf(alpha: float) -> str:
-    return f"{math.floor((1.0 - alpha) * 10000) / 100:g}%"
-
-
-def _z_eff(information: float, alpha: float) -> float:
-    """The normal quantile an always-valid interval uses at this much information."""
-    return normal_cs_radius(max(information, 1e-9), alpha) * math.sqrt(max(information, 1e-9))
-
-
-def _wilson(c: _Counts, z: float) -> tuple[float, float]:
-    n, p = c.trials, c.rate
-    centre, denom = p + z * z / (2 * n), 1 + z * z / n
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, (centre - half) / denom), min(1.0, (centre + half) / denom)
 
 
 # ------------------------------------------------------------------------------- rates
@@ -246,17 +225,17 @@ def _needed_more(
 def _rates_vs_baseline(
     label: str,
     kind: Kind,
-    c: _Counts,
-    b: _Counts,
+    c: Counts,
+    b: Counts,
     margin: Margin,
     worse: Direction,
     alpha: float,
     pace: Pace | None = None,
-) -> _Result:
-    fmt = _formatter(kind)
+) -> Result:
+    fmt = formatter(kind)
     limit_ratio = _limit_ratio(margin, worse, b.rate, b.trials)
     limit_rate = b.rate * limit_ratio if b.rate > 0 else (limit_ratio * 0.5 / b.trials)
-    margin_text = _margin_text(kind, margin, worse)
+    margin_text = describe_margin(kind, margin, worse)
     ratio = c.rate / b.rate if b.rate > 0 else math.inf if c.rate > 0 else 1.0
     info = 1.0 / (1.0 / (c.events + 0.5) + 1.0 / (b.events + 0.5))
     radius = normal_cs_radius(info, alpha)
@@ -275,9 +254,9 @@ def _rates_vs_baseline(
         "alpha": alpha,
     }
     head = f"candidate {label} {fmt(c.rate)} vs baseline {fmt(b.rate)}"
-    interval = f"{_conf(alpha)} interval {_pct(r_low)} to {_pct(r_high)}"
+    interval = f"{confidence(alpha)} interval {_pct(r_low)} to {_pct(r_high)}"
     if worse == "increase" and margin.kind == "absolute" and b.rate + margin.amount >= 1:
-        return _Result(Outcome.PASS, f"{head}: the {margin_text} margin allows any rate", numbers)
+        return Result(Outcome.PASS, f"{head}: the {margin_text} margin allows any rate", numbers)
     if c.events == 0 and b.events == 0:
         # No event yet: no evidence either way (v1 passed here; a 10x regression of a 0.1 %
         # rate often shows no event in the first few hundred requests, so that is unsafe).
@@ -285,7 +264,7 @@ def _rates_vs_baseline(
             f"{head}: no event in either variant yet ({c.trials:.0f} and {b.trials:.0f} "
             f"requests), nothing to compare: keep watching (bound rare events with a max)"
         )
-        return _Result(Outcome.CONTINUE, reason, numbers)
+        return Result(Outcome.CONTINUE, reason, numbers)
     ev = conditional_evidence(
         c.events, c.trials, b.events, b.trials, limit_ratio, worse, alpha, pace=pace
     )
@@ -300,7 +279,7 @@ def _rates_vs_baseline(
         numbers |= {"ratio_lower": r_low, "ratio_upper": r_high}
         numbers |= {"lower": b.rate * r_low, "upper": b.rate * r_high}
         how = "stage-calibrated" if outcome is Outcome.FAIL and ev.lowered > 0 else "always-valid"
-        interval = f"{_conf(alpha)} {how} {side} bound {_pct(edge)}"
+        interval = f"{confidence(alpha)} {how} {side} bound {_pct(edge)}"
     samples = f"{c.events:.0f}/{c.trials:.0f} vs {b.events:.0f}/{b.trials:.0f}"
     change = _pct(ratio) if b.rate > 0 else "from none"
     if outcome is Outcome.FAIL:
@@ -324,13 +303,13 @@ def _rates_vs_baseline(
     noun = "errors" if label == "error rate" else "events"
     reason = (
         f"{head} ({change}; {interval}): {verdict}, {ev.text()}, {noun} {samples}, "
-        f"at {_conf(alpha)}: {_VERDICT[outcome]}"
+        f"at {confidence(alpha)}: {_VERDICT[outcome]}"
     )
-    return _Result(outcome, reason, numbers)
+    return Result(outcome, reason, numbers)
 
 
 def _ratio_edge(
-    c: _Counts, b: _Counts, limit: float, worse: Direction, outcome: Outcome, boundary: float
+    c: Counts, b: Counts, limit: float, worse: Direction, outcome: Outcome, boundary: float
 ) -> float:
     """The rate ratio where the deciding test stops rejecting (inverting the same mixture): the
     always-valid bound that agrees with the verdict (lower after a rollback on an increase...)."""
@@ -390,17 +369,18 @@ def _one_sample(
 def _rate_bound(
     label: str,
     kind: Kind,
-    c: _Counts,
+    c: Counts,
     bound: float,
     is_max: bool,
     alpha: float,
     pace: Pace | None = None,
-) -> _Result:
-    fmt = _formatter(kind)
+) -> Result:
+    fmt = formatter(kind)
     ev = _one_sample(c.events, c.events, c.trials, bound, is_max, alpha, pace)
-    low, high = _wilson(c, _z_eff(c.trials * max(c.rate * (1 - c.rate), 1 / c.trials), alpha))
+    interval = wilson(c, normal_cs_z(c.trials * max(c.rate * (1 - c.rate), 1 / c.trials), alpha))
+    samples = f"{c.events:.0f} of {c.trials:.0f}"
     return _bound_result(
-        label, fmt, c.rate, low, high, bound, is_max, ev, alpha, f"{c.events:.0f} of {c.trials:.0f}"
+        label, fmt, c.rate, interval.lower, interval.upper, bound, is_max, ev, alpha, samples
     )
 
 
@@ -415,7 +395,7 @@ def _bound_result(
     ev: _Evidence,
     alpha: float,
     samples: str,
-) -> _Result:
+) -> Result:
     outcome = ev.outcome
     name = "maximum" if is_max else "minimum"
     where = {
@@ -425,8 +405,8 @@ def _bound_result(
     }[outcome]
     high_text = fmt(high) if math.isfinite(high) else "unbounded"
     reason = (
-        f"candidate {label} {fmt(value)} ({_conf(alpha)} interval {fmt(low)}–{high_text}): "
-        f"{where} the {fmt(bound)} {name}, {ev.text()}, {samples}, at {_conf(alpha)}: "
+        f"candidate {label} {fmt(value)} ({confidence(alpha)} interval {fmt(low)}–{high_text}): "
+        f"{where} the {fmt(bound)} {name}, {ev.text()}, {samples}, at {confidence(alpha)}: "
         f"{_VERDICT[outcome]}"
     )
     numbers: Numbers = {
@@ -438,7 +418,7 @@ def _bound_result(
         "alpha": alpha,
         **ev.numbers(),
     }
-    return _Result(outcome, reason, numbers)
+    return Result(outcome, reason, numbers)
 
 
 # ------------------------------------------------------------------------------ latency
@@ -513,8 +493,8 @@ def _median_vs_baseline(
     alpha: float,
     q: float,
     pace: Pace | None = None,
-) -> _Result:
-    fmt = _formatter("latency")
+) -> Result:
+    fmt = formatter("latency")
     limit = _limit_fn(margin, worse)
     up = worse == "increase"
     a, info = _rank(c, b, None)
@@ -524,6 +504,7 @@ def _median_vs_baseline(
     ev = _evidence(fail, passing, alpha, "rank", info, pace)
     qc, qb = c.quantile(q), b.quantile(q)
     radius = normal_cs_radius(info, alpha)
+    low, high = max(0.0, a - radius), min(1.0, a + radius)
     numbers: Numbers = {
         "candidate": qc,
         "baseline": qb,
@@ -532,8 +513,8 @@ def _median_vs_baseline(
         "upper": None,
         "threshold": limit(qb),
         "p_slower": a,
-        "p_slower_lower": max(0.0, a - radius),
-        "p_slower_upper": min(1.0, a + radius),
+        "p_slower_lower": low,
+        "p_slower_upper": high,
         "alpha": alpha,
         **ev.numbers(),
     }
@@ -542,15 +523,15 @@ def _median_vs_baseline(
     change = f"{(qc / qb - 1) * 100:+.3g}%" if qb > 0 else "n/a"
     reason = (
         f"candidate {label} {fmt(qc)} vs baseline {fmt(qb)} ({change}; P(candidate slower) "
-        f"{a:.3f}, {_conf(alpha)} interval {max(0.0, a - radius):.3f}–{min(1.0, a + radius):.3f}, "
+        f"{a:.3f}, {confidence(alpha)} interval {low:.3f}–{high:.3f}, "
         f"rank test on {c.total} vs {b.total} requests): {verdict}, {ev.text()}, "
-        f"at {_conf(alpha)}: {_VERDICT[outcome]}"
+        f"at {confidence(alpha)}: {_VERDICT[outcome]}"
     )
-    return _Result(outcome, reason, numbers)
+    return Result(outcome, reason, numbers)
 
 
 def _latency_words(outcome: Outcome, margin: Margin, worse: Direction, limit: str) -> str:
-    margin_text = _margin_text("latency", margin, worse)
+    margin_text = describe_margin("latency", margin, worse)
     if outcome is Outcome.FAIL:
         return "slower than the baseline" if worse == "increase" else "faster than the baseline"
     if outcome is Outcome.PASS:
@@ -558,13 +539,13 @@ def _latency_words(outcome: Outcome, margin: Margin, worse: Direction, limit: st
     return f"not yet decided against the {margin_text} margin (limit {limit})"
 
 
-def _count_above(hist: LatencyHistogram, t: float, certain: bool) -> int:
-    """Requests slower than ``t``: ``certain`` counts only whole buckets above it, otherwise also
-    the bucket that holds ``t``."""
+def _possibly_above(hist: LatencyHistogram, t: float) -> int:
+    """Requests that may have been slower than ``t``: the whole buckets above it and the bucket
+    that holds it (:meth:`LatencyHistogram.count_above` counts those certainly slower)."""
     i = bisect.bisect_left(hist.bounds, t)  # bucket i holds (bounds[i-1], bounds[i]]
     if i < len(hist.bounds) and hist.bounds[i] == t:
-        return sum(hist.counts[i + 1 :])
-    return sum(hist.counts[i + 1 :]) if certain else sum(hist.counts[i:])
+        return hist.count_above(t)
+    return sum(hist.counts[i:])
 
 
 def _tail_vs_baseline(
@@ -576,15 +557,15 @@ def _tail_vs_baseline(
     alpha: float,
     q: float,
     pace: Pace | None = None,
-) -> _Result:
-    fmt = _formatter("latency")
+) -> Result:
+    fmt = formatter("latency")
     limit = _limit_fn(margin, worse)
     qb, qc = b.quantile(q), c.quantile(q)
     i = min(bisect.bisect_left(b.bounds, qb), len(b.bounds) - 1)
     t = b.bounds[i]  # the baseline's quantile, rounded up to a bucket bound
-    x_b = _count_above(b, t, certain=True)
-    x_c = _count_above(c, t, certain=True)
-    x_c_pass = _count_above(c, limit(t), certain=False)
+    x_b = b.count_above(t)
+    x_c = c.count_above(t)
+    x_c_pass = _possibly_above(c, limit(t))
     n_c, n_b = c.total, b.total
     need = math.ceil(_PERCENTILE_TAIL / (1 - q))
     numbers: Numbers = {
@@ -603,7 +584,7 @@ def _tail_vs_baseline(
             f"candidate {label} {fmt(qc)} vs baseline {fmt(qb)}: the baseline has {n_b} requests, "
             f"{need} are needed to see {_PERCENTILE_TAIL} in its tail ({need - n_b} more)"
         )
-        return _Result(Outcome.CONTINUE, reason, numbers)
+        return Result(Outcome.CONTINUE, reason, numbers)
     ratio = limit(t) / t if t > 0 else 1.0
     ev = conditional_evidence(x_c, n_c, x_b, n_b, 1.0, worse, alpha, x_c_pass, pace)
     numbers |= ev.numbers()
@@ -614,10 +595,10 @@ def _tail_vs_baseline(
     reason = (
         f"candidate {label} {fmt(qc)} vs baseline {fmt(qb)} ({change}; slower than "
         f"{fmt(t)}: {format_rate(share_c)} of {n_c} vs {format_rate(share_b)} of {n_b} requests, "
-        f"{x_c_pass} beyond {fmt(t * ratio)}): {verdict}, {ev.text()}, at {_conf(alpha)}: "
+        f"{x_c_pass} beyond {fmt(t * ratio)}): {verdict}, {ev.text()}, at {confidence(alpha)}: "
         f"{_VERDICT[outcome]}"
     )
-    return _Result(outcome, reason, numbers)
+    return Result(outcome, reason, numbers)
 
 
 def _latency_bound(
@@ -628,18 +609,18 @@ def _latency_bound(
     is_max: bool,
     alpha: float,
     pace: Pace | None = None,
-) -> _Result:
-    fmt = _formatter("latency")
+) -> Result:
+    fmt = formatter("latency")
     n = hist.total
     if is_max:  # worse: more than 1 - q of the requests slower than the bound
-        x_fail = _count_above(hist, bound, certain=True)
-        x_pass = _count_above(hist, bound, certain=False)
+        x_fail = hist.count_above(bound)
+        x_pass = _possibly_above(hist, bound)
         ev = _one_sample(x_fail, x_pass, n, 1.0 - q, True, alpha, pace)
     else:  # worse: more than q of the requests faster than the bound
-        x_fail = n - _count_above(hist, bound, certain=False)
-        x_pass = n - _count_above(hist, bound, certain=True)
+        x_fail = n - _possibly_above(hist, bound)
+        x_pass = n - hist.count_above(bound)
         ev = _one_sample(x_fail, x_pass, n, q, True, alpha, pace)
-    z = _z_eff(n * q * (1 - q), alpha)
+    z = normal_cs_z(n * q * (1 - q), alpha)
     spread = z * math.sqrt(n * q * (1 - q)) + 1.0
     low = hist.value_at_rank(n * q - spread) if n * q - spread >= 0 else 0.0
     high = hist.value_at_rank(n * q + spread) if n * q + spread < n - hist.counts[-1] else math.inf
@@ -656,12 +637,12 @@ def _latency_bound(
 def _point(
     label: str,
     kind: Kind,
-    est: _Estimate,
+    est: Estimate,
     bound: float,
     is_max: bool,
     note: str,
-) -> _Result:
-    fmt = _formatter(kind)
+) -> Result:
+    fmt = formatter(kind)
     fail = est.value > bound if is_max else est.value < bound
     outcome = Outcome.FAIL if fail else Outcome.PASS
     name = "maximum" if is_max else "minimum"
@@ -672,15 +653,15 @@ def _point(
         f"candidate {label} {fmt(est.value)}: {where} the {fmt(bound)} {name} ({note}): "
         f"{_VERDICT[outcome]}"
     )
-    return _Result(
+    return Result(
         outcome, reason, {"candidate": est.value, "estimate": est.value, "threshold": bound}
     )
 
 
 def _points_vs_baseline(
-    label: str, kind: Kind, c: _Estimate, b: _Estimate, margin: Margin, worse: Direction, note: str
-) -> _Result:
-    fmt = _formatter(kind)
+    label: str, kind: Kind, c: Estimate, b: Estimate, margin: Margin, worse: Direction, note: str
+) -> Result:
+    fmt = formatter(kind)
     limit = _limit_fn(margin, worse)(b.value)
     fail = c.value > limit if worse == "increase" else c.value < limit
     outcome = Outcome.FAIL if fail else Outcome.PASS
@@ -688,7 +669,7 @@ def _points_vs_baseline(
     where = "beyond" if fail else "within"
     reason = (
         f"candidate {label} {fmt(c.value)} vs baseline {fmt(b.value)} ({change}): {where} the "
-        f"{_margin_text(kind, margin, worse)} margin (limit {fmt(limit)}) ({note}): "
+        f"{describe_margin(kind, margin, worse)} margin (limit {fmt(limit)}) ({note}): "
         f"{_VERDICT[outcome]}"
     )
     numbers: Numbers = {
@@ -699,7 +680,7 @@ def _points_vs_baseline(
         else c.value - b.value,
         "threshold": limit,
     }
-    return _Result(outcome, reason, numbers)
+    return Result(outcome, reason, numbers)
 
 
 def _tail_short(gate: Gate, *windows: Window) -> int | None:
@@ -721,15 +702,19 @@ class MixtureSPRT(RuleBase):
 
     name = "mixture-sprt"
 
-    def _judge(self, gate: Gate, candidate: Window, baseline: Window, ctx: LookContext) -> _Result:
-        label = _label(gate)
-        max_value, min_value, margin, worse = _parsed(gate)
-        split = max(1, sum(x is not None for x in (gate.max, gate.min, gate.vs_baseline)))
+    def judge(
+        self, criteria: Criteria, candidate: Window, baseline: Window, ctx: LookContext
+    ) -> Result:
+        gate = criteria.gate
+        label = gate_label(gate)
+        margin, worse = criteria.margin, criteria.worse
+        split = criteria.split
         alpha = (ctx.alpha_test if ctx.alpha_test is not None else ctx.alpha_per_look) / split
         q = LATENCY_METRICS.get(gate.metric)
+        weak = PERCENTILE_NOTE if q is not None else MEAN_NOTE  # a point comparison's caveat
         pace = Pace(ctx.look, ctx.horizon)
-        checks: list[_Result] = []
-        for bound, is_max in ((max_value, True), (min_value, False)):
+        checks: list[Result] = []
+        for bound, is_max in ((criteria.max, True), (criteria.min, False)):
             if bound is None:
                 continue
             if q is not None and candidate.latency is not None and candidate.latency.total > 0:
@@ -737,23 +722,21 @@ class MixtureSPRT(RuleBase):
                     _latency_bound(label, candidate.latency, q, bound, is_max, alpha, pace)
                 )
                 continue
-            m = _measure(gate, candidate, "candidate", 0.0)
+            m = measure(gate, candidate, "candidate", 0.0)
             if isinstance(m, str):
-                return _Result(Outcome.HOLD, m)
-            kind = _kind(gate, m)
-            if isinstance(m, _Counts):
+                return Result(Outcome.HOLD, m)
+            kind = kind_of(gate, m)
+            if isinstance(m, Counts):
                 checks.append(_rate_bound(label, kind, m, bound, is_max, alpha, pace))
                 continue
             short = _tail_short(gate, candidate)
             if short is not None:
                 reason = (
-                    f"candidate {label} {_formatter(kind)(m.value)}: {short} more requests needed "
+                    f"candidate {label} {formatter(kind)(m.value)}: {short} more requests needed "
                     f"before a provider percentile means anything"
                 )
-                return _Result(Outcome.HOLD, reason, {"needed_requests": short})
-            checks.append(
-                _point(label, kind, m, bound, is_max, _WEAK if q is not None else _WEAK_MEAN)
-            )
+                return Result(Outcome.HOLD, reason, {"needed_requests": short})
+            checks.append(_point(label, kind, m, bound, is_max, weak))
         if margin is not None:
             ch, bh = candidate.latency, baseline.latency
             if q is not None and ch is not None and bh is not None and ch.total and bh.total:
@@ -764,60 +747,26 @@ class MixtureSPRT(RuleBase):
                 else:
                     checks.append(_tail_vs_baseline(label, ch, bh, margin, worse, alpha, q, pace))
             else:
-                mc = _measure(gate, candidate, "candidate", 0.0)
-                mb = _measure(gate, baseline, "baseline", 0.0)
-                if isinstance(mc, str) or isinstance(mb, str):
-                    return _Result(Outcome.HOLD, mc if isinstance(mc, str) else str(mb))
-                kind = _kind(gate, mc)
-                if isinstance(mc, _Counts) and isinstance(mb, _Counts):
+                pair = measure_both(gate, candidate, baseline, 0.0)
+                if isinstance(pair, str):
+                    return Result(Outcome.HOLD, pair)
+                mc, mb = pair
+                kind = kind_of(gate, mc)
+                if isinstance(mc, Counts) and isinstance(mb, Counts):
                     checks.append(
                         _rates_vs_baseline(label, kind, mc, mb, margin, worse, alpha, pace)
                     )
                 else:
-                    assert isinstance(mc, _Estimate) and isinstance(mb, _Estimate)
+                    assert isinstance(mc, Estimate) and isinstance(mb, Estimate)
                     short = _tail_short(gate, candidate, baseline)
                     if short is not None:
                         reason = (
                             f"{short} more requests needed before provider percentiles of "
                             f"{label} mean anything"
                         )
-                        return _Result(Outcome.HOLD, reason, {"needed_requests": short})
-                    note = _WEAK if q is not None else _WEAK_MEAN
-                    checks.append(_points_vs_baseline(label, kind, mc, mb, margin, worse, note))
-        if not checks:
-            return _Result(Outcome.PASS, "no bound set: the gate only records the metric")
-        worst = max(checks, key=lambda r: r.outcome)
-        numbers: Numbers = {}
-        for r in [*checks, worst]:
-            numbers.update(r.numbers)
-        return _Result(worst.outcome, "; ".join(r.reason for r in checks), numbers)
-
-
-def _parsed(gate: Gate) -> tuple[float | None, float | None, Margin | None, Direction]:
-    """A gate's parsed bounds, margin and worse direction (parsed once per distinct gate)."""
-    raw = None if gate.vs_baseline is None else gate.vs_baseline.raw
-    decrease = gate.vs_baseline is not None and gate.vs_baseline.max_decrease is not None
-    return _parse(gate.metric, gate.max, gate.min, raw, gate.direction, decrease)
-
-
-@functools.lru_cache(maxsize=1024)
-def _parse(
-    metric: str,
-    high: str | float | None,
-    low: str | float | None,
-    raw: str | float | None,
-    direction: Direction | None,
-    decrease: bool,
-) -> tuple[float | None, float | None, Margin | None, Direction]:
-    from mlrollout.plan.model import parse_margin, parse_metric_value
-
-    worse: Direction = direction or ("decrease" if decrease else "increase")
-    return (
-        None if high is None else parse_metric_value(metric, high),
-        None if low is None else parse_metric_value(metric, low),
-        None if raw is None else parse_margin(metric, raw),
-        worse,
-    )
+                        return Result(Outcome.HOLD, reason, {"needed_requests": short})
+                    checks.append(_points_vs_baseline(label, kind, mc, mb, margin, worse, weak))
+        return combine(checks)
 
 
 def _rebucket(hist: LatencyHistogram, bounds: tuple[float, ...]) -> LatencyHistogram:
@@ -827,50 +776,3 @@ def _rebucket(hist: LatencyHistogram, bounds: tuple[float, ...]) -> LatencyHisto
         if k:
             counts[bisect.bisect_left(bounds, v)] += k
     return LatencyHistogram(bounds, counts)
-
-
-# ------------------------------------------------------------------------------------- SRM
-
-
-def srm_verdict(
-    candidate_requests: int,
-    baseline_requests: int,
-    share: float,
-    alpha: float = SRM_ALPHA,
-    pace: Pace | None = None,
-) -> GateVerdict:
-    """Sample-ratio mismatch: is the observed split consistent with the configured candidate
-    ``share`` (a fraction)? A two-sided mixture SPRT on ``candidate ~ Binomial(total, share)``;
-    a mismatch is HOLD (the arms' numbers cannot be trusted), otherwise PASS."""
-    total = candidate_requests + baseline_requests
-    observed = candidate_requests / total if total else math.nan
-    evidence = bernoulli_log_lr_two_sided(candidate_requests, total, share, SRM_GRID)
-    boundary, lowered = (pace or Pace()).boundary("srm", alpha, total * share * (1 - share))
-    numbers: Numbers = {
-        "candidate": observed,
-        "estimate": observed,
-        "threshold": share,
-        "statistic": evidence,
-        "boundary": boundary,
-        "boundary_lowered": lowered,
-        "alpha": alpha,
-        "candidate_requests": candidate_requests,
-        "baseline_requests": baseline_requests,
-    }
-    seen = f"{format_rate(observed)}" if total else "nothing"
-    if total and evidence >= boundary:
-        z = _z_eff(total * share * (1 - share), alpha)
-        low, high = _wilson(_Counts(candidate_requests, total), z)
-        numbers |= {"lower": low, "upper": high}
-        reason = (
-            f"sample-ratio mismatch: the candidate got {seen} of {total} requests "
-            f"({_conf(alpha)} interval {format_rate(low)}–{format_rate(high)}), configured "
-            f"{format_rate(share)} (evidence {_nats(evidence)} ≥ {boundary:.1f}): the arms' "
-            f"numbers cannot be trusted (routing, logging or a crashing variant?): hold"
-        )
-        return GateVerdict("sample-ratio", "traffic_share", Outcome.HOLD, reason, numbers)
-    reason = (
-        f"traffic split {seen} of {total} requests to the candidate, configured "
-        f"{format_rate(share)} (mismatch evidence {_nats(evidence)} < {boundary:.1f})"
-    )
-    return GateVerdict("sample-ratio", "traffic_share", Outcome.PASS, reason, numbers)

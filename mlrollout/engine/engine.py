@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mlrollout.analysis import GateSet, Outcome, Verdict
-from mlrollout.analysis.engine import judged_stages
+from mlrollout.analysis.gateset import judged_stages
 from mlrollout.clock import Clock
 from mlrollout.contracts import (
     EndpointAdapter,
@@ -27,6 +27,7 @@ from mlrollout.contracts import (
     OwnerMark,
     Window,
 )
+from mlrollout.engine.events import COMMANDS, EventKind
 from mlrollout.engine.phases import Phase, can_move
 from mlrollout.engine.strategies import ExecStep, Strategy, strategy_for
 from mlrollout.errors import (
@@ -42,12 +43,6 @@ from mlrollout.plan.timeline import planned_looks
 from mlrollout.state.base import Event, Lease, StateStore
 from mlrollout.units import format_duration
 
-#: Event kinds of a look at the metrics: the gates' verdict is in ``data["verdict"]``.
-LOOK_KINDS = frozenset(
-    {"look", "analysis.passed", "analysis.ended", "analysis.failed", "analysis.inconclusive"}
-)
-#: Event kinds written by commands from other processes (``mlrollout promote|abort``).
-COMMANDS = ("command.promote", "command.abort")
 WEIGHT_TOLERANCE = 0.5  # percent: what counts as "the same weights" when comparing live state
 #: Wall-clock seconds an ownership mark lasts when the runner has no lease (tests, the API).
 OWNER_TTL = 60.0
@@ -151,7 +146,7 @@ class Engine:
 
     # ------------------------------------------------------------------------------ recording
 
-    def record(self, kind: str, data: dict[str, Any] | None = None) -> Event:
+    def record(self, kind: EventKind, data: dict[str, Any] | None = None) -> Event:
         self.state.now = self.clock.now()
         event = self.store.append_event(
             self.rollout_id,
@@ -233,17 +228,17 @@ class Engine:
         self.state.commands_seen = events[-1].seq
         if not commands:
             return None
-        aborts = [e for e in commands if e.kind == "command.abort"]
+        aborts = [e for e in commands if e.kind == EventKind.COMMAND_ABORT]
         return aborts[-1] if aborts else commands[-1]
 
     def _apply_command(self, command: Event) -> TickResult | None:
         phase = self.state.phase_enum
         who = command.data.get("by", "someone")
-        if command.kind == "command.abort":
+        if command.kind == EventKind.COMMAND_ABORT:
             if phase == Phase.PENDING:
                 self.state.reason = f"aborted by {who} before any change"
                 self._move(Phase.ABORTED)
-                return self._result(None, self.record("aborted", {"by": who}))
+                return self._result(None, self.record(EventKind.ABORTED, {"by": who}))
             if phase == Phase.ROLLING_BACK:
                 return None
             baseline = self.state.baseline
@@ -254,21 +249,26 @@ class Engine:
             ):
                 # The promotion already retired the baseline: there is nothing to go back to.
                 self.record(
-                    "abort.refused",
+                    EventKind.ABORT_REFUSED,
                     {"by": who, "reason": f"too late: {baseline} was already retired"},
                 )
                 return None
             return self._start_rollback(f"aborted by {who}", {"by": who})
-        if command.kind == "command.promote" and phase in (Phase.PROGRESSING, Phase.WAITING):
+        if command.kind == EventKind.COMMAND_PROMOTE and phase in (
+            Phase.PROGRESSING,
+            Phase.WAITING,
+        ):
             if command.data.get("full"):
                 self.state.waiting = None
                 self._move(Phase.PROMOTING)
-                return self._result(self.clock.now(), self.record("promote.forced", {"by": who}))
+                return self._result(
+                    self.clock.now(), self.record(EventKind.PROMOTE_FORCED, {"by": who})
+                )
             if phase == Phase.WAITING:
                 self.state.waiting = None
                 self._move(Phase.PROGRESSING)
                 self._advance()
-                return self._result(self.clock.now(), self.record("approved", {"by": who}))
+                return self._result(self.clock.now(), self.record(EventKind.APPROVED, {"by": who}))
         return None
 
     # --------------------------------------------------------------------------- mutations
@@ -276,7 +276,7 @@ class Engine:
     def _mutate(self, action: str, args: dict[str, Any]) -> Event:
         """Journal the intent, call the adapter, journal the result."""
         self.state.pending = {"action": action, **args}
-        self.record(f"{action}.requested", args)
+        self.record(EventKind.requested(action), args)
         return self._finish_pending_call()
 
     def _finish_pending_call(self) -> Event:
@@ -298,7 +298,7 @@ class Engine:
             raise MlrolloutError(f"unknown pending action {action!r} in the journal")
         self.state.pending = None
         self._after_mutation(action, args)
-        return self.record(f"{action}.applied", {**args, "weights": self.state.weights})
+        return self.record(EventKind.applied(action), {**args, "weights": self.state.weights})
 
     def _after_mutation(self, action: str, args: dict[str, Any]) -> None:
         """Advance the phase once a mutation is applied (also after a crash, on resume)."""
@@ -337,7 +337,7 @@ class Engine:
             self.state.weights = live.weights()
             self._move(Phase.SUCCEEDED)
             return self._result(
-                None, self.record("promoted", {"weights": live.weights(), "already": True})
+                None, self.record(EventKind.PROMOTED, {"weights": live.weights(), "already": True})
             )
         if self.plan.baseline == "auto":
             baseline = live.serving_all()
@@ -369,7 +369,7 @@ class Engine:
         self.state.weights = live.weights()
         self._move(Phase.PREPARING)
         event = self.record(
-            "started",
+            EventKind.STARTED,
             {"baseline": baseline, "candidate": candidate, "weights": live.weights()},
         )
         return self._result(now, event)
@@ -383,7 +383,7 @@ class Engine:
         if state.step >= len(self.steps):
             assert self.strategy.ending(self.plan) == "promote"
             self._move(Phase.PROMOTING)
-            return self._result(now, self.record("steps.completed", {}))
+            return self._result(now, self.record(EventKind.STEPS_COMPLETED, {}))
         step = self.steps[state.step]
         if step.kind == "weight":
             assert step.weight is not None
@@ -395,7 +395,7 @@ class Engine:
             if now < done_at:
                 return self._result(done_at)
             self._advance()
-            return self._result(now, self.record("step.completed", {"step": step.index}))
+            return self._result(now, self.record(EventKind.STEP_COMPLETED, {"step": step.index}))
         if step.kind == "approve":
             assert step.approve is not None
             timeout = step.approve.timeout
@@ -412,7 +412,7 @@ class Engine:
             state.next_look_at = now + self.plan.analysis.interval if watch else None
             self._move(Phase.WAITING)
             event = self.record(
-                "waiting",
+                EventKind.WAITING,
                 {
                     "reason": "approval",
                     "step": step.index,
@@ -468,11 +468,13 @@ class Engine:
             return self._inconclusive(verdict, look)
         if decided == "passed":
             self._advance()
-            return self._result(now, self.record("analysis.passed", look))
+            return self._result(now, self.record(EventKind.ANALYSIS_PASSED, look))
         if decided == "ended":  # the bake is over, no gate failed, none has passed yet
             self._advance()
-            return self._result(now, self.record("analysis.ended", {**look, "undecided": True}))
-        return self._result(state.next_look_at, self.record("look", look))
+            return self._result(
+                now, self.record(EventKind.ANALYSIS_ENDED, {**look, "undecided": True})
+            )
+        return self._result(state.next_look_at, self.record(EventKind.LOOK, look))
 
     def _look(self, start: float, now: float, *, horizon: int | None) -> Verdict:
         state = self.state
@@ -513,12 +515,13 @@ class Engine:
         if analysis.on_inconclusive == "continue":
             self._advance()
             return self._result(
-                self.clock.now(), self.record("analysis.inconclusive", {**look, "then": "continue"})
+                self.clock.now(),
+                self.record(EventKind.ANALYSIS_INCONCLUSIVE, {**look, "then": "continue"}),
             )
         return self._pause(why + " (on_inconclusive: pause)", look)
 
     def _on_failure(self, reason: str, look: dict[str, Any]) -> TickResult:
-        self.record("analysis.failed", {**look, "reason": reason})
+        self.record(EventKind.ANALYSIS_FAILED, {**look, "reason": reason})
         if self.plan.rollback.automatic:
             return self._start_rollback(reason, {})
         return self._pause(reason + " (rollback.automatic is false)", look)
@@ -531,7 +534,7 @@ class Engine:
             "on_timeout": None,
         }
         self._move(Phase.WAITING)
-        return self._result(None, self.record("paused", {"reason": reason}))
+        return self._result(None, self.record(EventKind.PAUSED, {"reason": reason}))
 
     def _tick_waiting(self, live: EndpointState, now: float) -> TickResult:
         state = self.state
@@ -552,7 +555,7 @@ class Engine:
             }
             if verdict.outcome == Outcome.FAIL:
                 return self._on_failure(_why(verdict), look)
-            event = self.record("look", look)
+            event = self.record(EventKind.LOOK, look)
         if timeout_at is None or now < timeout_at:
             watching = state.next_look_at if watch_from is not None else None
             due = [t for t in (timeout_at, watching) if t is not None]
@@ -562,7 +565,9 @@ class Engine:
             self.state.waiting = None
             self._move(Phase.PROGRESSING)
             self._advance()
-            return self._result(now, self.record("approval.timed_out", {"then": "continue"}))
+            return self._result(
+                now, self.record(EventKind.APPROVAL_TIMED_OUT, {"then": "continue"})
+            )
         return self._start_rollback(
             f"no approval after {waited} (on_timeout: rollback)", {"timed_out": True}
         )
@@ -580,14 +585,14 @@ class Engine:
             return self._result(self.clock.now(), event)
         self._release_owner()
         self._move(Phase.SUCCEEDED)
-        return self._result(None, self.record("promoted", {"weights": live.weights()}))
+        return self._result(None, self.record(EventKind.PROMOTED, {"weights": live.weights()}))
 
     def _start_rollback(self, reason: str, data: dict[str, Any]) -> TickResult:
         self.state.reason = reason
         self.state.waiting = None
         self._move(Phase.ROLLING_BACK)
         return self._result(
-            self.clock.now(), self.record("rollback.started", {"reason": reason, **data})
+            self.clock.now(), self.record(EventKind.ROLLBACK_STARTED, {"reason": reason, **data})
         )
 
     def _tick_rolling_back(self, live: EndpointState, now: float) -> TickResult:
@@ -596,7 +601,7 @@ class Engine:
         if baseline is None:  # nothing was prepared
             self._release_owner()
             self._move(Phase.ROLLED_BACK)
-            return self._result(None, self.record("rolled_back", {"reason": state.reason}))
+            return self._result(None, self.record(EventKind.ROLLED_BACK, {"reason": state.reason}))
         candidate = live.variant(state.candidate)
         target = {baseline: 100.0}
         if candidate is not None:
@@ -615,7 +620,8 @@ class Engine:
         self._release_owner()
         self._move(Phase.ROLLED_BACK)
         return self._result(
-            None, self.record("rolled_back", {"reason": state.reason, "weights": live.weights()})
+            None,
+            self.record(EventKind.ROLLED_BACK, {"reason": state.reason, "weights": live.weights()}),
         )
 
     # ---------------------------------------------------------------------------- ownership

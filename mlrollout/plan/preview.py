@@ -46,8 +46,8 @@ def gate_rule(gate: Gate) -> str:
 def gate_methods(plan: Plan) -> list[dict[str, Any]]:
     """Each gate's decision method and about how long it takes to decide, at the first analyze
     step's candidate weight (and the sandbox's traffic when the plan has one)."""
-    from mlrollout.analysis.engine import judged_stages
     from mlrollout.analysis.expected import expect
+    from mlrollout.analysis.gateset import judged_stages
 
     rows = timeline(plan)
     analyze = [r for r in rows if r.step.kind == "analyze"]

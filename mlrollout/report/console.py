@@ -19,6 +19,8 @@ from rich.table import Table
 from rich.text import Text
 
 from mlrollout.engine.engine import RolloutState
+from mlrollout.engine.events import EventKind
+from mlrollout.engine.phases import Phase
 from mlrollout.plan.timeline import ExecStep
 from mlrollout.state.base import Event
 from mlrollout.units import format_duration, format_latency, format_rate
@@ -91,30 +93,30 @@ def event_line(event: Event, state: RolloutState) -> tuple[str, str] | None:
         return None
     who = data.get("by", "someone")
     weights = data.get("weights") or {}
-    if kind == "started":
+    if kind == EventKind.STARTED:
         return "started", (
             f"baseline {data.get('baseline')} ({format_weights(weights, state)}), "
             f"candidate {data.get('candidate')}"
         )
-    if kind == "prepare.applied":
+    if kind == EventKind.PREPARE_APPLIED:
         return "prepared", f"candidate {state.candidate} created at 0% traffic"
-    if kind == "set_traffic.applied":
+    if kind == EventKind.SET_TRAFFIC_APPLIED:
         return "traffic", format_weights(weights, state)
-    if kind == "finalize.applied":
+    if kind == EventKind.FINALIZE_APPLIED:
         return "finalized", f"kept {data.get('keep')}, retired {data.get('retire')}"
-    if kind == "look" or kind.startswith("analysis."):
+    if kind == EventKind.LOOK or kind.startswith("analysis."):
         gates = "; ".join(describe_gate(g) for g in gates_of(data.get("verdict")))
         when = format_duration(float(data.get("elapsed") or 0))
-        if kind == "look":
+        if kind == EventKind.LOOK:
             return "look", f"{when} in: {gates or 'no gates'}"
-        if kind == "analysis.failed":
+        if kind == EventKind.ANALYSIS_FAILED:
             return "failed", str(data.get("reason", "a gate failed"))
-        if kind == "analysis.inconclusive":
+        if kind == EventKind.ANALYSIS_INCONCLUSIVE:
             return "undecided", f"after {when}, then {data.get('then', '?')}: {gates}"
-        if kind == "analysis.ended":
+        if kind == EventKind.ANALYSIS_ENDED:
             return "ended", f"ended undecided after {when} (no gate failed): {gates}"
         return "passed", f"analysis passed after {when}: {gates}"
-    if kind == "waiting":
+    if kind == EventKind.WAITING:
         timeout_at = data.get("timeout_at")
         within = (
             "no timeout"
@@ -122,24 +124,29 @@ def event_line(event: Event, state: RolloutState) -> tuple[str, str] | None:
             else f"times out in {format_duration(timeout_at - event.at)}"
         )
         return "waiting", f"for approval ({within})"
-    if kind == "paused":
+    if kind == EventKind.PAUSED:
         return "paused", str(data.get("reason", ""))
-    simple = {
-        "approved": ("approved", f"approved by {who}"),
-        "approval.timed_out": ("timed out", f"no approval in time, then {data.get('then')}"),
-        "promote.forced": ("promote", f"full promotion forced by {who}"),
-        "command.promote": ("command", f"promote requested by {who}"),
-        "command.abort": ("command", f"abort requested by {who}"),
-        "abort.refused": ("abort", f"abort by {who} refused: {data.get('reason')}"),
-        "step.completed": ("step", f"step {int(data.get('step', 0)) + 1} done"),
-        "steps.completed": ("steps", "all steps done, promoting"),
-        "rollback.started": ("rollback", str(data.get("reason") or state.reason or "")),
-        "promoted": ("promoted", f"{state.candidate} serves 100%"),
-        "aborted": ("aborted", f"aborted by {who} before any change"),
+    simple: dict[str, tuple[str, str]] = {
+        EventKind.APPROVED: ("approved", f"approved by {who}"),
+        EventKind.APPROVAL_TIMED_OUT: (
+            "timed out",
+            f"no approval in time, then {data.get('then')}",
+        ),
+        EventKind.PROMOTE_FORCED: ("promote", f"full promotion forced by {who}"),
+        EventKind.COMMAND_PROMOTE: ("command", f"promote requested by {who}"),
+        EventKind.COMMAND_ABORT: ("command", f"abort requested by {who}"),
+        EventKind.ABORT_REFUSED: ("abort", f"abort by {who} refused: {data.get('reason')}"),
+        EventKind.ADOPTED: ("adopted", f"live weights {format_weights(weights, state)} taken"),
+        EventKind.ADOPTED_APPLIED: ("adopted", "the current step starts over from them"),
+        EventKind.STEP_COMPLETED: ("step", f"step {int(data.get('step', 0)) + 1} done"),
+        EventKind.STEPS_COMPLETED: ("steps", "all steps done, promoting"),
+        EventKind.ROLLBACK_STARTED: ("rollback", str(data.get("reason") or state.reason or "")),
+        EventKind.PROMOTED: ("promoted", f"{state.candidate} serves 100%"),
+        EventKind.ABORTED: ("aborted", f"aborted by {who} before any change"),
     }
     if kind in simple:
         return simple[kind]
-    if kind == "rolled_back":
+    if kind == EventKind.ROLLED_BACK:
         reason = data.get("reason") or state.reason
         return "rolled back", f"{state.baseline or 'baseline'} serves 100%" + (
             f" — {reason}" if reason else ""
@@ -156,11 +163,11 @@ def describe_event(event: Event, state: RolloutState) -> str | None:
 def outcome(state: RolloutState, steps: list[ExecStep]) -> tuple[str, str]:
     """Where a rollout stands: a headline and its detail (``rolled back``, ``because …``)."""
     phase, reason = state.phase, state.reason or "no reason recorded"
-    if phase == "succeeded":
+    if phase == Phase.SUCCEEDED:
         return "promoted", f"{state.candidate} serves 100% of traffic"
-    if phase == "rolled_back":
+    if phase == Phase.ROLLED_BACK:
         return "rolled back", f"because {reason}; {state.baseline or 'the baseline'} serves 100%"
-    if phase == "aborted":
+    if phase == Phase.ABORTED:
         return "aborted", reason
     if phase == "rolling_back":
         return "rolling back", f"because {reason}"
@@ -243,11 +250,11 @@ def render(
     parts: list[RenderableType] = []
     step_list = Text()
     for step in steps:
-        if step.index < state.step or state.phase == "succeeded":
+        if step.index < state.step or state.phase == Phase.SUCCEEDED:
             step_list.append(f"  ✓ {step.describe()}\n", style="green")
-        elif step.index == state.step and state.phase in ("rolling_back", "rolled_back"):
+        elif step.index == state.step and state.phase in (Phase.ROLLING_BACK, Phase.ROLLED_BACK):
             step_list.append(f"  ✗ {step.describe()}\n", style="red")
-        elif step.index == state.step and state.phase in ("progressing", "waiting"):
+        elif step.index == state.step and state.phase in (Phase.PROGRESSING, Phase.WAITING):
             step_list.append(f"  ▶ {step.describe()}\n", style="bold")
         else:
             step_list.append(f"  · {step.describe()}\n", style="dim")
@@ -274,7 +281,7 @@ def render(
         parts.append(table)
     timing = []
     current = steps[state.step] if state.step < len(steps) else None
-    active = state.phase in ("progressing", "waiting")
+    active = state.phase in (Phase.PROGRESSING, Phase.WAITING)
     if active and current is not None and state.step_started_at is not None:
         in_step = max(0.0, state.now - state.step_started_at)
         timing.append(f"{format_duration(in_step)} in step")
@@ -331,7 +338,7 @@ class LiveReporter:
 
     def __call__(self, event: Event, state: RolloutState) -> None:
         self.state = RolloutState.from_dict(state.to_dict())
-        if self.started_at is None or event.kind == "started":
+        if self.started_at is None or event.kind == EventKind.STARTED:
             self.started_at = event.at
         text = describe_event(event, state)
         if text is not None:

@@ -9,12 +9,12 @@ from rich.console import Group, RenderableType
 from rich.text import Text
 
 from mlrollout.engine.engine import RolloutState
+from mlrollout.engine.events import EventKind
+from mlrollout.engine.phases import Phase
 from mlrollout.plan.timeline import ExecStep
 from mlrollout.report.console import describe_event, gate_name, gates_of, iso, join, outcome, render
 from mlrollout.state.base import Event, RolloutRecord
 from mlrollout.units import format_duration
-
-TERMINAL = ("succeeded", "rolled_back", "aborted")
 
 
 def _cell(text: object) -> str:
@@ -30,7 +30,7 @@ def next_steps(record: RolloutRecord, state: RolloutState) -> list[str]:
     """What a human can do now, as commands."""
     rid, plan = record.id, record.plan_path or "PLAN"
     phase = state.phase
-    if phase in ("rolled_back", "aborted"):
+    if phase in (Phase.ROLLED_BACK, Phase.ABORTED):
         return [
             f"Inspect the candidate `{state.candidate}`: its logs, and the gate numbers above.",
             f"Check what a new attempt would do: `mlrollout plan preview {plan}`.",
@@ -41,7 +41,7 @@ def next_steps(record: RolloutRecord, state: RolloutState) -> list[str]:
             f"Go on: `mlrollout promote {rid}` (or `--full` to skip the remaining steps).",
             f"Give up and restore `{state.baseline}`: `mlrollout abort {rid}`.",
         ]
-    if phase == "succeeded":
+    if phase == Phase.SUCCEEDED:
         return [f"Nothing: `{state.candidate}` serves all traffic. Watch its dashboards."]
     return [
         f"Follow it: `mlrollout status {rid}`; stop it: `mlrollout abort {rid}`.",
@@ -52,12 +52,12 @@ def next_steps(record: RolloutRecord, state: RolloutState) -> list[str]:
 def markdown_report(record: RolloutRecord, events: list[Event], steps: list[ExecStep]) -> str:
     """A Markdown summary of one rollout from its record and journal."""
     state = RolloutState.from_dict(record.snapshot)
-    started = next((e for e in events if e.kind == "started"), None)
+    started = next((e for e in events if e.kind == EventKind.STARTED), None)
     if started is not None and state.baseline is None:
         state.baseline = started.data.get("baseline")
     head, detail = outcome(state, steps)
     first = events[0].at if events else None
-    end = events[-1] if events and state.phase in TERMINAL else None
+    end = events[-1] if events and Phase(state.phase).terminal else None
     last = events[-1].at if events else None
     duration = format_duration(last - first) if first is not None and last is not None else "-"
     headline = join(f"**{head.capitalize()}**", detail)
@@ -68,12 +68,12 @@ def markdown_report(record: RolloutRecord, events: list[Event], steps: list[Exec
         ["Started", iso(first)],
         ["Ended", iso(end.at) if end else "not yet"],
         ["Duration (rollout time)", duration],
-        ["Looks", str(state.looks or sum(e.kind == "look" for e in events))],
+        ["Looks", str(state.looks or sum(e.kind == EventKind.LOOK for e in events))],
     ]
     lines += ["", *_table(["", ""], facts), "", "## Timeline", ""]
     rows, previous = [], None
     for event in events:
-        if event.kind == "look":  # only the looks that changed the picture
+        if event.kind == EventKind.LOOK:  # only the looks that changed the picture
             verdict = (event.data.get("verdict") or {}).get("outcome")
             if verdict == previous:
                 continue

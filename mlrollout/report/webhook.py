@@ -31,30 +31,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
+from mlrollout.engine.events import NOTIFY_KINDS
 from mlrollout.report.console import describe_event, iso
 
 if TYPE_CHECKING:
     from mlrollout.engine.engine import RolloutState
     from mlrollout.state.base import Event
 
-#: Events worth a message: the changes and the decisions, not every look.
-NOTIFY_KINDS = frozenset(
-    {
-        "started",
-        "set_traffic.applied",
-        "analysis.failed",
-        "analysis.inconclusive",
-        "waiting",
-        "paused",
-        "approved",
-        "promote.forced",
-        "rollback.started",
-        "rolled_back",
-        "promoted",
-        "aborted",
-        "adopted",
-    }
-)
 #: Wall-clock seconds one POST may take in all: connect, TLS, send, status, headers, body.
 DEADLINE = 5.0
 #: Wall-clock seconds, all URLs together, that ``close`` spends delivering what is still queued.

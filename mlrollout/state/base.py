@@ -26,7 +26,7 @@ class Event:
     rollout_id: str
     seq: int  # 1, 2, 3... per rollout
     at: float  # the engine clock's time (virtual for the sandbox)
-    kind: str  # "started", "traffic.requested", "traffic.applied", "look", ...
+    kind: str  # a :class:`~mlrollout.engine.events.EventKind`: "started", "look", ...
     data: dict[str, Any]
     recorded_at: float = 0.0  # wall clock
 
@@ -36,7 +36,7 @@ class RolloutRecord:
     id: str
     name: str
     endpoint_key: str
-    plan: dict[str, Any]  # the validated plan as JSON-able data
+    plan: dict[str, Any]  # {"yaml": the plan file's text, verbatim}; re-validated when read
     plan_path: str
     created_at: float  # wall clock
     phase: str = "pending"

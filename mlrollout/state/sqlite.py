@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from mlrollout.engine.phases import TERMINAL
 from mlrollout.errors import (
     LeaseHeld,
     LeaseLost,
@@ -32,7 +33,7 @@ from mlrollout.errors import (
 from mlrollout.state.base import Event, Lease, RolloutRecord
 
 SCHEMA_VERSION = 1
-TERMINAL_PHASES = frozenset({"succeeded", "rolled_back", "aborted", "failed"})
+TERMINAL_PHASES = frozenset(phase.value for phase in TERMINAL)
 BUSY_TIMEOUT_S = 15.0
 
 _SCHEMA = (

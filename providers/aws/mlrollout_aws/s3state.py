@@ -40,6 +40,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
+from mlrollout.engine.phases import TERMINAL
 from mlrollout.errors import (
     LeaseHeld,
     LeaseLost,
@@ -51,7 +52,7 @@ from mlrollout.errors import (
 from mlrollout.state.base import Event, Lease, RolloutRecord
 from mlrollout_aws._aws import AwsCallError, RetryPolicy, call, make_client
 
-TERMINAL_PHASES = frozenset({"succeeded", "rolled_back", "aborted", "failed"})
+TERMINAL_PHASES = frozenset(phase.value for phase in TERMINAL)
 _MAX_RACES = 50
 #: Seconds an endpoint's claim counts although its rollout's record is not written yet (a run
 #: creating it right now); past it, a claim without a record is a crash's leftover.

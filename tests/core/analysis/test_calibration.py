@@ -24,7 +24,7 @@ from mlrollout.analysis.calibration import (
 )
 from mlrollout.clock import VirtualClock
 from mlrollout.contracts import Window
-from mlrollout.engine.engine import LOOK_KINDS
+from mlrollout.engine.events import LOOK_KINDS
 from mlrollout.engine.runner import Runner
 from mlrollout.plan.loader import parse_plan
 from mlrollout.plan.model import Analysis

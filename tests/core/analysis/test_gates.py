@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from draws import binomial  # tests/core/analysis/draws.py, see conftest.py
 
-import mlrollout.analysis.engine
+import mlrollout.analysis.gateset
 from mlrollout.analysis import (
     RULES,
     DecisionRule,
@@ -295,6 +295,34 @@ def test_bonferroni_spends_alpha_over_deciding_gates_and_looks() -> None:
     assert gate_set(looks=0).alpha_per_look == pytest.approx(0.05)
 
 
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_bounds_and_margins_are_parsed_once_when_the_gate_set_is_built(
+    rule: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlrollout.plan.model import parse_margin, parse_metric_value
+
+    calls: list[object] = []
+
+    def counted(parse: Any) -> Any:
+        def wrapper(metric: str, raw: Any) -> Any:
+            calls.append(raw)
+            return parse(metric, raw)
+
+        return wrapper
+
+    where = "mlrollout.analysis.measures."
+    monkeypatch.setattr(where + "parse_metric_value", counted(parse_metric_value))
+    monkeypatch.setattr(where + "parse_margin", counted(parse_margin))
+    both = {**ERRORS_25, "max": "5%"}
+    analysis = Analysis.model_validate({"gates": [both, P99_300]})
+    gs = GateSet.from_plan(analysis, 5, rule=RULES[rule]())
+    assert sorted(map(str, calls)) == ["25%", "300ms", "5%"]
+    for _ in range(5):
+        verdict = gs.look(Window(requests=5000, errors=50), Window(requests=5000, errors=50))
+        assert verdict.gates[0].outcome is not Outcome.HOLD
+    assert len(calls) == 3
+
+
 class Exploding:
     def evaluate(
         self, gate: Gate, candidate: Window, baseline: Window, ctx: LookContext
@@ -326,7 +354,7 @@ def test_verdict_roundtrips_through_json() -> None:
 
 
 def test_doctest_example_runs() -> None:
-    result = doctest.testmod(mlrollout.analysis.engine)
+    result = doctest.testmod(mlrollout.analysis.gateset)
     assert result.attempted > 0 and result.failed == 0
 
 

@@ -347,6 +347,29 @@ def test_monitor_accumulates_intervals_and_starts_stages_afresh() -> None:
     assert monitor.candidate.requests is None and monitor.candidate_share == 0.5
 
 
+def test_monitor_a_look_missing_a_variant_judges_the_totals_and_holds() -> None:
+    cap = {"name": "cap", "metric": "error_rate", "max": "5%"}  # absolute: candidate only
+    analysis = Analysis.model_validate({"min_requests": 100, "gates": [ERRORS_25, cap]})
+    monitor = Monitor.from_plan(analysis, candidate_share=0.1)
+    for _ in range(3):
+        monitor.observe(Window(100, 1), Window(900, 9))
+    totals = monitor.observe(Window(100, 1), Window(900, 9)).gates[1]
+    # One interval at 50 % errors whose baseline the source did not return: it adds nothing,
+    # and the look judges the stage's totals (400 requests, 4 errors), not that interval alone.
+    for missing in (None, Window(900, 9, error="Throttled")):
+        verdict = monitor.observe(Window(100, 50), missing)
+        assert monitor.candidate.requests == 400 and monitor.candidate.errors == 4
+        assert verdict.outcome is Outcome.HOLD
+        errors, capped = verdict.gates
+        assert errors.outcome is Outcome.HOLD
+        assert capped.outcome is totals.outcome is not Outcome.FAIL
+        assert capped.numbers["candidate_requests"] == 400 and capped.numbers["candidate"] == 0.01
+    # A failed candidate query holds with its message, the totals unchanged.
+    failed = monitor.observe(Window(100, 50, error="Throttled"), Window(900, 9))
+    assert failed.outcome is Outcome.HOLD and all(g.error == "Throttled" for g in failed.gates)
+    assert monitor.candidate.requests == 400
+
+
 def test_merge_adds_counts_and_keeps_the_newest_percentiles() -> None:
     a = Window(10, 1, latency_percentiles={0.99: 0.2}, custom={"t": CustomValue(3, 10)})
     b = Window(20, 2, latency_percentiles={0.99: 0.3}, custom={"t": CustomValue(4, 20)})
@@ -401,7 +424,7 @@ def test_preview_shows_each_gates_method_and_time_to_decide() -> None:
 
 
 def test_watched_approval_waits_are_stages_too() -> None:
-    from mlrollout.analysis.engine import judged_stages
+    from mlrollout.analysis.gateset import judged_stages
     from mlrollout.plan.loader import load_plan
 
     root = Path(__file__).resolve().parents[3]

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from mlrollout.clock import VirtualClock
-from mlrollout.engine.engine import LOOK_KINDS, Engine, RolloutState
+from mlrollout.engine.engine import Engine, RolloutState
+from mlrollout.engine.events import LOOK_KINDS
 from mlrollout.engine.phases import Phase
 from mlrollout.engine.runner import Runner
 from mlrollout.errors import EndpointDrifted, LeaseHeld, ProviderError

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mlrollout.clock import ScaledClock, VirtualClock
-from mlrollout.engine.engine import LOOK_KINDS
+from mlrollout.engine.events import LOOK_KINDS
 from mlrollout.engine.runner import Runner
 from mlrollout.plan.loader import parse_plan
 from mlrollout.state.sqlite import SqliteStateStore

@@ -14,7 +14,7 @@ from aws_traffic import BAD, GOOD
 from mlrollout_aws._aws import RetryPolicy
 from mlrollout_aws.s3state import S3StateStore
 
-from mlrollout.engine.engine import LOOK_KINDS
+from mlrollout.engine.events import LOOK_KINDS
 from mlrollout.engine.runner import Runner, RunOutcome
 from mlrollout.errors import ExitCode, LeaseHeld, NeedsHuman
 from mlrollout.plan.loader import load_plan

@@ -14,7 +14,7 @@ from typing import Any
 from arm_fake import DROPPED
 from azure_world import BAD, GOOD, PLAN
 
-from mlrollout.engine.engine import LOOK_KINDS
+from mlrollout.engine.events import LOOK_KINDS
 from mlrollout.engine.runner import Runner, RunOutcome
 from mlrollout.errors import ExitCode
 from mlrollout.plan.loader import load_plan

@@ -9,15 +9,18 @@ Error budget: the plan's ``alpha`` is the false-rollback budget for the whole ro
       alpha_test = alpha / (max(1, stages) * max(1, deciding gates))
 
   and a gate with several criteria (``max`` and ``vs_baseline``...) splits its share evenly.
-- v1, :class:`~mlrollout.analysis.gates.FixedHorizonBonferroni`, tests each look at a fixed
+- v1, :class:`~mlrollout.analysis.fixed_horizon.FixedHorizonBonferroni`, tests each look at a fixed
   horizon and so must also split over the planned looks::
 
       alpha_per_look = alpha / (max(1, deciding gates) * max(1, planned_looks))
 
 By the union bound, the chance that any gate wrongly fails anywhere in the rollout is at most
 ``alpha``. When the configured candidate share is given to :meth:`GateSet.look`, a sample-ratio
-mismatch check runs too: a mismatch holds every comparing gate (its own small budget,
-:data:`~mlrollout.analysis.sequential.SRM_ALPHA` per stage: it never rolls back).
+mismatch check runs too (:mod:`mlrollout.analysis.srm`): a mismatch holds every comparing gate
+(its own small budget, :data:`~mlrollout.analysis.srm.SRM_ALPHA` per stage: it never rolls back).
+
+Each gate's bounds and margin are parsed once, when the gate set is built
+(:class:`~mlrollout.analysis.measures.Criteria`), not at every look.
 """
 
 from __future__ import annotations
@@ -25,8 +28,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from mlrollout.analysis.calibration import Pace
-from mlrollout.analysis.gates import DecisionRule, FixedHorizonBonferroni, LookContext
-from mlrollout.analysis.sequential import MixtureSPRT, srm_verdict
+from mlrollout.analysis.fixed_horizon import FixedHorizonBonferroni
+from mlrollout.analysis.measures import Criteria
+from mlrollout.analysis.rule import DecisionRule, LookContext
+from mlrollout.analysis.sequential import MixtureSPRT
+from mlrollout.analysis.srm import held_by_mismatch, srm_verdict
 from mlrollout.analysis.verdict import GateVerdict, Outcome, Verdict
 from mlrollout.contracts import Window
 from mlrollout.plan.model import Analysis, Gate, Plan
@@ -75,6 +81,12 @@ class GateSet:
     min_requests: int = 100
     rule: DecisionRule = field(default_factory=MixtureSPRT)
     stages: int = 1
+    _parsed: tuple[tuple[Gate, ...], tuple[Criteria | None, ...]] = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        self._parsed = (self.gates, _parse(self.gates))
 
     @classmethod
     def from_plan(
@@ -96,6 +108,16 @@ class GateSet:
             rule=rule if rule is not None else MixtureSPRT(),
             stages=stages,
         )
+
+    @property
+    def criteria(self) -> tuple[Criteria | None, ...]:
+        """Each gate's parsed bounds and margin (``None``: it does not parse; the rule then fails
+        on it at each look, which holds that gate with the error). Parsed again only when
+        :attr:`gates` is replaced (or changed in place)."""
+        gates, parsed = self._parsed
+        if gates is not self.gates or len(parsed) != len(self.gates):
+            self._parsed = gates, parsed = self.gates, _parse(self.gates)
+        return parsed
 
     @property
     def deciding(self) -> int:
@@ -143,9 +165,10 @@ class GateSet:
         ctx = replace(self.context, look=max(0, look), horizon=horizon)
         cand, base = candidate or Window(), baseline or Window()
         verdicts = []
-        for gate in self.gates:
+        for gate, criteria in zip(self.gates, self.criteria, strict=True):
             try:
-                verdicts.append(self.rule.evaluate(gate, cand, base, ctx))
+                gate_ctx = replace(ctx, criteria=criteria)
+                verdicts.append(self.rule.evaluate(gate, cand, base, gate_ctx))
             except Exception as exc:  # a bad gate or a rule bug must not crash the rollout
                 message = f"could not evaluate the gate: {type(exc).__name__}: {exc}"
                 verdicts.append(
@@ -167,7 +190,7 @@ class GateSet:
             srm = srm_verdict(cand.requests, base.requests, candidate_share, pace=pace)
             if srm.outcome is Outcome.HOLD:
                 verdicts = [
-                    _held_by_srm(v) if compares and v.outcome is not Outcome.HOLD else v
+                    held_by_mismatch(v) if compares and v.outcome is not Outcome.HOLD else v
                     for v, compares in zip(verdicts, comparing, strict=True)
                 ]
             verdicts.append(srm)
@@ -189,6 +212,11 @@ def judged_stages(plan: Plan) -> int:
     return max(1, count)
 
 
-def _held_by_srm(v: GateVerdict) -> GateVerdict:
-    reason = f"held: sample-ratio mismatch (would be {v.outcome.value}: {v.reason})"
-    return GateVerdict(v.gate, v.metric, Outcome.HOLD, reason, v.numbers, v.dry_run, v.error)
+def _parse(gates: tuple[Gate, ...]) -> tuple[Criteria | None, ...]:
+    parsed: list[Criteria | None] = []
+    for gate in gates:
+        try:
+            parsed.append(Criteria.of(gate))
+        except Exception:  # the rule fails on it at each look: that gate is held with the error
+            parsed.append(None)
+    return tuple(parsed)

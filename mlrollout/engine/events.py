@@ -1,0 +1,81 @@
+"""One vocabulary for what the journal records: every event kind the engine, the runner and the
+commands write, as one enum that reporters, webhooks, the CLI and the state stores import.
+
+The values are the strings stored in journals (they never change: old journals stay readable).
+A mutation is journalled twice, ``<action>.requested`` then ``<action>.applied``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class EventKind(StrEnum):
+    STARTED = "started"
+    PREPARE_REQUESTED = "prepare.requested"
+    PREPARE_APPLIED = "prepare.applied"
+    SET_TRAFFIC_REQUESTED = "set_traffic.requested"
+    SET_TRAFFIC_APPLIED = "set_traffic.applied"
+    FINALIZE_REQUESTED = "finalize.requested"
+    FINALIZE_APPLIED = "finalize.applied"
+    LOOK = "look"
+    ANALYSIS_PASSED = "analysis.passed"
+    ANALYSIS_ENDED = "analysis.ended"  # a fixed bake ended undecided, no gate failed
+    ANALYSIS_FAILED = "analysis.failed"
+    ANALYSIS_INCONCLUSIVE = "analysis.inconclusive"
+    STEP_COMPLETED = "step.completed"
+    STEPS_COMPLETED = "steps.completed"
+    WAITING = "waiting"
+    PAUSED = "paused"
+    APPROVED = "approved"
+    APPROVAL_TIMED_OUT = "approval.timed_out"
+    PROMOTE_FORCED = "promote.forced"
+    COMMAND_PROMOTE = "command.promote"
+    COMMAND_ABORT = "command.abort"
+    ABORT_REFUSED = "abort.refused"
+    ROLLBACK_STARTED = "rollback.started"
+    ROLLED_BACK = "rolled_back"
+    PROMOTED = "promoted"
+    ABORTED = "aborted"
+    ADOPTED = "adopted"
+    ADOPTED_APPLIED = "adopted.applied"
+
+    @classmethod
+    def requested(cls, action: str) -> EventKind:
+        return cls(f"{action}.requested")
+
+    @classmethod
+    def applied(cls, action: str) -> EventKind:
+        return cls(f"{action}.applied")
+
+
+#: A look at the metrics: the gates' verdict is in ``data["verdict"]``.
+LOOK_KINDS = frozenset(
+    {
+        EventKind.LOOK,
+        EventKind.ANALYSIS_PASSED,
+        EventKind.ANALYSIS_ENDED,
+        EventKind.ANALYSIS_FAILED,
+        EventKind.ANALYSIS_INCONCLUSIVE,
+    }
+)
+#: Written by commands from other processes (``mlrollout promote|abort``).
+COMMANDS = frozenset({EventKind.COMMAND_PROMOTE, EventKind.COMMAND_ABORT})
+#: Worth a message to a person (webhooks): the changes and the decisions, not every look.
+NOTIFY_KINDS = frozenset(
+    {
+        EventKind.STARTED,
+        EventKind.SET_TRAFFIC_APPLIED,
+        EventKind.ANALYSIS_FAILED,
+        EventKind.ANALYSIS_INCONCLUSIVE,
+        EventKind.WAITING,
+        EventKind.PAUSED,
+        EventKind.APPROVED,
+        EventKind.PROMOTE_FORCED,
+        EventKind.ROLLBACK_STARTED,
+        EventKind.ROLLED_BACK,
+        EventKind.PROMOTED,
+        EventKind.ABORTED,
+        EventKind.ADOPTED,
+    }
+)
