@@ -3,6 +3,9 @@
 A provider distribution exposes a :class:`ProviderSpec` through the ``mlrollout.endpoints`` entry
 point group. The spec is cheap to import (no SDK): ``plan validate`` and ``plan preview`` use only
 its declarations. ``open()`` is where the SDK is imported and the live clients are built.
+A metrics source that is not the provider's (``analysis.source: {NAME: {...}}``) is a
+:class:`MetricsSourceSpec` in the ``mlrollout.metrics`` group. docs/plugins.md shows every
+extension point with a worked example.
 
 Units everywhere: weights and percents are percentages (0-100), times are seconds (floats since the
 epoch for instants), latencies are seconds, rates are fractions (0-1).
@@ -301,6 +304,51 @@ class ProviderSpec(Protocol):
         ...
 
     def open(self, context: ProviderContext) -> tuple[EndpointAdapter, MetricsSource]: ...
+
+    # Optional (not part of the protocol, so a spec without them still is one; the core looks
+    # them up with getattr and uses the defaults below when they are missing):
+    #
+    #   def lease_key(self, plan: Plan) -> str
+    #       The key of the lease (and of "one active rollout per endpoint") for the plan's
+    #       endpoint. Default: :func:`default_lease_key`. Keep it stable across releases:
+    #       rollouts recorded under the old key would no longer keep a new one off the endpoint.
+    #
+    #   def clock(self, plan: Plan, resume_at: float | None, idle_since: float | None,
+    #             wall: float) -> Clock
+    #       The clock a rollout of the plan runs on (``resume_at``: the journal's last instant
+    #       when resuming; ``idle_since``: the wall time of its last event; ``wall``: now).
+    #       Default: :class:`~mlrollout.clock.SystemClock`. The sandbox runs virtual or sped-up
+    #       time here.
+
+
+def default_lease_key(plan: Plan) -> str:
+    """The lease key of a provider that declares no ``lease_key``: :func:`endpoint_key` of the
+    plan's target (``sagemaker:us-east-1/churn``)."""
+    return endpoint_key(plan.target.provider, plan.target.settings(), plan.target.endpoint)
+
+
+# ------------------------------------------------------------------------------ metrics source
+
+
+@runtime_checkable
+class MetricsSourceSpec(Protocol):
+    """A metrics source apart from the endpoint's provider, registered in the
+    ``mlrollout.metrics`` entry point group under ``name``: a plan selects it with
+    ``analysis.source: {NAME: CONFIG}`` and its windows then decide every gate. Importing it
+    must not import its client library (``plan validate`` loads it). An optional
+    ``install_hint`` attribute (a pip requirement) shows in hints."""
+
+    name: str
+
+    def check_config(self, config: Mapping[str, Any]) -> list[PlanProblem]:
+        """Problems of ``config`` (the mapping under ``analysis.source.NAME``), without network.
+        Paths are inside ``config`` (``("url",)``); the core puts ``analysis.source.NAME`` before
+        them."""
+        ...
+
+    def open(self, config: Mapping[str, Any], context: ProviderContext) -> MetricsSource:
+        """The live source for a rollout (imports its client library, builds its client)."""
+        ...
 
 
 #: Strategies the engine executes today. The plan format has more (blue_green, shadow, ab_test):

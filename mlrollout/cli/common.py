@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from mlrollout.state.open import open_store
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -149,19 +151,6 @@ def accept_global_options_after_commands(app: typer.Typer) -> None:
                 sub.registered_callback.callback, store=False
             )
         accept_global_options_after_commands(sub)
-
-
-def open_store(location: str) -> StateStore:
-    """``.mlrollout`` or ``path/to/state.db`` → SQLite; ``SCHEME://...`` → that state plugin."""
-    from mlrollout.plugins import state_factory
-
-    if "://" in location:
-        scheme = location.split("://", 1)[0]
-        factory = state_factory(scheme)
-    else:
-        factory = state_factory("sqlite")
-    store: StateStore = factory(location)
-    return store
 
 
 def console(stderr: bool = False) -> Console:

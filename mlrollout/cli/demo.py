@@ -7,7 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from mlrollout.cli.common import Output, Settings, open_store
+from mlrollout.cli.common import Output, Settings
+from mlrollout.state.open import open_store
 from mlrollout.units import format_duration
 
 DEMO_PLANS = ("local-canary-bad.yaml", "local-canary-good.yaml")

@@ -21,6 +21,8 @@ from mlrollout.cli.common import (
     settings,
     stdout_to_devnull,
 )
+from mlrollout.cli.provider_cmds import ProviderCommandGroup
+from mlrollout.engine.phases import Phase
 
 if TYPE_CHECKING:
     from mlrollout.engine.engine import Engine, Listener, RolloutState
@@ -291,7 +293,7 @@ def resume(
 ) -> int:
     """Continue a rollout from its journal (after a kill, an exit 3, or `promote`)."""
     record = settings(ctx).store().get_rollout(rollout_id)
-    if record.phase in ("succeeded", "rolled_back", "aborted"):
+    if Phase(record.phase).terminal:
         sys.stderr.write(f"rollout {record.id} already ended: {record.phase}\n")
         return 0 if record.phase == "succeeded" else 1
     return _drive(ctx, record.id, output, detach, on_interrupt, adopt=adopt)
@@ -320,7 +322,7 @@ def _command(ctx: typer.Context, rollout_id: str, kind: str, *, full: bool = Fal
 
     store = settings(ctx).store()
     record = store.get_rollout(rollout_id)
-    if record.phase in ("succeeded", "rolled_back", "aborted"):
+    if Phase(record.phase).terminal:
         raise UsageError(f"rollout {record.id} already ended ({record.phase})")
     runner = Runner(store)
     runner.command(record.id, kind, full=full)  # type: ignore[arg-type]
@@ -485,17 +487,23 @@ def report(
     sys.stdout.write(markdown_report(record, events, expand_steps(plan_of(record))))
 
 
-providers_app = typer.Typer(rich_markup_mode=None, no_args_is_help=False)
+providers_app = typer.Typer(
+    cls=ProviderCommandGroup,  # + `providers NAME ...` of each mlrollout.commands plugin
+    rich_markup_mode=None,
+    no_args_is_help=False,
+)
 
 
 @providers_app.callback(invoke_without_command=True)
 def providers(ctx: typer.Context, output: Output = OutputOption) -> None:
-    """The installed providers and state backends, and what each can do."""
+    """The installed providers, state backends, metrics sources and provider commands, and what
+    each can do. `mlrollout providers NAME --help`: the commands a provider adds."""
     if ctx.invoked_subcommand is not None:
         return
+    from mlrollout.cli.provider_cmds import command_rows
     from mlrollout.contracts import runnable_strategies
     from mlrollout.errors import MlrolloutError
-    from mlrollout.plugins import ENDPOINTS_GROUP, STATE_GROUP, provider_spec, refs
+    from mlrollout.plugins import ENDPOINTS_GROUP, METRICS_GROUP, STATE_GROUP, provider_spec, refs
 
     rows: list[dict[str, Any]] = []
     for name, found in sorted(refs(ENDPOINTS_GROUP).items()):
@@ -511,44 +519,18 @@ def providers(ctx: typer.Context, output: Output = OutputOption) -> None:
         except MlrolloutError as exc:
             row["error"] = exc.message
         rows.append(row)
-    for name, found in sorted(refs(STATE_GROUP).items()):
-        rows.append({"kind": "state", "name": name, "from": ", ".join(r.dist for r in found)})
+    for kind, group in (("state", STATE_GROUP), ("metrics", METRICS_GROUP)):
+        for name, found in sorted(refs(group).items()):
+            rows.append({"kind": kind, "name": name, "from": ", ".join(r.dist for r in found)})
+    rows += command_rows()
     if output == Output.json:
         print_json(rows)
         return
     for row in rows:
         extra = row.get("error") or ", ".join(row.get("strategies", []))
+        if row["kind"] == "commands":
+            extra = f"mlrollout providers {row['name']} --help"
         sys.stdout.write(f"{row['kind']:9} {row['name']:10} {row['from']:20} {extra}\n")
-
-
-aws_app = typer.Typer(rich_markup_mode=None, no_args_is_help=True)
-providers_app.add_typer(aws_app, name="aws", help="Tools of the AWS provider (mlrollout[aws]).")
-
-
-@aws_app.command("iam-policy")
-def aws_iam_policy(
-    ctx: typer.Context,
-    plan_file: Annotated[str, typer.Argument(help="The rollout plan (YAML).", metavar="PLAN")],
-) -> None:
-    """Print the least-privilege IAM policy (JSON) that running PLAN needs; with an s3:// --state,
-    the state bucket's permissions too. No network."""
-    from mlrollout.errors import ProviderUnavailable, UsageError
-    from mlrollout.plan.loader import load_plan
-    from mlrollout.plugins import install_command
-
-    plan = load_plan(plan_file).plan
-    if plan.target.provider != "sagemaker":
-        raise UsageError(
-            f"{plan_file} targets provider {plan.target.provider!r}, not sagemaker",
-            hint="the AWS IAM policy only applies to sagemaker plans",
-        )
-    try:
-        from mlrollout_aws.iam import iam_policy  # type: ignore[import-not-found,unused-ignore]
-    except ImportError as exc:
-        raise ProviderUnavailable(
-            "the AWS provider is not installed", hint=f"install it: {install_command('aws')}"
-        ) from exc
-    print_json(iam_policy(plan, state=settings(ctx).state))
 
 
 def demo(

@@ -14,9 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from mlrollout.clock import Clock, ScaledClock, SystemClock, VirtualClock
-from mlrollout.contracts import ProviderContext, ProviderSpec, endpoint_key
+from mlrollout.clock import Clock, SystemClock
+from mlrollout.contracts import ProviderContext, ProviderSpec, default_lease_key
 from mlrollout.engine.engine import Engine, Listener, RolloutState, TickResult
+from mlrollout.engine.events import EventKind
 from mlrollout.engine.phases import Phase
 from mlrollout.errors import (
     ExitCode,
@@ -25,11 +26,12 @@ from mlrollout.errors import (
     NeedsHuman,
     ProviderAuthError,
     ProviderError,
+    ProviderUnavailable,
     StateUnavailable,
 )
 from mlrollout.plan.loader import LoadedPlan, parse_plan
 from mlrollout.plan.model import Plan
-from mlrollout.plugins import provider_spec
+from mlrollout.plugins import metrics_source_spec, provider_spec
 from mlrollout.state.base import Lease, RolloutRecord, StateStore
 
 if TYPE_CHECKING:
@@ -107,7 +109,19 @@ def _dead_local_holder(holder: str) -> bool:
 
 
 def plan_endpoint_key(plan: Plan) -> str:
-    return endpoint_key(plan.target.provider, plan.target.settings(), plan.target.endpoint)
+    """The key of the plan's endpoint lease: the provider's ``lease_key(plan)`` if it declares
+    one, else :func:`~mlrollout.contracts.default_lease_key` (the keys recorded so far)."""
+    custom = getattr(provider_spec(plan.target.provider), "lease_key", None)
+    if custom is None:
+        return default_lease_key(plan)
+    key = custom(plan)
+    if not isinstance(key, str) or not key:
+        raise ProviderUnavailable(
+            f"provider {plan.target.provider!r} gave no lease key for endpoint "
+            f"{plan.target.endpoint!r} (lease_key returned {key!r})",
+            hint="a problem of the provider's distribution: upgrade or reinstall it",
+        )
+    return key
 
 
 def new_rollout_id(plan: Plan) -> str:
@@ -127,22 +141,16 @@ def clock_for(
     idle_since: float | None = None,
     wall: float | None = None,
 ) -> Clock:
-    """Virtual time for the sandbox at ``speed: max``, sped-up time for a numeric speed, real time
-    for cloud providers. A resumed virtual clock continues from the journal's last instant; a
-    resumed sped-up clock also counts the wall time that passed since then (``idle_since``, the
-    last event's wall-clock time), sped up: simulated time passes while nobody drives, so a
-    cron-style ``reconcile`` finds the next look due, as it would on a real endpoint."""
-    sandbox = plan.sandbox
-    if plan.target.provider == "local" and sandbox is not None:
-        now = time.time() if wall is None else wall
-        start = resume_at if resume_at else now
-        if sandbox.speed == "max":
-            return VirtualClock(start)
-        factor = float(sandbox.speed)
-        if resume_at and idle_since:
-            start += max(0.0, now - idle_since) * factor
-        return ScaledClock(factor, start)
-    return SystemClock()
+    """The clock a rollout of ``plan`` runs on: the provider's ``clock(plan, resume_at,
+    idle_since, wall)`` if it declares one, real time otherwise. The sandbox (``local``) runs
+    virtual time at ``speed: max`` and sped-up time for a numeric speed, continuing a resumed
+    rollout from the journal's last instant (``resume_at``), plus, sped up, the wall time since
+    its last event (``idle_since``) — see :meth:`mlrollout.sandbox.provider.LocalProvider.clock`."""
+    custom = getattr(provider_spec(plan.target.provider), "clock", None)
+    if custom is None:
+        return SystemClock()
+    clock: Clock = custom(plan, resume_at, idle_since, time.time() if wall is None else wall)
+    return clock
 
 
 class Runner:
@@ -205,6 +213,10 @@ class Runner:
         spec: ProviderSpec = provider_spec(plan.target.provider)
         context = ProviderContext(plan=plan, clock=clock, store=self.store, lease=self.lease)
         adapter, metrics = spec.open(context)
+        source = plan.analysis.source
+        if not isinstance(source, str):  # {NAME: CONFIG}: a mlrollout.metrics plugin decides
+            [(name, config)] = source.items()
+            metrics = metrics_source_spec(name).open(config, context)
         listeners = list(self.listeners)
         if plan.notify:
             from mlrollout.report.webhook import WebhookNotifier
@@ -279,7 +291,7 @@ class Runner:
         state.commands_seen = record.last_seq + 1  # this event: nothing is left unread
         self.store.append_event(
             record.id,
-            "aborted",
+            EventKind.ABORTED,
             {"reason": reason, **data},
             at=float(state.now or self.wall()),
             lease=self._lease,
@@ -290,7 +302,9 @@ class Runner:
     def _abort_requested(self, record: RolloutRecord) -> str | None:
         """Who asked to abort, if an abort command is recorded and not yet read."""
         seen = int(record.snapshot.get("commands_seen") or 0)
-        aborts = [e for e in self.store.events(record.id, after=seen) if e.kind == "command.abort"]
+        aborts = [
+            e for e in self.store.events(record.id, after=seen) if e.kind == EventKind.COMMAND_ABORT
+        ]
         return str(aborts[-1].data.get("by", "someone")) if aborts else None
 
     def drive(
@@ -329,13 +343,14 @@ class Runner:
             if adopt:
                 live = engine.adapter.describe()
                 engine.record(
-                    "adopted", {"weights": live.weights(), "journal": dict(engine.state.weights)}
+                    EventKind.ADOPTED,
+                    {"weights": live.weights(), "journal": dict(engine.state.weights)},
                 )
                 engine.state.weights = live.weights()
                 if engine.state.phase_enum == Phase.PROGRESSING:
                     # the current step starts over: its windows must not mix the two splits
                     engine.restart_step()
-                engine.record("adopted.applied", {"weights": live.weights()})
+                engine.record(EventKind.ADOPTED_APPLIED, {"weights": live.weights()})
             ticks = 0
             while True:
                 result = self._tick(engine)
@@ -448,7 +463,7 @@ class Runner:
         if full:
             data["full"] = True
         at = float(record.snapshot.get("now") or self.wall())
-        self.store.append_event(record.id, f"command.{kind}", data, at=at, lease=None)
+        self.store.append_event(record.id, EventKind(f"command.{kind}"), data, at=at, lease=None)
 
     def reconcile(
         self, *, clock_for_record: Callable[[RolloutRecord], Clock | None] | None = None

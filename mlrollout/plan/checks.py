@@ -17,7 +17,7 @@ from mlrollout.plan.model import (
     parse_margin,
 )
 from mlrollout.plan.timeline import expand_steps
-from mlrollout.plugins import provider_spec
+from mlrollout.plugins import METRICS_GROUP, metrics_source_spec, names, provider_spec
 
 Path = tuple[str | int, ...]
 
@@ -365,16 +365,43 @@ def _check_gates(plan: Plan) -> list[Finding]:
     return found
 
 
+def _check_metrics_source(source: str | dict[str, dict[str, Any]]) -> list[Finding]:
+    """``analysis.source: {NAME: CONFIG}`` names an installed ``mlrollout.metrics`` plugin, whose
+    ``check_config`` then checks CONFIG (no network)."""
+    if isinstance(source, str):
+        return []
+    [(name, config)] = source.items()
+    path: Path = ("analysis", "source", name)
+    if name == "default":
+        return [Finding(path, "source: default takes no settings", at_key=True)]
+    try:
+        spec = metrics_source_spec(name)
+    except ProviderUnavailable as exc:
+        if name in names(METRICS_GROUP):  # installed, but broken or claimed twice
+            return [Finding(path, exc.message + (f" ({exc.hint})" if exc.hint else ""))]
+        installed = ", ".join(names(METRICS_GROUP)) or "none"
+        close = difflib.get_close_matches(name, names(METRICS_GROUP), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        why = (
+            "is not supported yet (no metrics source plugin named prometheus is installed)"
+            if name == "prometheus"
+            else "is not installed"
+        )
+        return [
+            Finding(
+                path,
+                f"metrics source {name!r} {why}; {hint}installed metrics sources: {installed}; "
+                "or use source: default (the provider's own metrics)",
+                at_key=True,
+            )
+        ]
+    return [Finding((*path, *p.path), p.message) for p in spec.check_config(config)]
+
+
 def _check_analysis(plan: Plan) -> list[Finding]:
     analysis = plan.analysis
     found: list[Finding] = []
-    if not isinstance(analysis.source, str):
-        found.append(
-            Finding(
-                ("analysis", "source"),
-                "the prometheus metrics source is not supported yet; use source: default",
-            )
-        )
+    found += _check_metrics_source(analysis.source)
     for step in expand_steps(plan):
         if step.window is not None and step.window.max < analysis.interval:
             where: Path = (

@@ -85,7 +85,7 @@ COMMON_TARGET_KEYS = frozenset({"provider", "endpoint", "endpoint_url", "metrics
 
 class Target(BaseModel):
     """Where the rollout happens. Provider-specific keys are allowed here and checked against the
-    provider's own list (:attr:`mlrollout.providers.ProviderSpec.target_keys`)."""
+    provider's own list (:attr:`mlrollout.contracts.ProviderSpec.target_keys`)."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
@@ -391,16 +391,54 @@ def parse_margin(metric: str, raw: str | float) -> Margin:
     return Margin(kind="relative", amount=amount / 100.0)
 
 
-class PrometheusSource(StrictModel):
-    url: str = Field(min_length=1)
+def _metrics_source(value: object) -> object:
+    """``default`` or ``{NAME: {settings}}`` with one name: a ``mlrollout.metrics`` plugin's,
+    whose own ``check_config`` checks the settings (see :mod:`mlrollout.plan.checks`)."""
+    if value is None or value == "default":
+        return "default"
+    if isinstance(value, str):
+        raise ValueError(
+            f"a metrics source is `default` or {{NAME: {{settings}}}}, not {value!r} "
+            f"(e.g. source: {{{value}: {{...}}}})"
+        )
+    if not isinstance(value, dict) or len(value) != 1:
+        raise ValueError(
+            "a metrics source is `default` or one name with its settings, such as "
+            "{prometheus: {url: http://prometheus:9090}}"
+        )
+    [(name, config)] = value.items()
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a metrics source's name is a string, not {name!r}")
+    if config is None:
+        config = {}
+    if not isinstance(config, dict):
+        raise ValueError(f"the settings of metrics source {name!r} are a mapping, not {config!r}")
+    return {name: config}
 
 
-class MetricsSourceChoice(StrictModel):
-    prometheus: PrometheusSource
+MetricsSourceName = Annotated[
+    Literal["default"] | dict[str, dict[str, Any]],
+    BeforeValidator(_metrics_source),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"const": "default"},
+                {
+                    "type": "object",
+                    "minProperties": 1,
+                    "maxProperties": 1,
+                    "additionalProperties": {"type": ["object", "null"]},
+                },
+            ],
+            "description": "default (the provider's own metrics) or {NAME: {settings}}: a "
+            "metrics source plugin (mlrollout.metrics), e.g. {prometheus: {url: ...}}.",
+        }
+    ),
+]
 
 
 class Analysis(StrictModel):
-    source: Literal["default"] | MetricsSourceChoice = "default"
+    source: MetricsSourceName = "default"
     interval: Duration = Field(default=60.0, description="One look per interval.")
     delay: NonNegDuration = Field(default=0.0, description="Ingestion lag after a traffic change.")
     min_requests: int = Field(default=100, ge=0, le=10**9)

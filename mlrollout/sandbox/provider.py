@@ -7,7 +7,7 @@ object, and the registry expects a :class:`~mlrollout.contracts.ProviderSpec` in
 
 from __future__ import annotations
 
-from mlrollout.clock import ScaledClock, VirtualClock
+from mlrollout.clock import Clock, ScaledClock, SystemClock, VirtualClock
 from mlrollout.contracts import (
     Capabilities,
     EndpointAdapter,
@@ -91,6 +91,26 @@ class LocalProvider:
             "owner": ["sandbox: read/write the endpoint's owner mark"],
             "metrics": ["sandbox: synthesize windows (seeded)"],
         }
+
+    def clock(
+        self, plan: Plan, resume_at: float | None, idle_since: float | None, wall: float
+    ) -> Clock:
+        """Virtual time at ``speed: max``, sped-up time for a numeric speed (real time without a
+        sandbox section, which ``plan validate`` refuses). A resumed virtual clock continues from
+        the journal's last instant (``resume_at``); a resumed sped-up clock also counts the wall
+        time that passed since the last event (``idle_since``), sped up: simulated time passes
+        while nobody drives, so a cron-style ``reconcile`` finds the next look due, as it would
+        on a real endpoint."""
+        sandbox = plan.sandbox
+        if sandbox is None:
+            return SystemClock()
+        start = resume_at if resume_at else wall
+        if sandbox.speed == "max":
+            return VirtualClock(start)
+        factor = float(sandbox.speed)
+        if resume_at and idle_since:
+            start += max(0.0, wall - idle_since) * factor
+        return ScaledClock(factor, start)
 
     def open(self, context: ProviderContext) -> tuple[EndpointAdapter, MetricsSource]:
         plan = context.plan

@@ -357,17 +357,39 @@ def test_subprocess_bad_inputs_show_no_traceback(proc, tmp_path):
     assert result.stderr.rstrip().endswith("3 of 3 plans invalid")
 
 
-def test_known_provider_that_is_not_installed_says_how_to_install_it(cli, tmp_path):
-    if any(ep.name == "sagemaker" for ep in entry_points(group="mlrollout.endpoints")):
-        pytest.skip("the sagemaker provider is installed here")
-    text = edit("provider: local", "provider: sagemaker\n  region: us-east-1")
-    path = write(tmp_path, without_sandbox(text))
-    result = cli("plan", "validate", path)
-    lines = assert_clean_failure(result, path)
-    from mlrollout.plugins import install_command
+def test_known_provider_that_is_not_installed_says_how_to_install_it(cli, tmp_path, monkeypatch):
+    # `make test` installs every provider: the plugins' discovery is shown the installed entry
+    # points but those of the distribution that registers `sagemaker`, as if it were absent.
+    from types import SimpleNamespace
+
+    from mlrollout import plugins
+
+    hidden = {
+        ep.dist.name
+        for ep in entry_points(group=plugins.ENDPOINTS_GROUP)
+        if ep.name == "sagemaker" and ep.dist is not None
+    }
+
+    def installed(**selection):
+        return [
+            ep for ep in entry_points(**selection) if ep.dist is None or ep.dist.name not in hidden
+        ]
+
+    monkeypatch.setattr(plugins, "metadata", SimpleNamespace(entry_points=installed))
+    plugins._refs.cache_clear()
+    try:
+        assert "sagemaker" not in plugins.names(plugins.ENDPOINTS_GROUP)
+        assert "local" in plugins.names(plugins.ENDPOINTS_GROUP)
+        text = edit("provider: local", "provider: sagemaker\n  region: us-east-1")
+        path = write(tmp_path, without_sandbox(text))
+        result = cli("plan", "validate", path)
+        lines = assert_clean_failure(result, path)
+    finally:
+        plugins._refs.cache_clear()  # the next test discovers what is really installed
 
     assert any(
-        line.startswith(f"{path}:4:13: target.provider: ") and install_command("aws") in line
+        line.startswith(f"{path}:4:13: target.provider: ")
+        and plugins.install_command("aws") in line
         for line in lines
     ), lines
 

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import sys
-import textwrap
-from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from mlrollout import plugins
 from mlrollout.errors import PlanError, ProviderUnavailable
 from mlrollout.plan.loader import parse_plan
+
+if TYPE_CHECKING:
+    from .conftest import PluginSite
 
 SPEC_MODULE = """
 from mlrollout.contracts import Capabilities, PlanProblem
@@ -44,24 +46,10 @@ SPEC = Fake()
 """
 
 
-def _dist(site: Path, name: str, entry_points: str) -> None:
-    info = site / f"{name}-1.0.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text(textwrap.dedent(entry_points))
-
-
 @pytest.fixture
-def site(tmp_path: Path) -> Iterator[Path]:
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "fakecloud_spec.py").write_text(SPEC_MODULE)
-    sys.path.insert(0, str(site))
-    plugins._refs.cache_clear()
-    yield site
-    sys.path.remove(str(site))
-    sys.modules.pop("fakecloud_spec", None)
-    plugins._refs.cache_clear()
+def site(plugin_site: PluginSite) -> PluginSite:
+    plugin_site.module("fakecloud_spec", SPEC_MODULE)
+    return plugin_site
 
 
 PLAN = """\
@@ -78,8 +66,8 @@ strategy:
 """
 
 
-def test_a_third_party_provider_is_found_and_checks_its_keys_and_limits(site: Path) -> None:
-    _dist(site, "fakecloud", "[mlrollout.endpoints]\nfakecloud = fakecloud_spec:SPEC\n")
+def test_a_third_party_provider_is_found_and_checks_its_keys_and_limits(site: PluginSite) -> None:
+    site.dist("fakecloud", "[mlrollout.endpoints]\nfakecloud = fakecloud_spec:SPEC\n")
     with pytest.raises(PlanError) as caught:
         parse_plan(PLAN.format(extra="  regoin: eu-west-1\n"), "p.yaml")
     messages = [str(issue) for issue in caught.value.issues]
@@ -93,23 +81,23 @@ def test_a_third_party_provider_is_found_and_checks_its_keys_and_limits(site: Pa
     ), messages
 
 
-def test_a_valid_plan_for_the_plugin_passes(site: Path) -> None:
-    _dist(site, "fakecloud", "[mlrollout.endpoints]\nfakecloud = fakecloud_spec:SPEC\n")
+def test_a_valid_plan_for_the_plugin_passes(site: PluginSite) -> None:
+    site.dist("fakecloud", "[mlrollout.endpoints]\nfakecloud = fakecloud_spec:SPEC\n")
     loaded = parse_plan(PLAN.format(extra="  region: eu-west-1\n").replace("80", "100"), "p.yaml")
     assert loaded.plan.target.setting("region") == "eu-west-1"
 
 
-def test_a_broken_plugin_gives_a_clear_error_not_a_crash(site: Path) -> None:
-    _dist(site, "brokencloud", "[mlrollout.endpoints]\nbroken = no_such_module:SPEC\n")
+def test_a_broken_plugin_gives_a_clear_error_not_a_crash(site: PluginSite) -> None:
+    site.dist("brokencloud", "[mlrollout.endpoints]\nbroken = no_such_module:SPEC\n")
     with pytest.raises(ProviderUnavailable, match="'broken' from brokencloud failed to load"):
         plugins.provider_spec("broken")
     # the other providers are unaffected
     assert plugins.provider_spec("local").name == "local"
 
 
-def test_two_distributions_claiming_one_name_are_rejected(site: Path) -> None:
-    _dist(site, "fakecloud", "[mlrollout.endpoints]\nfakecloud = fakecloud_spec:SPEC\n")
-    _dist(site, "impostor", "[mlrollout.endpoints]\nfakecloud = fakecloud_spec:SPEC\n")
+def test_two_distributions_claiming_one_name_are_rejected(site: PluginSite) -> None:
+    site.dist("fakecloud", "[mlrollout.endpoints]\nfakecloud = fakecloud_spec:SPEC\n")
+    site.dist("impostor", "[mlrollout.endpoints]\nfakecloud = fakecloud_spec:SPEC\n")
     with pytest.raises(ProviderUnavailable, match="more than one distribution"):
         plugins.provider_spec("fakecloud")
 
@@ -134,10 +122,10 @@ def test_a_known_cloud_that_is_not_installed_names_the_extra(
 # ---------------------------------------------------- every problem in one pass (issue 11)
 
 
-def test_the_plugins_checks_run_beside_the_models_errors(site: Path) -> None:
+def test_the_plugins_checks_run_beside_the_models_errors(site: PluginSite) -> None:
     # a bad value (the model), a typo'd target key (the provider's keys) and a weight over the
     # plugin's limit (its own check_plan): all three at once
-    _dist(site, "fakecloud", "[mlrollout.endpoints]\nfakecloud = fakecloud_spec:SPEC\n")
+    site.dist("fakecloud", "[mlrollout.endpoints]\nfakecloud = fakecloud_spec:SPEC\n")
     text = PLAN.format(extra="  region: eu-west-1\n  regoin: eu-west-1\n").replace(
         "candidate: {name: v2}", "candidate: {name: v2, instance_count: 0}"
     )
@@ -152,8 +140,8 @@ def test_the_plugins_checks_run_beside_the_models_errors(site: Path) -> None:
     assert len(messages) == 3, messages
 
 
-def test_a_plugin_check_that_needs_an_invalid_part_is_skipped(site: Path) -> None:
-    _dist(site, "fakecloud", "[mlrollout.endpoints]\nfakecloud = fakecloud_spec:SPEC\n")
+def test_a_plugin_check_that_needs_an_invalid_part_is_skipped(site: PluginSite) -> None:
+    site.dist("fakecloud", "[mlrollout.endpoints]\nfakecloud = fakecloud_spec:SPEC\n")
     text = PLAN.format(extra="  regoin: eu-west-1\n").replace("- weight: 80", "- weight: 180")
     with pytest.raises(PlanError) as caught:  # the steps do not validate: no limit check on them
         parse_plan(text, "p.yaml")
@@ -196,16 +184,13 @@ SAYS_WHY_SPEC = SaysWhy()
 
 
 @pytest.fixture
-def broken_open(site: Path) -> Iterator[Path]:
-    (site / "fakecloud_open.py").write_text(NO_ADAPTER)
-    yield site
-    sys.modules.pop("fakecloud_open", None)
+def broken_open(site: PluginSite) -> PluginSite:
+    site.module("fakecloud_open", NO_ADAPTER)
+    return site
 
 
-def _register(site: Path, attr: str) -> None:
-    _dist(
-        site, "mlrollout-fakecloud", f"[mlrollout.endpoints]\nfakecloud = fakecloud_open:{attr}\n"
-    )
+def _register(site: PluginSite, attr: str) -> None:
+    site.dist("mlrollout-fakecloud", f"[mlrollout.endpoints]\nfakecloud = fakecloud_open:{attr}\n")
 
 
 def _main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
@@ -219,7 +204,7 @@ def _main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
 
 
 def test_a_plugin_whose_adapter_does_not_import_is_the_plugins_failure(
-    broken_open: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    broken_open: PluginSite, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _register(broken_open, "NO_ADAPTER_SPEC")
     plan = tmp_path / "p.yaml"
@@ -231,7 +216,7 @@ def test_a_plugin_whose_adapter_does_not_import_is_the_plugins_failure(
     assert "hint: " in err and "pip install fakecloud" in err, err  # the plugin's install hint
 
 
-def test_any_failure_inside_a_plugins_open_names_its_distribution(broken_open: Path) -> None:
+def test_any_failure_inside_a_plugins_open_names_its_distribution(broken_open: PluginSite) -> None:
     _register(broken_open, "CRASHES_SPEC")
     spec = plugins.provider_spec("fakecloud")
     with pytest.raises(ProviderUnavailable) as caught:
@@ -242,7 +227,7 @@ def test_any_failure_inside_a_plugins_open_names_its_distribution(broken_open: P
     assert isinstance(caught.value.__cause__, RuntimeError)  # --debug shows where
 
 
-def test_a_plugins_own_error_passes_unchanged(broken_open: Path) -> None:
+def test_a_plugins_own_error_passes_unchanged(broken_open: PluginSite) -> None:
     from mlrollout.errors import ProviderAuthError
 
     _register(broken_open, "SAYS_WHY_SPEC")

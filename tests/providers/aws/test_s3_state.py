@@ -7,9 +7,9 @@ import pytest
 from mlrollout_aws._aws import RetryPolicy
 from mlrollout_aws.s3state import S3StateStore, open_s3_store
 
-from mlrollout.cli.common import open_store
 from mlrollout.errors import LeaseHeld, LeaseLost, StateUnavailable, UsageError
 from mlrollout.state.base import RolloutRecord
+from mlrollout.state.open import open_store
 
 BUCKET = "rollouts"
 

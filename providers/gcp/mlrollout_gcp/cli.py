@@ -1,0 +1,30 @@
+"""``mlrollout providers gcp ...``: the GCP provider's commands, mounted by the core through the
+``mlrollout.commands`` entry point ``gcp = "mlrollout_gcp.cli:app"``. No Google library here:
+the commands work offline, and the core loads this module only when one of them runs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    rich_markup_mode=None,
+    no_args_is_help=True,
+    help="Tools of the GCP provider (mlrollout-gcp).",
+)
+
+PlanArg = Annotated[str, typer.Argument(help="The rollout plan (YAML).", metavar="PLAN")]
+
+
+@app.command("role")
+def role_command(plan_file: PlanArg) -> None:
+    """Print the least-privilege custom role (JSON, for `gcloud iam roles create ID --project P
+    --file FILE`) that running PLAN needs: Vertex AI and Cloud Monitoring permissions. No
+    network."""
+    from mlrollout.cli.common import print_json
+    from mlrollout.cli.provider_cmds import load_provider_plan
+    from mlrollout_gcp.roles import custom_role
+
+    plan = load_provider_plan(plan_file, "vertex", "the GCP custom role")
+    print_json(custom_role(plan))
