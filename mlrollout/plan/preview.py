@@ -89,6 +89,10 @@ def build_preview(loaded: LoadedPlan) -> dict[str, Any]:
     plan: Plan = loaded.plan
     spec: ProviderSpec = provider_spec(plan.target.provider)
     calls = spec.describe_calls(plan)
+    source = plan.analysis.source
+    if not isinstance(source, str):  # a metrics-source plugin reads the metrics, not the provider
+        [name] = list(source)
+        calls = {**calls, "metrics": [f"metrics source {name!r}: one query per look"]}
     rows = timeline(plan)
     steps: list[dict[str, Any]] = []
     elapsed_min = elapsed_max = 0.0

@@ -212,3 +212,21 @@ def test_providers_lists_the_metrics_sources(fakeprom: PluginSite, cli: Cli) -> 
     assert code == 0
     rows = json.loads(out)
     assert {"kind": "metrics", "name": "fakeprom", "from": "mlrollout-fakeprom"} in rows
+
+
+def test_preview_names_the_plugin_source_instead_of_the_providers_metrics(
+    fakeprom: PluginSite, tmp_path: Path
+) -> None:
+    from mlrollout.plan.loader import load_plan
+    from mlrollout.plan.preview import build_preview
+
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(SOURCE_PLAN.format(source="{fakeprom: {candidate_error_rate: 0.3}}"))
+    preview = build_preview(load_plan(str(plan)))
+    looks = [c for step in preview["steps"] for c in step["api_calls"] if "query" in c]
+    assert looks and all(
+        c.startswith("metrics source 'fakeprom': one query per look") for c in looks
+    )
+    assert not any(
+        "sandbox: synthesize" in c for step in preview["steps"] for c in step["api_calls"]
+    )
