@@ -2,9 +2,10 @@
 
 Exponential backoff with full jitter: the wait before retry ``n`` is drawn uniformly from
 ``[0, min(cap, base * 2**(n-1))]``. ``sleep`` is injectable (providers pass the rollout's clock,
-so tests never wait on the wall clock). :meth:`RetryPolicy.call` is the one retry loop the AWS
-and GCP providers share; :meth:`RetryPolicy.wait` also fits tenacity's ``wait=`` hook (it reads
-only ``attempt_number``). The core depends on no retry library.
+so tests never wait on the wall clock). :meth:`RetryPolicy.call` is the one retry loop the AWS,
+GCP and Azure providers share (through :func:`mlrollout.adapters.call_mapped`);
+:meth:`RetryPolicy.wait` also fits tenacity's ``wait=`` hook (it reads only ``attempt_number``).
+The core depends on no retry library.
 """
 
 from __future__ import annotations

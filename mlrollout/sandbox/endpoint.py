@@ -28,6 +28,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from mlrollout.adapters import check_finalize, check_weights
 from mlrollout.clock import Clock
 from mlrollout.contracts import (
     Capabilities,
@@ -46,7 +47,6 @@ NAMESPACE = "sandbox"
 CAPABILITIES = Capabilities(
     weights=True, shadow=True, native_blue_green=False, segment_routing=False
 )
-_TOLERANCE = 1e-6
 
 
 class ValueStore(Protocol):
@@ -148,17 +148,7 @@ class LocalEndpoint:
     def set_traffic(self, weights: Mapping[str, float]) -> EndpointState:
         record = self._load()
         deployed: dict[str, Any] = record["variants"]
-        unknown = [name for name in weights if name not in deployed]
-        if unknown:
-            raise ProviderError(
-                f"cannot route traffic to {', '.join(map(repr, unknown))}: not deployed on "
-                f"sandbox endpoint {self.name!r} (deployed: {', '.join(record['order'])})"
-            )
-        bad = [f"{n}={w}" for n, w in weights.items() if not (math.isfinite(w) and 0 <= w <= 100)]
-        total = sum(weights.values())
-        if bad or abs(total - 100.0) > _TOLERANCE:
-            detail = f"weights out of 0..100: {', '.join(bad)}" if bad else f"they sum to {total:g}"
-            raise ProviderError(f"invalid traffic weights {dict(weights)}: {detail}")
+        check_weights(weights, record["order"], where=f"sandbox endpoint {self.name!r}")
         new = {name: float(weights.get(name, 0.0)) for name in record["order"]}
         if all(abs(deployed[n]["weight"] - w) <= 1e-9 for n, w in new.items()):
             return self._state(record)
@@ -188,19 +178,11 @@ class LocalEndpoint:
     def finalize(self, keep: str, retire: str) -> EndpointState:
         record = self._load()
         deployed: dict[str, Any] = record["variants"]
-        if keep == retire or keep not in deployed:
-            raise ProviderError(
-                f"cannot finalize sandbox endpoint {self.name!r}: keep {keep!r}, retire "
-                f"{retire!r} (deployed: {', '.join(record['order'])})"
-            )
-        if retire not in deployed:
+        live = {name: float(deployed[name]["weight"]) for name in record["order"]}
+        if not check_finalize(
+            keep, retire, live, where=f"sandbox endpoint {self.name!r}", shadow=record.get("shadow")
+        ):
             return self._state(record)  # already retired
-        if deployed[retire]["weight"] > 0:
-            raise ProviderError(
-                f"cannot retire {retire!r}: it still takes {deployed[retire]['weight']:g}% "
-                "of the traffic",
-                hint="move its traffic away first (set_traffic)",
-            )
         del deployed[retire]
         record["order"].remove(retire)
         record["shadow"] = {n: p for n, p in record.get("shadow", {}).items() if n != retire}

@@ -7,13 +7,16 @@ Every call goes through :func:`call`, which
   off, so there is exactly one retry policy and call counts are what they look like);
 - for a mutation, asks ``applied()`` before each retry whether the earlier attempt already took
   effect (the response may be lost after the change was made), so no mutation is applied twice;
-- maps what is left to the mlrollout error tree at the boundary, naming the call and the IAM
-  action it needs::
+- maps what is left to the mlrollout error tree at the boundary, classified by the core's table
+  (:func:`mlrollout.adapters.classify`, AWS's auth and transient codes first), naming the call
+  and the IAM action it needs::
 
       botocore NoCredentialsError            -> ProviderAuthError   (exit 6)
       ClientError AccessDenied*, bad token   -> ProviderAuthError   (exit 6)
-      throttling, retries exhausted          -> ProviderThrottled   (exit 6)
+      throttling (429/503, Throttling*...),  -> ProviderThrottled   (exit 6)
+        retries exhausted
       5xx / connection, retries exhausted    -> ProviderError       (exit 6)
+      TypeError, KeyError... (a bug)         -> raised as it is     (exit 70)
       any other ClientError                  -> ProviderError       (exit 6), or raised as
                                                 AwsCallError for callers that handle a code
 """
@@ -28,22 +31,18 @@ import botocore.exceptions as bex
 import botocore.session
 from botocore.config import Config
 
-from mlrollout.errors import ProviderAuthError, ProviderError, ProviderThrottled
+from mlrollout.adapters import (
+    ErrorKind,
+    answer_error,
+    call_mapped,
+    classify,
+    is_programming_error,
+    is_throttling,
+    retryable_kind,
+)
+from mlrollout.errors import ProviderAuthError, ProviderError
 from mlrollout.retry import RetryPolicy
 
-THROTTLING_CODES = frozenset(
-    {
-        "Throttling",
-        "ThrottlingException",
-        "ThrottledException",
-        "TooManyRequestsException",
-        "RequestLimitExceeded",
-        "RequestThrottled",
-        "RequestThrottledException",
-        "ProvisionedThroughputExceededException",
-        "SlowDown",
-    }
-)
 TRANSIENT_CODES = frozenset(
     {
         "InternalFailure",
@@ -162,13 +161,21 @@ def _status(exc: bex.ClientError) -> int:
     return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
 
 
+def kind_of(exc: bex.ClientError) -> ErrorKind:
+    """The shared classification of a ClientError (AWS's own auth and transient codes first:
+    most of them come with status 400)."""
+    code = error_code(exc)
+    if code in AUTH_CODES:
+        return ErrorKind.AUTH
+    if code in TRANSIENT_CODES and not is_throttling(_status(exc), code):
+        return ErrorKind.TRANSIENT
+    return classify(_status(exc), code)
+
+
 def retryable(exc: BaseException) -> bool:
     if isinstance(exc, _CONNECTION_ERRORS):
         return True
-    if isinstance(exc, bex.ClientError):
-        code = error_code(exc)
-        return code in THROTTLING_CODES or code in TRANSIENT_CODES or _status(exc) >= 500
-    return False
+    return isinstance(exc, bex.ClientError) and retryable_kind(kind_of(exc))
 
 
 def call(
@@ -179,22 +186,22 @@ def call(
     applied: Callable[[], bool] | None = None,
     **params: Any,
 ) -> Any:
-    """``client.<operation>(**params)`` with retries and mapped errors (see the module doc).
-
-    ``applied``: for a mutation, returns True when the change is already in effect; asked before
-    each retry, and a True ends the call without sending it again (the result is then None).
-    """
+    """``client.<operation>(**params)`` through :func:`mlrollout.adapters.call_mapped` (see the
+    module doc; ``applied`` as there)."""
     method = getattr(client, operation)
-    return retry.call(
+    return call_mapped(
         lambda: method(**params),
+        retry=retry,
         retryable=retryable,
-        failed=lambda exc, attempts: map_error(client, operation, exc, attempts=attempts),
+        map_error=lambda exc, attempts: map_error(client, operation, exc, attempts=attempts),
         applied=applied,
     )
 
 
 def map_error(client: Any, operation: str, exc: BaseException, *, attempts: int) -> BaseException:
     """The mlrollout error for a failed call (foreign exceptions never escape the provider)."""
+    if is_programming_error(exc):
+        return exc  # a bug: raised as it is
     name = api_name(client, operation)
     action = iam_action(client, operation)
     if isinstance(exc, bex.NoCredentialsError | bex.PartialCredentialsError):
@@ -211,23 +218,21 @@ def map_error(client: Any, operation: str, exc: BaseException, *, attempts: int)
     if isinstance(exc, bex.ClientError):
         code = error_code(exc)
         message = exc.response.get("Error", {}).get("Message", "") or str(exc)
-        if code in AUTH_CODES:
-            return ProviderAuthError(
-                f"{name} was denied ({code}): {message}",
-                hint=f"allow IAM action {action}; `mlrollout providers aws iam-policy PLAN` "
-                "prints the whole least-privilege policy",
-            )
-        if code in THROTTLING_CODES:
-            return ProviderThrottled(
-                f"{name} stayed throttled after {attempts} attempts ({code})",
-                hint="lower the call rate (a longer analysis.interval) or raise the account quota",
-            )
-        if retryable(exc):
-            return ProviderError(
-                f"{name} kept failing after {attempts} attempts ({code or _status(exc)}): "
-                f"{message}",
-                hint="AWS reports a server-side problem; try again later",
-            )
+        kind = kind_of(exc)
+        mapped = answer_error(
+            kind,
+            call=name,
+            attempts=attempts,
+            code=code if kind is ErrorKind.AUTH else code or _status(exc),
+            message=message,
+            auth_hint=f"allow IAM action {action}; `mlrollout providers aws iam-policy PLAN` "
+            "prints the whole least-privilege policy",
+            quota_hint="lower the call rate (a longer analysis.interval) or raise the account "
+            "quota",
+            cloud="AWS",
+        )
+        if mapped is not None:
+            return mapped
         return AwsCallError(f"{name} failed ({code}): {message}", code=code, status=_status(exc))
     if isinstance(exc, bex.BotoCoreError):
         return ProviderError(f"{name} failed: {exc}")

@@ -14,26 +14,30 @@ answer), for every variant of the look (``EndpointName`` + ``VariantName`` in ``
   to the variant's when the namespace is ``AWS/SageMaker``; ``{endpoint}`` and ``{variant}`` in a
   dimension value are replaced. ``AWS/SageMaker`` ``*Latency`` metrics are converted to seconds.
 
-The window is cut to whole periods: from the period boundary at or before the look's start (as
-CloudWatch itself rounds ``StartTime``; the engine's start already includes the ingestion
-``delay``) to the last boundary at or before now, so the running period is never read half-full.
+The window is cut to whole periods of the plan's interval (``MetricsQuery.step``) by
+:func:`mlrollout.adapters.complete_periods`: from the period boundary at or before the look's
+start (as CloudWatch itself rounds ``StartTime``; the engine's start already includes the
+ingestion ``delay``) to the last boundary at or before now, so the running period is never read
+half-full.
+
 An empty series, or one CloudWatch still reports as ``PartialData`` (or ``InternalError``,
 ``Forbidden``) after the last page, is *no data* (``None``), never zero.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from mlrollout.adapters import complete_periods
 from mlrollout.clock import Clock
 from mlrollout.contracts import CustomValue, MetricsQuery, ProviderContext, Window
 from mlrollout.plan.model import LATENCY_METRICS, Gate
+from mlrollout.retry import RetryPolicy
 from mlrollout_aws import naming
-from mlrollout_aws._aws import RetryPolicy, call, make_client
+from mlrollout_aws._aws import call, make_client
 
 MICROSECONDS = 1e-6
 
@@ -63,8 +67,10 @@ class CloudWatchMetrics:
         clock: Clock,
         *,
         retry: RetryPolicy | None = None,
+        delay: float = 0.0,
     ) -> None:
         self.endpoint = endpoint
+        self.delay = delay  # CloudWatch's ingestion delay beyond the plan's (seconds)
         self.client = client
         self.clock = clock
         self.retry = retry or RetryPolicy(sleep=clock.sleep)
@@ -84,10 +90,10 @@ class CloudWatchMetrics:
 
     def query(self, query: MetricsQuery) -> dict[str, Window]:
         step = max(1, round(query.step))
-        start = math.floor(query.start / step) * step  # as CloudWatch rounds it itself
-        end = math.floor(min(query.end, self.clock.now()) / step) * step
-        if end <= start:  # not one whole period yet: nothing to ask
+        cut = complete_periods(query.start, query.end, step, self.clock.now(), self.delay)
+        if cut is None:  # not one whole period yet: nothing to ask
             return {v: Window() for v in query.variants}
+        start, end = int(cut[0]), int(cut[1])
         whole = _whole_period(end - start)
         queries: list[dict[str, Any]] = []
         for i, variant in enumerate(query.variants):

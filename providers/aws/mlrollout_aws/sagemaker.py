@@ -27,11 +27,12 @@ then does nothing: a retried ``UpdateEndpoint`` or weight change is never applie
 
 from __future__ import annotations
 
-import math
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any
 
+from mlrollout.adapters import WEIGHT_TOLERANCE, check_finalize, check_weights, wait_until
 from mlrollout.clock import Clock
 from mlrollout.contracts import (
     OWNER_KEYS,
@@ -42,8 +43,9 @@ from mlrollout.contracts import (
 )
 from mlrollout.errors import ProviderError
 from mlrollout.plan.model import Candidate
+from mlrollout.retry import RetryPolicy
 from mlrollout_aws import naming
-from mlrollout_aws._aws import AwsCallError, RetryPolicy, call, make_client
+from mlrollout_aws._aws import AwsCallError, call, make_client
 from mlrollout_aws.spec import CAPABILITIES
 
 #: Endpoint states an update ends in when it did not work.
@@ -73,7 +75,6 @@ _VARIANT_KEYS = (
     "InferenceAmiVersion",
     "RoutingConfig",
 )
-_WEIGHT_TOLERANCE = 0.01  # percent
 _TAG_UNSAFE = re.compile(r"[^\w .:/=+\-@]")
 POLL_SECONDS = 15.0
 UPDATE_TIMEOUT = 3600.0
@@ -153,6 +154,16 @@ class SageMakerEndpoint:
     def _config(self, name: str) -> dict[str, Any]:
         return dict(self._call("describe_endpoint_config", EndpointConfigName=name))
 
+    def _config_gone(self, name: str) -> bool:
+        return not self._config_exists(name)
+
+    def _config_exists(self, name: str) -> bool:
+        try:
+            self._config(name)
+        except AwsCallError:
+            return False
+        return True
+
     def _tags(self, arn: str) -> dict[str, str]:
         tags: dict[str, str] = {}
         token: str | None = None
@@ -207,12 +218,11 @@ class SageMakerEndpoint:
 
     def _wait(self, timeout: float | None = None) -> dict[str, Any]:
         """Describe until ``InService`` on the injected clock; a failed state raises."""
-        deadline = self.clock.now() + (self.update_timeout if timeout is None else timeout)
-        while True:
+        limit = self.update_timeout if timeout is None else timeout
+
+        def in_service() -> dict[str, Any] | None:
             raw = self._raw()
             status = raw.get("EndpointStatus")
-            if status == "InService":
-                return raw
             if status in FAILED_STATES:
                 reason = raw.get("FailureReason") or "no reason given"
                 raise ProviderError(
@@ -220,13 +230,20 @@ class SageMakerEndpoint:
                     hint="see the endpoint's events in the SageMaker console; fix the cause, "
                     "then `mlrollout resume` (or `mlrollout abort`)",
                 )
-            if self.clock.now() >= deadline:
-                raise ProviderError(
-                    f"SageMaker endpoint {self.name!r} is still {status} after "
-                    f"{(timeout or self.update_timeout):g}s",
-                    hint="wait for the update to finish, then `mlrollout resume`",
-                )
-            self.clock.sleep(min(self.poll, max(0.0, deadline - self.clock.now())) or self.poll)
+            last[:] = [raw]
+            return raw if status == "InService" else None
+
+        def timed_out() -> dict[str, Any]:
+            raise ProviderError(
+                f"SageMaker endpoint {self.name!r} is still {last[0].get('EndpointStatus')} "
+                f"after {limit:g}s",
+                hint="wait for the update to finish, then `mlrollout resume`",
+            )
+
+        last: list[dict[str, Any]] = []
+        return wait_until(
+            in_service, self.clock, timeout=limit, every=self.poll, on_timeout=timed_out
+        )
 
     def prepare(self, candidate: Candidate, baseline: str) -> EndpointState:
         raw = self._raw()
@@ -266,18 +283,7 @@ class SageMakerEndpoint:
 
     def set_traffic(self, weights: Mapping[str, float]) -> EndpointState:
         raw = self._raw()
-        names = _names(raw)
-        unknown = [n for n in weights if n not in names]
-        if unknown:
-            raise ProviderError(
-                f"cannot route traffic to {', '.join(map(repr, unknown))}: not a variant of "
-                f"SageMaker endpoint {self.name!r} (it has {', '.join(names)})"
-            )
-        bad = [f"{n}={w}" for n, w in weights.items() if not (math.isfinite(w) and 0 <= w <= 100)]
-        total = sum(weights.values())
-        if bad or abs(total - 100.0) > 1e-6:
-            detail = f"out of 0..100: {', '.join(bad)}" if bad else f"they sum to {total:g}"
-            raise ProviderError(f"invalid traffic weights {dict(weights)}: {detail}")
+        check_weights(weights, _names(raw), where=f"SageMaker endpoint {self.name!r}")
         if self._weights_are(raw, weights):
             return self._state(raw)
         if raw.get("EndpointStatus") != "InService":
@@ -317,21 +323,10 @@ class SageMakerEndpoint:
         raw = self._raw()
         if raw.get("EndpointStatus") != "InService":
             raw = self._wait()
-        if keep == retire or _variant(raw, keep) is None:
-            raise ProviderError(
-                f"cannot finalize SageMaker endpoint {self.name!r}: keep {keep!r}, retire "
-                f"{retire!r} (it has {', '.join(_names(raw))})"
-            )
         current_name = str(raw["EndpointConfigName"])
-        retired = _variant(raw, retire)
-        if retired is not None:
-            state = self._state(raw)
-            share = state.weights().get(retire, 0.0)
-            if share > _WEIGHT_TOLERANCE:
-                raise ProviderError(
-                    f"cannot retire {retire!r}: it still takes {share:g}% of the traffic",
-                    hint="move its traffic away first (set_traffic)",
-                )
+        if check_finalize(
+            keep, retire, self._state(raw).weights(), where=f"SageMaker endpoint {self.name!r}"
+        ):
             current = self._config(current_name)
             base = self._base_of(current)
             variants = [v for v in _carried_variants(current, raw) if v["VariantName"] != retire]
@@ -423,20 +418,13 @@ class SageMakerEndpoint:
             tags.append({"Key": naming.TAG_BASE, "Value": base})
         extra = {k: current[k] for k in _CONFIG_KEYS if current.get(k)}
 
-        def exists() -> bool:
-            """Asked before each retry: a lost response may hide a config that was made."""
-            try:
-                self._config(name)
-            except AwsCallError:
-                return False
-            return True
-
         try:
             call(
                 self.client,
                 "create_endpoint_config",
                 retry=self.retry,
-                applied=exists,
+                # Asked before each retry: a lost response may hide a config that was made.
+                applied=lambda: self._config_exists(name),
                 EndpointConfigName=name,
                 ProductionVariants=variants,
                 Tags=tags,
@@ -469,7 +457,12 @@ class SageMakerEndpoint:
         try:
             raw = self._wait()
         except ProviderError:
-            self._delete_unused_configs(in_use=self._raw().get("EndpointConfigName"), only=config)
+            # The wait gave up (a failed state, a timeout, retries run out): the config is left
+            # alone while the endpoint uses it or an update to it still runs.
+            raw = self._raw()
+            pending = (raw.get("PendingDeploymentSummary") or {}).get("EndpointConfigName")
+            if config not in (raw.get("EndpointConfigName"), pending):
+                self._delete_unused_configs(in_use=raw.get("EndpointConfigName"), only=config)
             raise
         if raw.get("EndpointConfigName") != config:
             reason = raw.get("FailureReason") or "SageMaker rolled the update back"
@@ -511,7 +504,13 @@ class SageMakerEndpoint:
             if tags.get(naming.TAG_MANAGED) != "true" or tags.get(naming.TAG_ENDPOINT) != self.name:
                 continue  # looks like ours but is not tagged so: never touch it
             try:
-                self._call("delete_endpoint_config", EndpointConfigName=name)
+                call(
+                    self.client,
+                    "delete_endpoint_config",
+                    retry=self.retry,
+                    applied=functools.partial(self._config_gone, name),
+                    EndpointConfigName=name,
+                )
             except AwsCallError as exc:
                 if "could not find" not in str(exc).lower():
                     raise
@@ -520,7 +519,7 @@ class SageMakerEndpoint:
 
     def _weights_are(self, raw: Mapping[str, Any], weights: Mapping[str, float]) -> bool:
         live = self._state(raw).weights()
-        return all(abs(live.get(n, 0.0) - w) <= _WEIGHT_TOLERANCE for n, w in weights.items())
+        return all(abs(live.get(n, 0.0) - w) <= WEIGHT_TOLERANCE for n, w in weights.items())
 
 
 def _tag_value(value: str) -> str:

@@ -4,10 +4,11 @@ mapping of Azure errors onto mlrollout's error tree, and the clients' wire setti
 Every call goes through :func:`call`, the core's one retry loop (``mlrollout.retry.RetryPolicy``,
 as the AWS and GCP providers use it). The SDKs' own retry policies are switched off
 (``retry_total=0``): :func:`call` retries timeouts (408), throttling (429), unavailability
-(500/502/503/504) and connection errors with exponential backoff and full jitter, sleeping on the
-rollout's clock, so a virtual clock makes retries instant. For a mutation it asks ``applied()``
-before each retry whether the attempt whose answer was lost took effect after all (a DELETE
-answered 503 after it was applied, a dropped connection): if so nothing is sent again.
+(500/502/503/504) — the core's table, :func:`mlrollout.adapters.classify` — and connection
+errors with exponential backoff and full jitter, sleeping on the rollout's clock, so a virtual
+clock makes retries instant. For a mutation it asks ``applied()`` before each retry whether the
+attempt whose answer was lost took effect after all (a DELETE answered 503 after it was applied,
+a dropped connection): if so nothing is sent again.
 """
 
 from __future__ import annotations
@@ -28,12 +29,12 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 
+from mlrollout.adapters import ErrorKind, call_mapped, classify, retryable_kind
 from mlrollout.clock import Clock
 from mlrollout.errors import ProviderAuthError, ProviderError, ProviderThrottled
 from mlrollout.retry import RetryPolicy
 
 T = TypeVar("T")
-TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 #: The built-in role that covers every call a rollout makes on the workspace.
 ROLE = "AzureML Data Scientist"
 PERMISSIONS = {
@@ -64,8 +65,14 @@ def transient(exc: BaseException) -> bool:
     if isinstance(exc, ServiceRequestError | ServiceResponseError | ConnectionError):
         return True
     if isinstance(exc, HttpResponseError):
-        return status_of(exc) in TRANSIENT_STATUS
+        return retryable_kind(classify(status_of(exc), error_code(exc)))
     return False
+
+
+def error_code(exc: BaseException) -> str | None:
+    """The service's error code (``TooManyRequests``, ``BadArgument``...), if it sent one."""
+    code = getattr(getattr(exc, "error", None), "code", None)
+    return str(code) if code else None
 
 
 def call(
@@ -77,23 +84,18 @@ def call(
     permission: str,
     applied: Callable[[], bool] | None = None,
 ) -> T | None:
-    """``fn()`` retried on transient errors; an Azure error that ends it is raised as
-    :func:`provider_error` (``action``, ``what``, ``permission``), anything else as it is.
+    """``fn()`` through :func:`mlrollout.adapters.call_mapped`, retried on transient errors; an
+    Azure error that ends it is raised as :func:`provider_error` (``action``, ``what``,
+    ``permission``), anything else as it is (``applied`` as there)."""
 
-    ``applied``: for a mutation, returns True when the change is already in effect; asked before
-    each retry, and a True ends the call without sending it again (the result is then None).
-    """
-
-    def failed(exc: BaseException, attempts: int) -> BaseException:
-        if isinstance(exc, ProviderError):
-            return exc
+    def mapped(exc: BaseException, attempts: int) -> BaseException:
         if type(exc).__module__.startswith("azure.") or transient(exc):
             return provider_error(exc, action, what, permission)
         return exc
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # azure-ai-ml's deprecation and experimental notices
-        return retry.call(fn, retryable=transient, failed=failed, applied=applied)
+        return call_mapped(fn, retry=retry, retryable=transient, map_error=mapped, applied=applied)
 
 
 def describe_error(exc: BaseException, *, first_line: bool = False) -> str:
@@ -138,9 +140,9 @@ def provider_error(exc: BaseException, action: str, what: str, permission: str) 
         )
     if isinstance(exc, ResourceNotFoundError) or status == 404:
         return ProviderError(f"{what} not found ({action}): {detail}")
-    if status in (429, 503):
+    if classify(status, error_code(exc)) is ErrorKind.THROTTLED:
         return ProviderThrottled(
-            f"Azure kept answering {status} to {action} after retries: {detail}",
+            f"Azure kept answering {status or error_code(exc)} to {action} after retries: {detail}",
             hint="try again later; other tools may be calling the same workspace",
         )
     if isinstance(exc, ServiceRequestError | ServiceResponseError | ConnectionError):

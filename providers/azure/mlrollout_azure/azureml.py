@@ -37,8 +37,9 @@ import re
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+from mlrollout.adapters import check_finalize, check_weights, wait_until, whole_percents
 from mlrollout.clock import Clock
 from mlrollout.contracts import (
     OWNER_KEYS,
@@ -70,6 +71,7 @@ VIRTUAL_GRACE = 0.05
 _MODEL_ID = re.compile(r"/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)$")
 _DONE = {"succeeded", "failed", "canceled"}
 _BUSY = ("creating", "updating")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -192,12 +194,13 @@ class AzureMLEndpoint:
     def _settled_endpoint(self) -> OnlineEndpoint:
         """The endpoint once no update runs on it (the one whose answer was lost may still be
         running), waiting on the clock for at most the operation timeout."""
-        deadline = self.clock.now() + self.lro_timeout
-        while True:
-            endpoint = self._endpoint()
-            if _status(endpoint.provisioning_state) not in _BUSY or self.clock.now() >= deadline:
-                return endpoint
-            self.clock.sleep(self.poll_every)
+        last: list[OnlineEndpoint] = []
+
+        def settled() -> OnlineEndpoint | None:
+            last[:] = [self._endpoint()]
+            return None if _status(last[0].provisioning_state) in _BUSY else last[0]
+
+        return self._poll(settled, lambda: last[0], self.lro_timeout)
 
     # ----------------------------------------------------------------------------- checks
 
@@ -311,19 +314,18 @@ class AzureMLEndpoint:
         return self.describe()
 
     def set_traffic(self, weights: Mapping[str, float]) -> EndpointState:
-        target = whole_percents(weights)
         endpoint = self._endpoint()
-        current = _nonzero(endpoint.traffic)
-        wanted = {k: v for k, v in target.items() if v}
-        if current == wanted:
+        deployed = [*(endpoint.traffic or {})]
+        deployed += [name for name in endpoint.mirror_traffic or {} if name not in deployed]
+        check_weights(
+            weights,
+            deployed,
+            where=f"online endpoint {self.target.endpoint!r}",
+            kind="deployment",
+        )
+        target = whole_percents(weights)
+        if _nonzero(endpoint.traffic) == {k: v for k, v in target.items() if v}:
             return self.describe()
-        deployed = set((endpoint.traffic or {}).keys()) | set(endpoint.mirror_traffic or {})
-        unknown = [name for name in target if name not in deployed]
-        if unknown:
-            raise ProviderError(
-                f"cannot route traffic to {', '.join(map(repr, unknown))}: not a deployment of "
-                f"online endpoint {self.target.endpoint!r}"
-            )
         endpoint.traffic = dict(target)
         self._update_endpoint(endpoint, f"set the traffic of {self.target.endpoint!r}")
         return self.describe()
@@ -351,20 +353,15 @@ class AzureMLEndpoint:
     def finalize(self, keep: str, retire: str) -> EndpointState:
         t = self.target
         state = self.describe()
-        if keep == retire or state.variant(keep) is None:
-            raise ProviderError(
-                f"cannot finalize {t.endpoint!r}: keep {keep!r}, retire {retire!r} "
-                f"(deployments: {', '.join(v.name for v in state.variants)})"
-            )
-        gone = state.variant(retire)
-        if gone is None:
+        if not check_finalize(
+            keep,
+            retire,
+            state.weights(),
+            where=f"online endpoint {t.endpoint!r}",
+            shadow={v.name: v.shadow_percent for v in state.variants},
+            kind="deployment",
+        ):
             return state  # already retired
-        if gone.weight > 0 or gone.shadow_percent > 0:
-            raise ProviderError(
-                f"cannot delete deployment {retire!r}: it still takes {gone.weight:g}% of the "
-                f"traffic ({gone.shadow_percent:g}% mirrored)",
-                hint="move its traffic away first (set_traffic)",
-            )
 
         def applied() -> bool:  # before a retry: did the lost attempt delete it after all?
             found = self._deployment(retire)
@@ -382,19 +379,22 @@ class AzureMLEndpoint:
         return self.describe()
 
     def wait_until_stable(self, timeout: float) -> EndpointState:
-        deadline = self.clock.now() + timeout
-        while True:
-            state = self.describe()
+        last: list[EndpointState] = []
+
+        def stable() -> EndpointState | None:
+            last[:] = [self.describe()]
+            busy = [v.name for v in last[0].variants if v.status not in ("ready", "failed")]
+            return last[0] if last[0].status == "ready" and not busy else None
+
+        def timed_out() -> EndpointState:
+            state = last[0]
             busy = [v.name for v in state.variants if v.status not in ("ready", "failed")]
-            if state.status == "ready" and not busy:
-                return state
-            if self.clock.now() >= deadline:
-                raise ProviderError(
-                    f"online endpoint {self.target.endpoint!r} is still {state.status} "
-                    f"({', '.join(busy) or 'no deployment'} busy) after "
-                    f"{format_duration(timeout)}"
-                )
-            self.clock.sleep(self.poll_every)
+            raise ProviderError(
+                f"online endpoint {self.target.endpoint!r} is still {state.status} "
+                f"({', '.join(busy) or 'no deployment'} busy) after {format_duration(timeout)}"
+            )
+
+        return self._poll(stable, timed_out, timeout)
 
     # --------------------------------------------------------------------------- ownership
 
@@ -535,27 +535,35 @@ class AzureMLEndpoint:
         deployment); it is only asked for the operation's error message. The resource decides:
         a poller that gave up on a 429/503 changes nothing, and a virtual clock needs no real
         waiting."""
-        deadline = self.clock.now() + self.lro_timeout
-        while True:
+
+        def finished() -> bool | None:
             outcome = check()
             if outcome == "ok":
-                return
-            if outcome is not None:
-                error = _poller_error(poller, VIRTUAL_GRACE if self._virtual else self.poll_every)
-                reason = f": {error}" if error else ""
-                raise ProviderError(
-                    f"{what} on online endpoint {self.target.endpoint!r} failed{reason} "
-                    f"({outcome})",
-                    hint="see `az ml online-deployment get-logs`; `mlrollout resume` retries, "
-                    "`mlrollout abort` rolls back",
-                )
-            if self.clock.now() >= deadline:
-                raise ProviderError(
-                    f"{what} on online endpoint {self.target.endpoint!r} did not finish within "
-                    f"{format_duration(self.lro_timeout)}",
-                    hint="`mlrollout resume` waits again; the operation goes on in Azure",
-                )
-            self.clock.sleep(self.poll_every)
+                return True
+            if outcome is None:
+                return None
+            error = _poller_error(poller, VIRTUAL_GRACE if self._virtual else self.poll_every)
+            reason = f": {error}" if error else ""
+            raise ProviderError(
+                f"{what} on online endpoint {self.target.endpoint!r} failed{reason} ({outcome})",
+                hint="see `az ml online-deployment get-logs`; `mlrollout resume` retries, "
+                "`mlrollout abort` rolls back",
+            )
+
+        def timed_out() -> bool:
+            raise ProviderError(
+                f"{what} on online endpoint {self.target.endpoint!r} did not finish within "
+                f"{format_duration(self.lro_timeout)}",
+                hint="`mlrollout resume` waits again; the operation goes on in Azure",
+            )
+
+        self._poll(finished, timed_out, self.lro_timeout)
+
+    def _poll(self, poll: Callable[[], T | None], on_timeout: Callable[[], T], timeout: float) -> T:
+        """:func:`~mlrollout.adapters.wait_until` every ``poll_every`` clock seconds."""
+        return wait_until(
+            poll, self.clock, timeout=timeout, every=self.poll_every, on_timeout=on_timeout
+        )
 
     @property
     def _virtual(self) -> bool:
@@ -588,21 +596,6 @@ def target_of(context: ProviderContext) -> AzureTarget:
         endpoint=target.endpoint,
         endpoint_url=target.endpoint_url,
     )
-
-
-def whole_percents(weights: Mapping[str, float]) -> dict[str, int]:
-    """Weights as whole percents summing to 100 (largest remainder), as Azure ML requires."""
-    bad = [f"{n}={w}" for n, w in weights.items() if not (math.isfinite(w) and 0 <= w <= 100)]
-    total = sum(weights.values())
-    if bad or abs(total - 100.0) > 1e-6:
-        detail = f"weights out of 0..100: {', '.join(bad)}" if bad else f"they sum to {total:g}"
-        raise ProviderError(f"invalid traffic weights {dict(weights)}: {detail}")
-    floors = {n: math.floor(w + 1e-9) for n, w in weights.items()}
-    short = 100 - sum(floors.values())
-    by_remainder = sorted(weights, key=lambda n: (-(weights[n] - floors[n]), n))
-    for name in by_remainder[:short]:
-        floors[name] += 1
-    return floors
 
 
 def _nonzero(split: Mapping[str, Any] | None) -> dict[str, int]:

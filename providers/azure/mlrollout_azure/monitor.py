@@ -2,7 +2,8 @@
 ``azure.monitor.querymetrics.MetricsClient`` (``POST .../metrics:getBatch``).
 
 Per look, on the online endpoint resource, at one-minute granularity over the look's cumulative
-window (whole minutes completed by now):
+window cut to the whole minutes completed by now
+(:func:`mlrollout.adapters.complete_periods`):
 
 - ``RequestsPerMinute`` (Total) split by ``deployment`` and ``statusCodeClass``: requests are the
   sum over classes, errors the ``5xx`` class (Azure has no error-count metric). A deployment with
@@ -31,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from mlrollout.adapters import complete_periods
 from mlrollout.clock import Clock
 from mlrollout.contracts import CustomValue, MetricsQuery, ProviderContext, Window
 from mlrollout.errors import ProviderError
@@ -76,8 +78,10 @@ class AzureMonitorMetrics:
         clock: Clock,
         *,
         retry: RetryPolicy | None = None,
+        delay: float = 0.0,
     ) -> None:
         self._factory = client_factory
+        self.delay = delay  # Azure Monitor's ingestion delay beyond the plan's (seconds)
         self._client: Any = None
         self.target = target
         self.clock = clock
@@ -115,12 +119,11 @@ class AzureMonitorMetrics:
     # ------------------------------------------------------------------------------ query
 
     def query(self, query: MetricsQuery) -> dict[str, Window]:
-        now = self.clock.now()
-        start = math.ceil(query.start / MINUTE) * MINUTE
-        end = math.floor(min(query.end, now) / MINUTE) * MINUTE
         windows = {v: Window() for v in query.variants}
-        if end <= start:
+        cut = complete_periods(query.start, query.end, MINUTE, self.clock.now(), self.delay)
+        if cut is None:
             return windows  # not one whole minute yet: no data
+        start, end = cut
         results: list[tuple[_Group, dict[str, list[Any]]]] = []
         for group in self.groups(query.gates):
             try:

@@ -2,8 +2,9 @@
 
 Every call goes through :func:`call`, which
 
-- retries 429, 503 (and 500/502/504) and connection errors with exponential backoff and full
-  jitter (the core's ``RetryPolicy.call``), sleeping on the injected clock. ``aiplatform_v1``
+- retries 429, 503 (and 408/500/502/504: the core's table, :func:`mlrollout.adapters.classify`)
+  and connection errors with exponential backoff and full jitter (the core's
+  ``RetryPolicy.call``), sleeping on the injected clock. ``aiplatform_v1``
   clients do not retry them themselves, and mlrollout passes ``retry=None`` to the Monitoring
   client, so there is exactly one retry policy and call counts are what they look like;
 - for a mutation, asks ``applied()`` before each retry whether the earlier attempt already took
@@ -14,8 +15,9 @@ Every call goes through :func:`call`, which
 
       google.auth DefaultCredentialsError     -> ProviderAuthError   (exit 6)
       401 / 403                               -> ProviderAuthError   (exit 6)
-      429, retries exhausted                  -> ProviderThrottled   (exit 6)
+      429 / 503, retries exhausted            -> ProviderThrottled   (exit 6)
       5xx / connection, retries exhausted     -> ProviderError       (exit 6)
+      TypeError, KeyError... (a bug)          -> raised as it is     (exit 70)
       any other API error                     -> GcpCallError        (exit 6; callers may look at
                                                  its HTTP code: 404 unknown endpoint or model)
 """
@@ -32,10 +34,17 @@ import requests.exceptions
 from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials, Credentials
 
-from mlrollout.errors import ProviderAuthError, ProviderError, ProviderThrottled
+from mlrollout.adapters import (
+    ErrorKind,
+    answer_error,
+    call_mapped,
+    classify,
+    is_programming_error,
+    retryable_kind,
+)
+from mlrollout.errors import ProviderAuthError, ProviderError
 from mlrollout.retry import RetryPolicy
 
-RETRY_CODES = frozenset({429, 500, 502, 503, 504})
 SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 
 #: The IAM permission each call needs, by the client method's name.
@@ -110,7 +119,7 @@ def retryable(exc: BaseException) -> bool:
         return True
     if isinstance(exc, gexc.RetryError):
         return True
-    return http_code(exc) in RETRY_CODES
+    return isinstance(exc, gexc.GoogleAPICallError) and retryable_kind(classify(http_code(exc)))
 
 
 def call(
@@ -121,23 +130,23 @@ def call(
     applied: Callable[[], bool] | None = None,
     **params: Any,
 ) -> Any:
-    """``method(**params)`` with retries and mapped errors (see the module doc).
-
-    ``applied``: for a mutation, returns True when the change is already in effect; asked before
-    each retry, and a True ends the call without sending it again (the result is then None).
-    """
-    return retry.call(
+    """``method(**params)`` through :func:`mlrollout.adapters.call_mapped` (see the module doc;
+    ``applied`` as there)."""
+    return call_mapped(
         lambda: method(**params),
+        retry=retry,
         retryable=retryable,
-        failed=lambda exc, attempts: (
-            exc if isinstance(exc, ProviderError) else map_error(operation, exc, attempts=attempts)
-        ),
+        map_error=lambda exc, attempts: map_error(operation, exc, attempts=attempts),
         applied=applied,
     )
 
 
-def map_error(operation: str, exc: BaseException, *, attempts: int = 1) -> ProviderError:
-    """The mlrollout error for a failed call (foreign exceptions never escape the provider)."""
+def map_error(operation: str, exc: BaseException, *, attempts: int = 1) -> BaseException:
+    """The mlrollout error for a failed call (foreign exceptions never escape the provider),
+    or ``exc`` itself for a bug (:func:`~mlrollout.adapters.is_programming_error`), which the
+    caller raises as it is."""
+    if is_programming_error(exc):
+        return exc
     name = API_NAMES.get(operation, operation)
     permission = PERMISSIONS.get(operation, "the Vertex AI User role")
     if isinstance(exc, google.auth.exceptions.DefaultCredentialsError):
@@ -158,23 +167,22 @@ def map_error(operation: str, exc: BaseException, *, attempts: int = 1) -> Provi
         )
     code = http_code(exc)
     message = getattr(exc, "message", None) or str(exc)
-    if code in (401, 403):
-        return ProviderAuthError(
-            f"{name} was denied ({code}): {message}",
-            hint=f"grant IAM permission {permission} (e.g. the Vertex AI User role, "
-            "roles/aiplatform.user; Monitoring Viewer for metrics)",
-        )
-    if code == 429:
-        return ProviderThrottled(
-            f"{name} stayed throttled after {attempts} attempts (429): {message}",
-            hint="lower the call rate (a longer analysis.interval) or raise the project's quota",
-        )
-    if retryable(exc):
-        return ProviderError(
-            f"{name} kept failing after {attempts} attempts ({code or type(exc).__name__}): "
-            f"{message}",
-            hint="Google Cloud reports a server-side problem; try again later",
-        )
+    kind = classify(code or None, type(exc).__name__)
+    if isinstance(exc, gexc.RetryError):
+        kind = ErrorKind.TRANSIENT  # the client's own deadline ran out
+    mapped = answer_error(
+        kind,
+        call=name,
+        attempts=attempts,
+        code=code or type(exc).__name__,
+        message=message,
+        auth_hint=f"grant IAM permission {permission} (e.g. the Vertex AI User role, "
+        "roles/aiplatform.user; Monitoring Viewer for metrics)",
+        quota_hint="lower the call rate (a longer analysis.interval) or raise the project's quota",
+        cloud="Google Cloud",
+    )
+    if mapped is not None:
+        return mapped
     if isinstance(exc, gexc.GoogleAPICallError):
         return GcpCallError(f"{name} failed ({code}): {message}", code=code)
     return ProviderError(f"{name} failed: {type(exc).__name__}: {exc}")

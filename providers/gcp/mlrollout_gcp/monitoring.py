@@ -16,8 +16,9 @@ summed per ``deployed_model_id`` with ``REDUCE_SUM``:
   them further.
 
 So a look costs 2 calls, 3 with a latency gate, plus one per distinct custom query — the same
-however many gates there are. Cloud Monitoring rejects alignment periods under 60 s; a window
-shorter than a minute has no complete period yet and shows no data. The Monitoring client has no
+however many gates there are. Cloud Monitoring rejects alignment periods under 60 s: the window
+is cut to the whole minutes completed by now (:func:`mlrollout.adapters.complete_periods`), and
+one without a complete minute shows no data. The Monitoring client has no
 REST transport (2.32): it speaks gRPC — to ``monitoring.googleapis.com`` with the credentials, or,
 when ``target.metrics_url`` is ``http://HOST:PORT``, on an insecure channel to that address.
 """
@@ -34,6 +35,7 @@ from urllib.parse import urlsplit
 from google.cloud import monitoring_v3
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from mlrollout.adapters import complete_periods
 from mlrollout.contracts import (
     CustomValue,
     LatencyHistogram,
@@ -42,7 +44,8 @@ from mlrollout.contracts import (
     Window,
 )
 from mlrollout.errors import ProviderError
-from mlrollout_gcp._gcp import RetryPolicy, call, credentials_for, is_plain_http, map_error
+from mlrollout.retry import RetryPolicy
+from mlrollout_gcp._gcp import call, credentials_for, is_plain_http, map_error
 from mlrollout_gcp.spec import MIN_ALIGNMENT
 
 if TYPE_CHECKING:
@@ -110,8 +113,10 @@ class CloudMonitoringMetrics:
         *,
         project: str,
         retry: RetryPolicy | None = None,
+        delay: float = 0.0,
     ) -> None:
         self.client = client
+        self.delay = delay  # Cloud Monitoring's ingestion delay beyond the plan's (seconds)
         self.endpoint = endpoint
         self.project = project
         self.retry = retry or endpoint.retry
@@ -143,7 +148,10 @@ class CloudMonitoringMetrics:
         except ProviderError:
             raise
         except Exception as exc:
-            raise map_error("list_time_series", exc) from exc
+            mapped = map_error("list_time_series", exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
         return cls(client, endpoint, project=str(target.setting("project") or endpoint.project))
 
     # --------------------------------------------------------------------------------- query
@@ -152,14 +160,16 @@ class CloudMonitoringMetrics:
         ids = self._ids(query.variants)
         if not ids:
             return {v: Window() for v in query.variants}
-        end = query.end
-        if end - query.start < MIN_ALIGNMENT:
+        cut = complete_periods(
+            query.start, query.end, MIN_ALIGNMENT, self.endpoint.clock.now(), self.delay
+        )
+        if cut is None:
             return {v: Window() for v in query.variants}  # no complete minute yet
-        predictions = self._fetch(PREDICTIONS, query, ids)
-        errors = self._fetch(ERRORS, query, ids)
+        predictions = self._fetch(PREDICTIONS, cut, ids)
+        errors = self._fetch(ERRORS, cut, ids)
         latency_gates = any(g.metric.startswith("latency") for g in query.gates)
         latencies = (
-            self._fetch(LATENCIES, query, ids, extra='metric.labels.latency_type = "total"')
+            self._fetch(LATENCIES, cut, ids, extra='metric.labels.latency_type = "total"')
             if latency_gates
             else {}
         )
@@ -173,7 +183,7 @@ class CloudMonitoringMetrics:
             if key not in fetched:
                 fetched[key] = self._fetch(
                     key[0],
-                    query,
+                    cut,
                     ids,
                     extra=key[1] or None,
                     aligner=str(q.get("aligner") or "ALIGN_DELTA"),
@@ -217,7 +227,7 @@ class CloudMonitoringMetrics:
     def _fetch(
         self,
         metric_type: str,
-        query: MetricsQuery,
+        window: tuple[float, float],
         ids: dict[str, str],
         *,
         extra: str | None = None,
@@ -235,12 +245,13 @@ class CloudMonitoringMetrics:
         parts.append(f"metric.labels.deployed_model_id = one_of({quoted})")
         if extra:
             parts.append(f"({extra})" if " OR " in extra else extra)
-        # Per-minute points, summed here: a look's window need not be a whole number of steps.
+        # Per-minute points over whole minutes, summed here (the window is in whole minutes, not
+        # in steps of the plan's interval).
         request: dict[str, Any] = {
             "name": f"projects/{self.project}",
             "filter": " AND ".join(parts),
             "interval": monitoring_v3.TimeInterval(
-                start_time=_timestamp(query.start), end_time=_timestamp(query.end)
+                start_time=_timestamp(window[0]), end_time=_timestamp(window[1])
             ),
             "aggregation": monitoring_v3.Aggregation(
                 alignment_period=duration_pb2.Duration(seconds=int(MIN_ALIGNMENT)),
@@ -255,7 +266,8 @@ class CloudMonitoringMetrics:
         token = ""
         while True:
             request["page_token"] = token
-            # retry=None: the client's own retry would sleep on the wall clock; tenacity retries.
+            # retry=None: the client's own retry would sleep on the wall clock; ``call`` retries
+            # on the injected clock (the core's RetryPolicy).
             method = functools.partial(
                 self.client.list_time_series, retry=None, timeout=CALL_TIMEOUT
             )

@@ -29,9 +29,8 @@ first checks whether the earlier attempt took effect.
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +38,7 @@ from google.api_core.client_options import ClientOptions
 from google.cloud import aiplatform_v1
 from google.protobuf import field_mask_pb2
 
+from mlrollout.adapters import check_finalize, check_weights, wait_until, whole_percents
 from mlrollout.clock import Clock
 from mlrollout.contracts import (
     OWNER_KEYS,
@@ -50,9 +50,9 @@ from mlrollout.contracts import (
 )
 from mlrollout.errors import ProviderError
 from mlrollout.plan.model import Candidate
+from mlrollout.retry import RetryPolicy
 from mlrollout_gcp._gcp import (
     GcpCallError,
-    RetryPolicy,
     call,
     credentials_for,
     map_error,
@@ -73,21 +73,6 @@ class DeployedModel:
     model: str
     machine_type: str | None
     replicas: int | None
-
-
-def integer_split(weights: Mapping[str, float]) -> dict[str, int]:
-    """Whole percents summing to 100, each within 1 of its weight (largest remainder; ties go to
-    the larger weight, then to the name, so the result is deterministic)."""
-    total = sum(weights.values())
-    if not weights or not math.isfinite(total) or total <= 0:
-        raise ProviderError(f"invalid traffic weights {dict(weights)}: they sum to {total:g}")
-    scaled = {name: 100.0 * w / total for name, w in weights.items()}
-    floors = {name: math.floor(v + 1e-9) for name, v in scaled.items()}
-    left = 100 - sum(floors.values())
-    order = sorted(scaled, key=lambda n: (-(scaled[n] - floors[n]), -scaled[n], n))
-    for name in order[:left]:
-        floors[name] += 1
-    return floors
 
 
 def _owner_labels(labels: Mapping[str, str]) -> dict[str, str]:
@@ -143,7 +128,10 @@ class VertexEndpoint:
                 transport="rest", client_options=options, credentials=credentials
             )
         except Exception as exc:
-            raise map_error("get_endpoint", exc) from exc
+            mapped = map_error("get_endpoint", exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
         return cls(
             target.endpoint,
             client,
@@ -359,18 +347,9 @@ class VertexEndpoint:
     def set_traffic(self, weights: Mapping[str, float]) -> EndpointState:
         raw = self._get()
         state = self._state(raw)
-        unknown = [name for name in weights if state.variant(name) is None]
-        if unknown:
-            raise ProviderError(
-                f"cannot route traffic to {', '.join(map(repr, unknown))}: not deployed on "
-                f"Vertex AI endpoint {self.endpoint!r} "
-                f"(deployed: {', '.join(state.weights()) or 'nothing'})"
-            )
-        bad = [f"{n}={w}" for n, w in weights.items() if not (math.isfinite(w) and 0 <= w <= 100)]
-        if bad:
-            raise ProviderError(f"invalid traffic weights: {', '.join(bad)}")
+        check_weights(weights, list(state.weights()), where=f"Vertex AI endpoint {self.endpoint!r}")
         full = {v.name: float(weights.get(v.name, 0.0)) for v in state.variants}
-        percents = integer_split(full)
+        percents = whole_percents(full)
         target = {self.ids[name]: p for name, p in percents.items() if p > 0}
         _, current = self.deployed(raw)
         if {k: v for k, v in current.items() if v > 0} == target:
@@ -399,19 +378,9 @@ class VertexEndpoint:
     def finalize(self, keep: str, retire: str) -> EndpointState:
         raw = self._get()
         state = self._state(raw)
-        if keep == retire or state.variant(keep) is None:
-            raise ProviderError(
-                f"cannot finalize Vertex AI endpoint {self.endpoint!r}: keep {keep!r}, retire "
-                f"{retire!r} (deployed: {', '.join(state.weights()) or 'nothing'})"
-            )
-        gone = state.variant(retire)
-        if gone is None:
+        where = f"Vertex AI endpoint {self.endpoint!r}"
+        if not check_finalize(keep, retire, state.weights(), where=where, kind="deployed model"):
             return state  # already undeployed
-        if gone.weight > 0:
-            raise ProviderError(
-                f"cannot retire {retire!r}: it still takes {gone.weight:g}% of the traffic",
-                hint="move its traffic away first (set_traffic)",
-            )
         if self._await_running():
             raw = self._get()
             state = self._state(raw)
@@ -472,44 +441,57 @@ class VertexEndpoint:
         response = self._call("list_operations", request={"name": self.resource()})
         running = [op.name for op in response.operations if not op.done]
         for name in running:
-            deadline = self.clock.now() + self.deploy_timeout
-            delay = POLL_FIRST
-            while True:
-                op = self._call("get_operation", request={"name": name})
-                if op.done:
-                    break
-                if self.clock.now() >= deadline:
-                    raise ProviderError(
-                        f"operation {name} on Vertex AI endpoint {self.endpoint!r} is still "
-                        f"running after {self.deploy_timeout:g}s",
-                        hint="wait for it to finish (see the Cloud console), then "
-                        "`mlrollout resume`",
-                    )
-                self.clock.sleep(delay)
-                delay = min(POLL_MAX, delay * 1.5)
+
+            def done(name: str = name) -> bool | None:
+                return True if self._call("get_operation", request={"name": name}).done else None
+
+            def still_running(name: str = name) -> bool:
+                raise ProviderError(
+                    f"operation {name} on Vertex AI endpoint {self.endpoint!r} is still "
+                    f"running after {self.deploy_timeout:g}s",
+                    hint="wait for it to finish (see the Cloud console), then `mlrollout resume`",
+                )
+
+            self._poll(done, still_running)
         return len(running)
 
     def _wait(self, operation: Any, kind: str, what: str) -> None:
         """Poll a long-running operation on the injected clock until done or timed out."""
         name = operation.operation.name
-        deadline = self.clock.now() + self.deploy_timeout
-        delay = POLL_FIRST
-        while not call(operation.done, "get_operation", retry=self.retry):
-            if self.clock.now() >= deadline:
-                raise ProviderError(
-                    f"{what} on Vertex AI endpoint {self.endpoint!r} did not finish within "
-                    f"{self.deploy_timeout:g}s (operation {name})",
-                    hint="see the operation in the Cloud console; `mlrollout resume` carries on "
-                    "once it is done",
-                )
-            self.clock.sleep(delay)
-            delay = min(POLL_MAX, delay * 1.5)
+
+        def done() -> bool | None:
+            return True if call(operation.done, "get_operation", retry=self.retry) else None
+
+        def timed_out() -> bool:
+            raise ProviderError(
+                f"{what} on Vertex AI endpoint {self.endpoint!r} did not finish within "
+                f"{self.deploy_timeout:g}s (operation {name})",
+                hint="see the operation in the Cloud console; `mlrollout resume` carries on "
+                "once it is done",
+            )
+
+        self._poll(done, timed_out)
         try:
             operation.result(timeout=0)
         except Exception as exc:
             mapped = map_error(kind, exc)
+            if not isinstance(mapped, ProviderError):
+                raise
             raise ProviderError(
                 f"{what} on Vertex AI endpoint {self.endpoint!r} failed (operation {name}): "
                 f"{mapped.message}",
                 hint=mapped.hint,
             ) from exc
+
+    def _poll(self, done: Callable[[], bool | None], timed_out: Callable[[], bool]) -> None:
+        """Poll an operation on the injected clock: every 5 s, then 1.5 times longer each time
+        up to 30 s, until ``done()`` or ``deploy_timeout``."""
+        wait_until(
+            done,
+            self.clock,
+            timeout=self.deploy_timeout,
+            every=POLL_FIRST,
+            backoff=1.5,
+            cap=POLL_MAX,
+            on_timeout=timed_out,
+        )

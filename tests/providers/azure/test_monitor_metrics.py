@@ -75,8 +75,10 @@ def test_a_window_shorter_than_a_minute_makes_no_call(world):
     world.endpoint()
     metrics, plan = source(world)
     world.clock.set(START + 90)
+    # Within one minute: the window begins at that minute's start and ends before its end (the
+    # one rule of ``complete_periods``; a start at START + 30 no longer skips the minute).
     windows = metrics.query(
-        MetricsQuery(START + 30, START + 90, ("green", "blue"), tuple(plan.analysis.gates), 60)
+        MetricsQuery(START + 10, START + 50, ("green", "blue"), tuple(plan.analysis.gates), 60)
     )
     assert windows["blue"].requests is None
     assert world.fake.metric_queries == []

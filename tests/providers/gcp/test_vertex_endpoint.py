@@ -6,8 +6,9 @@ import pytest
 from gcp_world import World
 from mlrollout_gcp._gcp import RetryPolicy
 from mlrollout_gcp.spec import VertexProviderSpec
-from mlrollout_gcp.vertex import VertexEndpoint, integer_split
+from mlrollout_gcp.vertex import VertexEndpoint
 
+from mlrollout.adapters import whole_percents as integer_split
 from mlrollout.contracts import ProviderContext
 from mlrollout.errors import ExitCode, ProviderAuthError, ProviderError, ProviderThrottled
 from mlrollout.plan.loader import load_plan
