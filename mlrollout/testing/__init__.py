@@ -14,6 +14,9 @@ out — and pytest runs every check of the contract on it::
             adapter = MyEndpoint(..., endpoint_url=my_emulator.url)
             return ContractSubject(adapter, MyMetrics(adapter), "v1", Candidate(name="v2"))
 
+or, to open it the way ``mlrollout run`` does (the plan's provider, through its entry point),
+``open_subject(plan, clock=..., store=..., baseline="v1")``.
+
 The checks are what the engine relies on (see :class:`~mlrollout.contracts.EndpointAdapter`):
 ``describe`` reports the live weights; ``prepare`` adds the candidate at 0 % and is idempotent;
 ``set_traffic`` applies valid weights, is idempotent, and refuses an unknown variant, a weight out
@@ -39,13 +42,16 @@ from mlrollout.contracts import (
     MetricsQuery,
     MetricsSource,
     OwnerMark,
+    ProviderContext,
 )
 from mlrollout.errors import ProviderError
 
 if TYPE_CHECKING:
-    from mlrollout.plan.model import Candidate
+    from mlrollout.clock import Clock
+    from mlrollout.plan.model import Candidate, Plan
+    from mlrollout.state.base import StateStore
 
-__all__ = ["ContractSubject", "EndpointContract"]
+__all__ = ["ContractSubject", "EndpointContract", "open_subject"]
 
 
 @dataclass
@@ -58,6 +64,18 @@ class ContractSubject:
     candidate: Candidate
     #: Instant (the adapter clock's) up to which a metrics query may ask; None: ``time.time()``.
     now: float | None = None
+
+
+def open_subject(
+    plan: Plan, *, clock: Clock, store: StateStore, baseline: str, now: float | None = None
+) -> ContractSubject:
+    """A subject opened the way ``mlrollout run`` opens a provider: the plan's provider spec
+    (found through its entry point) opens the adapter and the metrics source for ``plan``."""
+    from mlrollout.plugins import provider_spec
+
+    context = ProviderContext(plan=plan, clock=clock, store=store)
+    adapter, metrics = provider_spec(plan.target.provider).open(context)
+    return ContractSubject(adapter, metrics, baseline, plan.candidate, now)
 
 
 def _served(state: EndpointState) -> dict[str, float]:

@@ -13,10 +13,9 @@ import pytest
 
 from mlrollout import plugins
 from mlrollout.clock import VirtualClock
-from mlrollout.contracts import ProviderContext
 from mlrollout.plan.loader import parse_plan
 from mlrollout.state.sqlite import SqliteStateStore
-from mlrollout.testing import ContractSubject, EndpointContract
+from mlrollout.testing import ContractSubject, EndpointContract, open_subject
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
@@ -70,12 +69,8 @@ class TestToyProviderContract(EndpointContract):
     ) -> ContractSubject:
         platform.add_endpoint("shop", "v1", "shop-model-1")
         plan = parse_plan(PLAN.format(url=platform.url), "toy.yaml").plan
-        spec = plugins.provider_spec("toy")
-        context = ProviderContext(
-            plan=plan, clock=VirtualClock(), store=SqliteStateStore(tmp_path / "s.db")
-        )
-        adapter, metrics = spec.open(context)
-        return ContractSubject(adapter, metrics, "v1", plan.candidate)
+        store = SqliteStateStore(tmp_path / "s.db")
+        return open_subject(plan, clock=VirtualClock(), store=store, baseline="v1")
 
 
 def test_the_toy_provider_is_found_through_its_entry_point(toy_installed: None) -> None:

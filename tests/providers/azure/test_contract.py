@@ -6,11 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from mlrollout.contracts import ProviderContext
 from mlrollout.plan.loader import load_plan
-from mlrollout.plugins import provider_spec
 from mlrollout.state.sqlite import SqliteStateStore
-from mlrollout.testing import ContractSubject, EndpointContract
+from mlrollout.testing import ContractSubject, EndpointContract, open_subject
 
 
 class TestAzureMLContract(EndpointContract):
@@ -18,8 +16,7 @@ class TestAzureMLContract(EndpointContract):
     def subject(self, world, tmp_path: Path) -> ContractSubject:  # type: ignore[no-untyped-def]
         world.endpoint()
         plan = load_plan(str(world.plan())).plan
-        context = ProviderContext(
-            plan=plan, clock=world.clock, store=SqliteStateStore(tmp_path / "s.db")
+        store = SqliteStateStore(tmp_path / "s.db")
+        return open_subject(
+            plan, clock=world.clock, store=store, baseline="blue", now=world.clock.now()
         )
-        adapter, metrics = provider_spec("azureml").open(context)
-        return ContractSubject(adapter, metrics, "blue", plan.candidate, world.clock.now())
