@@ -124,7 +124,12 @@ def _label_value(value: str) -> str:
 
 class EndpointAdapter(Protocol):
     """Drives one live endpoint. Every mutation is idempotent: applying the same change twice
-    leaves the endpoint as applying it once does, so a tick after a crash may simply redo it."""
+    leaves the endpoint as applying it once does, so a tick after a crash may simply redo it.
+
+    The contract holds what the core calls, nothing more: waiting until a change has settled is
+    each mutation's own job (with :func:`mlrollout.adapters.wait_until`), and mirroring
+    (``set_shadow``) joins the contract with the strategy that drives it, behind the
+    ``shadow`` capability."""
 
     capabilities: Capabilities
 
@@ -136,13 +141,9 @@ class EndpointAdapter(Protocol):
 
     def set_traffic(self, weights: Mapping[str, float]) -> EndpointState: ...
 
-    def set_shadow(self, variant: str | None, percent: float) -> EndpointState: ...
-
     def finalize(self, keep: str, retire: str) -> EndpointState:
         """Remove ``retire`` (which must take no traffic) and leave ``keep`` serving."""
         ...
-
-    def wait_until_stable(self, timeout: float) -> EndpointState: ...
 
     # Ownership (optional for third-party adapters: without it only the state store's lease
     # keeps two runners apart, which fails when they use two different stores).
