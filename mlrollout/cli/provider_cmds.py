@@ -11,7 +11,7 @@ settings with :func:`mlrollout.cli.common.settings`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from typer.core import TyperGroup
@@ -88,6 +88,19 @@ def command_rows() -> list[dict[str, Any]]:
         {"kind": "commands", "name": name, "from": ", ".join(r.dist for r in found)}
         for name, found in sorted(refs(COMMANDS_GROUP).items())
     ]
+
+
+#: The PLAN argument of a provider's command.
+PlanArg = Annotated[str, typer.Argument(help="The rollout plan (YAML).", metavar="PLAN")]
+
+
+def provider_app(cloud: str, distribution: str) -> typer.Typer:
+    """The command group a provider's ``mlrollout.commands`` entry point names."""
+    return typer.Typer(
+        rich_markup_mode=None,
+        no_args_is_help=True,
+        help=f"Tools of the {cloud} provider ({distribution}).",
+    )
 
 
 def load_provider_plan(plan_file: str, provider: str, what: str) -> Plan:

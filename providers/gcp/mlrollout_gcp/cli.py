@@ -4,17 +4,9 @@ the commands work offline, and the core loads this module only when one of them 
 
 from __future__ import annotations
 
-from typing import Annotated
+from mlrollout.cli.provider_cmds import PlanArg, load_provider_plan, provider_app
 
-import typer
-
-app = typer.Typer(
-    rich_markup_mode=None,
-    no_args_is_help=True,
-    help="Tools of the GCP provider (mlrollout-gcp).",
-)
-
-PlanArg = Annotated[str, typer.Argument(help="The rollout plan (YAML).", metavar="PLAN")]
+app = provider_app("GCP", "mlrollout-gcp")
 
 
 @app.command("role")
@@ -23,7 +15,6 @@ def role_command(plan_file: PlanArg) -> None:
     --file FILE`) that running PLAN needs: Vertex AI and Cloud Monitoring permissions. No
     network."""
     from mlrollout.cli.common import print_json
-    from mlrollout.cli.provider_cmds import load_provider_plan
     from mlrollout_gcp.roles import custom_role
 
     plan = load_provider_plan(plan_file, "vertex", "the GCP custom role")
