@@ -71,7 +71,7 @@ class _ClosableStdout:
         return self.stream.isatty()
 
     def _gone(self, exc: OSError) -> None:
-        if exc.errno not in (errno.EPIPE, errno.EINVAL) and not isinstance(exc, BrokenPipeError):
+        if exc.errno not in (errno.EPIPE, errno.EINVAL):  # BrokenPipeError is EPIPE
             raise exc
         self.closed = True
         stdout_to_devnull()

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from mlrollout.engine.runner import Runner
-from mlrollout.plan.loader import load_plan
+from mlrollout.plan.loader import load_plan, parse_plan
 from mlrollout.state.base import RolloutRecord
 from mlrollout.state.sqlite import SqliteStateStore, open_sqlite_store
 
@@ -194,10 +194,10 @@ def test_reconcile_exits_1_when_its_pass_rolls_a_rollout_back(tmp_path: Path) ->
     finally:
         store.close()
     bad = REPO / "plans" / "local-canary-bad.yaml"
-    create = load_plan(str(bad))
+    loaded = load_plan(str(bad))
     store = SqliteStateStore(state / "state.db")
     try:
-        Runner(store).create(create)  # recorded, not yet driven: the cron pass drives it
+        Runner(store).create(loaded)  # recorded, not yet driven: the cron pass drives it
     finally:
         store.close()
     done = mlrollout(state, "reconcile")
@@ -210,8 +210,6 @@ def test_reconcile_advances_a_scaled_time_sandbox_rollout_pass_after_pass(tmp_pa
     wall = [1_800_000_000.0]
     store = SqliteStateStore(tmp_path / "state.db", wall=lambda: wall[0])
     runner = Runner(store, wall=lambda: wall[0])
-    from mlrollout.plan.loader import parse_plan
-
     record = runner.create(parse_plan(text, "scaled.yaml"))
     seen: list[float] = []
     for _ in range(30):
