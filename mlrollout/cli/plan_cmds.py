@@ -166,6 +166,18 @@ def render_preview(data: dict[str, object], *, stderr: bool = False) -> None:
         out.print(f"  {label + ':':14} {text}")
     out.print(f"  promotion:     {', '.join(promotion['api_calls'])}")
     out.print(f"  rollback:      {', '.join(rollback['api_calls'])}")
+    world = data.get("world")
+    if isinstance(world, dict):
+        users = world["users"]
+        people = (
+            ""
+            if users is None
+            else f"; {users['count']:,} users"
+            + "".join(f", {k}: {'/'.join(v)}" for k, v in users["attributes"].items())
+        )
+        out.print(f"sandbox world: {world['rps']}, metrics {world['metrics_delay']} late{people}")
+        for change in world["changes"]:
+            out.print(f"  {change['at']:>14}  {change['text']}")
     warnings = data["warnings"]
     assert isinstance(warnings, list)
     for warning in warnings:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -107,7 +108,18 @@ def _check_sandbox(plan: Plan) -> list[Finding]:
         return [
             Finding(("sandbox",), "a sandbox section only applies to provider: local; remove it")
         ]
-    return []
+    if plan.sandbox is None:
+        return []
+    from mlrollout.plan.timeline import timeline
+    from mlrollout.sandbox.checks import world_warnings
+
+    rows = timeline(plan)
+    worst = sum(row.max_seconds for row in rows) if rows else math.inf
+    longest = max((row.max_seconds for row in rows if row.step.kind == "analyze"), default=0.0)
+    return [
+        Finding(path, message, "warning")
+        for path, message in world_warnings(plan.sandbox, worst, longest)
+    ]
 
 
 _SECRET_WORDS = ("password", "passwd", "secret", "token", "credential", "access_key", "api_key")

@@ -240,7 +240,7 @@ def _model_at(path: KeyPath, data: Any) -> type[BaseModel] | None:
         if isinstance(part, int):
             node = node[part] if isinstance(node, list) and part < len(node) else None
             continue
-        info = model.model_fields.get(part)
+        info = next((f for n, f in model.model_fields.items() if (f.alias or n) == part), None)
         node = node.get(part) if isinstance(node, dict) else None
         if info is None:
             return None
@@ -279,7 +279,7 @@ def _issue(filename: str, located: Located, err: Any) -> PlanIssue:
     if kind == "extra_forbidden":
         key = path[-1] if path else "?"
         model = _model_at(path[:-1], located.data)
-        allowed = sorted(model.model_fields) if model else []
+        allowed = sorted(f.alias or n for n, f in model.model_fields.items()) if model else []
         close = difflib.get_close_matches(str(key), allowed, n=1)
         message = f"unknown key {key!r}"
         if close:

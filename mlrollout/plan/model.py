@@ -12,7 +12,9 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -461,16 +463,46 @@ class Notification(StrictModel):
 # -------------------------------------------------------------------------------------- sandbox
 
 
+def _unit_rate(value: float | None, what: str = "a rate") -> float | None:
+    if value is not None and not 0 <= value <= 1:
+        raise ValueError(f"{what} is between 0 and 1 (or 0% and 100%), got {value:g}")
+    return value
+
+
+#: Names a sandbox custom gate may read besides the variants' ``custom`` metrics:
+#: ``query: {metric: feedback}`` (share of positive ratings) and ``{metric: accuracy}``.
+SANDBOX_BUILTIN_METRICS = ("accuracy", "feedback")
+
+
 class SandboxVariant(StrictModel):
+    """How one simulated variant behaves. ``accuracy``: each response's prediction matches the
+    request's true label with this probability (omitted: no labels are simulated); ``feedback``:
+    the chance a response is rated positive (omitted: no feedback); ``custom``: per-request rates
+    of business events (a conversion is counted on a request with this probability)."""
+
     error_rate: Rate = 0.0
     latency_p50: Latency = 0.05
     latency_p99: Latency = 0.2
+    accuracy: Rate | None = None
+    feedback: Rate | None = None
+    custom: dict[str, Rate] = Field(default_factory=dict)
 
     @field_validator("error_rate")
     @classmethod
     def _rate_range(cls, value: float) -> float:
-        if not 0 <= value <= 1:
-            raise ValueError(f"an error rate is between 0 and 1 (or 0% and 100%), got {value:g}")
+        _unit_rate(value, "an error rate")
+        return value
+
+    @field_validator("accuracy", "feedback")
+    @classmethod
+    def _share_range(cls, value: float | None) -> float | None:
+        return _unit_rate(value, "a probability")
+
+    @field_validator("custom")
+    @classmethod
+    def _custom_range(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, rate in value.items():
+            _unit_rate(rate, f"custom rate {name!r}")
         return value
 
     @model_validator(mode="after")
@@ -480,13 +512,168 @@ class SandboxVariant(StrictModel):
         return self
 
 
+#: The variant keys an event may change.
+SANDBOX_VARIANT_KEYS = (
+    "error_rate",
+    "latency_p50",
+    "latency_p99",
+    "accuracy",
+    "feedback",
+    "custom",
+)
+
+
+class RpsProfile(StrictModel):
+    """A smooth daily cycle of traffic: ``base`` requests per second on average over a day,
+    ``daily_swing`` times more at the peak than at the trough (1 = flat), the peak ``peak_at``
+    after the rollout starts (default 6h: it starts at the average, rising)."""
+
+    base: float = Field(gt=0, le=1_000_000, description="Daily average, requests per second.")
+    daily_swing: float = Field(
+        default=1.0, ge=1, le=1000, description="Peak over trough (3 = x3 between night and peak)."
+    )
+    peak_at: NonNegDuration = Field(
+        default=21600.0, description="When, after the rollout starts, traffic peaks (< 1d)."
+    )
+
+    @field_validator("peak_at")
+    @classmethod
+    def _within_a_day(cls, value: float) -> float:
+        if value >= 86400:
+            raise ValueError("peak_at is a time of the day after the start: less than 1d")
+        return value
+
+
+def _rps_kind(value: object) -> str:
+    return "RpsProfile" if isinstance(value, dict | RpsProfile) else "Number"
+
+
+def _rps_number(value: object) -> object:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(
+            f"rps is requests per second (a number) or a daily profile {{base, daily_swing}}, "
+            f"got {value!r}"
+        )
+    return value
+
+
+Rps = Annotated[
+    Annotated[
+        Annotated[float, BeforeValidator(_rps_number), Field(ge=0, le=1_000_000)], Tag("Number")
+    ]
+    | Annotated[RpsProfile, Tag("RpsProfile")],
+    Discriminator(_rps_kind),
+]
+
+
+def _event_time(value: object) -> float:
+    """``at``: a duration since the rollout started; a negative one (``-5m``) is allowed here and
+    flagged by ``plan validate`` (it is in effect from the start)."""
+    if isinstance(value, str) and value.strip().startswith("-"):
+        return -parse_duration(value.strip()[1:], allow_zero=True)
+    return parse_duration(value, allow_zero=True)
+
+
+class SandboxEvent(StrictModel):
+    """What changes in the simulated world while the rollout runs: from ``at`` (time since the
+    rollout started) on, for ``for`` if given, else for good. A change to a variant's behaviour
+    names the ``variant``; ``rps`` and ``metrics_delay`` change the whole endpoint."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    at: Annotated[float, BeforeValidator(_event_time), WithJsonSchema(_DURATION_SCHEMA)]
+    for_: Duration | None = Field(default=None, alias="for", description="How long it lasts.")
+    variant: str | None = Field(default=None, description="Whose behaviour changes.")
+    error_rate: Rate | None = None
+    latency_p50: Latency | None = None
+    latency_p99: Latency | None = None
+    accuracy: Rate | None = None
+    feedback: Rate | None = None
+    custom: dict[str, Rate] | None = None
+    rps: Rps | None = None
+    metrics_delay: NonNegDuration | None = Field(
+        default=None, description="How far the metrics pipeline lags from then on."
+    )
+
+    @field_validator("error_rate", "accuracy", "feedback")
+    @classmethod
+    def _rates(cls, value: float | None) -> float | None:
+        return _unit_rate(value)
+
+    @field_validator("custom")
+    @classmethod
+    def _custom_range(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for name, rate in (value or {}).items():
+            _unit_rate(rate, f"custom rate {name!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> SandboxEvent:
+        changed = self.variant_changes()
+        if changed and self.variant is None:
+            keys = ", ".join(changed)
+            raise ValueError(
+                f"an event that changes {keys} names the variant it changes (variant: NAME)"
+            )
+        if self.variant is not None and not changed:
+            raise ValueError(
+                f"the event names variant {self.variant!r} but changes none of its keys "
+                f"({', '.join(SANDBOX_VARIANT_KEYS)})"
+            )
+        if not changed and self.rps is None and self.metrics_delay is None:
+            raise ValueError(
+                "an event changes something: a variant's keys (with variant: NAME), rps or "
+                "metrics_delay, e.g. {at: 12m, variant: v7, error_rate: 5%}"
+            )
+        return self
+
+    def variant_changes(self) -> dict[str, Any]:
+        """The variant keys this event sets (``custom`` as the mapping it gives)."""
+        return {k: getattr(self, k) for k in SANDBOX_VARIANT_KEYS if getattr(self, k) is not None}
+
+    @property
+    def until(self) -> float:
+        """When it stops applying (``inf`` for good)."""
+        return self.at + self.for_ if self.for_ is not None else float("inf")
+
+
+class SandboxUsers(StrictModel):
+    """Simulated users: every request comes from one of ``count`` users, each with one value of
+    every attribute, so that segments and feature flags can be rehearsed."""
+
+    count: int = Field(ge=1, le=100_000_000, description="How many distinct users send requests.")
+    attributes: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Attribute name to its possible values, shared evenly among the users.",
+    )
+
+    @field_validator("attributes")
+    @classmethod
+    def _values(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name, values in value.items():
+            if not values:
+                raise ValueError(f"attribute {name!r} lists no values")
+            if len(set(values)) != len(values):
+                raise ValueError(f"attribute {name!r} lists a value twice")
+        return value
+
+
 class Sandbox(StrictModel):
     seed: int = Field(default=0, ge=0, le=2**63 - 1)
-    rps: float = Field(default=100.0, gt=0, le=1_000_000)
+    rps: Rps = Field(
+        default=100.0, description="Requests per second across variants, or {base, daily_swing}."
+    )
     speed: Literal["max"] | Annotated[float, Field(gt=0, le=1_000_000)] = "max"
+    metrics_delay: NonNegDuration = Field(
+        default=0.0, description="A window's metrics appear this long after it ends."
+    )
     variants: dict[str, SandboxVariant] = Field(
         description="Simulated variants; the first one serves 100 % at the start."
     )
+    events: list[SandboxEvent] = Field(
+        default_factory=list, description="What changes while the rollout runs."
+    )
+    users: SandboxUsers | None = None
 
     @field_validator("variants")
     @classmethod

@@ -10,6 +10,8 @@ from mlrollout.plan.loader import LoadedPlan
 from mlrollout.plan.model import LATENCY_METRICS, Gate, Plan
 from mlrollout.plan.timeline import timeline
 from mlrollout.plugins import provider_spec
+from mlrollout.sandbox.world import mean_rps
+from mlrollout.sandbox.world import summary as world_summary
 from mlrollout.units import format_duration, format_latency, format_rate
 
 
@@ -57,7 +59,7 @@ def gate_methods(plan: Plan) -> list[dict[str, Any]]:
     deciding = max(1, sum(1 for g in gates if not g.dry_run))
     alpha = plan.analysis.alpha / (stages * deciding)
     sandbox = plan.sandbox
-    rps = sandbox.rps * weight / 100 if sandbox is not None else None
+    rps = mean_rps(sandbox) * weight / 100 if sandbox is not None else None
     baseline_rate = 0.01
     if sandbox is not None and sandbox.variants:
         first = next(iter(sandbox.variants.values()))
@@ -168,5 +170,6 @@ def build_preview(loaded: LoadedPlan) -> dict[str, Any]:
             "on_inconclusive": plan.analysis.on_inconclusive,
             "alpha": plan.analysis.alpha,
         },
+        "world": None if plan.sandbox is None else world_summary(plan.sandbox),
         "warnings": [str(w) for w in loaded.warnings],
     }
