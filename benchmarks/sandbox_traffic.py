@@ -9,12 +9,21 @@ each look one ``LocalMetrics.query`` for both variants over a cumulative window,
 - ``rollout, new process per look``: no cache survives between looks (quadratic work);
 - ``rollout, 10k rps``: the same at 100x the traffic.
 
+Then a week-long rehearsal end to end: a canary at 50 % analyzed for 7 days with a look every
+hour, 1,000 req/s on a daily profile, 50,000 sticky users, events (a traffic gap, a late
+latency regression, a metrics backlog) and a custom conversion gate, driven by
+:class:`~mlrollout.engine.runner.Runner` on a ``SqliteStateStore`` in a temporary directory. The
+traffic grid is the plan's (one hour here), so its cost is 168 buckets per variant, whatever the
+traffic and the users.
+
 Run: ``.venv/bin/python benchmarks/sandbox_traffic.py``
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from mlrollout.clock import VirtualClock
@@ -73,6 +82,72 @@ def run(*, rps: float, from_rollout_start: bool, fresh: bool) -> tuple[float, in
     return elapsed, looks, requests, generated + metrics.model(T0).generated
 
 
+WEEK_PLAN = """
+version: 1
+name: week-long canary
+target: {provider: local, endpoint: week}
+candidate: {name: v7}
+strategy:
+  type: canary
+  steps: [{weight: 50}, {analyze: 7d}]
+analysis:
+  interval: 1h
+  min_requests: 1000
+  max_hold: 1h
+  on_inconclusive: continue
+  gates:
+    - {name: errors, metric: error_rate, vs_baseline: {max_increase: 50%}}
+    - name: conversion
+      metric: custom
+      query: {metric: conversion}
+      direction: decrease
+      vs_baseline: {max_decrease: 50%}
+sandbox:
+  seed: 7
+  rps: {base: 1000, daily_swing: 3}
+  users: {count: 50000, attributes: {region: [eu-west-1, us-east-1], tier: [free, pro, team]}}
+  variants:
+    v6: {error_rate: 0.01, latency_p50: 40ms, latency_p99: 120ms, custom: {conversion: 0.031}}
+    v7: {error_rate: 0.01, latency_p50: 42ms, latency_p99: 130ms, custom: {conversion: 0.032}}
+  events:
+    - {at: 1d, rps: 0, for: 2h}
+    - {at: 3d, variant: v7, latency_p99: 150ms}
+    - {at: 5d, metrics_delay: 2h, for: 6h}
+"""
+
+
+def week() -> tuple[float, int, str, int]:
+    """Wall seconds, looks, final phase, buckets generated of the week-long rehearsal."""
+    from mlrollout.engine.events import LOOK_KINDS
+    from mlrollout.engine.runner import Runner
+    from mlrollout.plan.loader import parse_plan
+    from mlrollout.sandbox.endpoint import LocalMetrics as Metrics
+    from mlrollout.state.sqlite import SqliteStateStore
+
+    generated: list[int] = []
+    query = Metrics.query
+
+    def counting(self: Metrics, q: MetricsQuery) -> Any:
+        out = query(self, q)
+        generated.append(self._model.generated if self._model is not None else 0)
+        return out
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SqliteStateStore(Path(tmp) / "state.db")
+        runner = Runner(store)
+        record = runner.create(parse_plan(WEEK_PLAN, "week.yaml"))
+        Metrics.query = counting  # type: ignore[method-assign, assignment]
+        try:
+            started = time.perf_counter()
+            outcome = runner.drive(record.id)
+            elapsed = time.perf_counter() - started
+        finally:
+            Metrics.query = query  # type: ignore[method-assign]
+        looks = sum(1 for e in store.events(record.id) if e.kind in LOOK_KINDS)
+        store.close()
+    return elapsed, looks, outcome.phase.value, max(generated, default=0)
+
+
 def main() -> None:
     print("30-minute canary, a look every 60 s, 2 variants, cumulative windows")
     print(f"{'scenario':<36}{'total ms':>10}{'ms/look':>10}{'buckets':>10}{'last window':>14}")
@@ -88,6 +163,12 @@ def main() -> None:
             f"{label:<36}{elapsed * 1e3:>10.1f}{elapsed * 1e3 / looks:>10.2f}"
             f"{generated:>10}{requests:>14,}"
         )
+    print()
+    print("7-day canary, a look every hour, 1,000 req/s daily profile, 50,000 users, 3 events,")
+    print("custom conversion gate, end to end through Runner on SQLite (target < 2 s)")
+    elapsed, looks, phase, generated = week()
+    print(f"{'wall s':>8}{'looks':>8}{'buckets':>10}  outcome")
+    print(f"{elapsed:>8.2f}{looks:>8}{generated:>10}  {phase}")
 
 
 if __name__ == "__main__":

@@ -134,7 +134,12 @@ class ProviderUnavailable(ProviderError):
     pass
 
 
-class ProviderAuthError(ProviderError):
+class ProviderRefused(ProviderError):
+    """The platform refused a change before making any (a missing permission, a precondition
+    the endpoint does not meet): a start refused so changed nothing."""
+
+
+class ProviderAuthError(ProviderRefused):
     pass
 
 

@@ -24,8 +24,8 @@ from mlrollout.errors import (
     LeaseHeld,
     MlrolloutError,
     NeedsHuman,
-    ProviderAuthError,
     ProviderError,
+    ProviderRefused,
     ProviderUnavailable,
     StateUnavailable,
 )
@@ -401,7 +401,7 @@ class Runner:
         pending = None if engine is None else engine.state.pending
         refused_prepare = (
             phase == Phase.PREPARING
-            and isinstance(exc, ProviderAuthError)
+            and isinstance(exc, ProviderRefused)
             and pending is not None
             and pending.get("action") == "prepare"
         )
@@ -416,15 +416,15 @@ class Runner:
         """One tick. A provider error once the endpoint has begun to change (a failed or timed-out
         candidate creation included) is no longer "before any change" (exit 6): the endpoint is
         in a recorded state and a human decides whether to resume (which retries) or abort
-        (exit 5). A refusal for lack of permission while preparing changed nothing: exit 6."""
+        (exit 5). A refusal while preparing (:class:`ProviderRefused`) changed nothing: exit 6."""
         try:
             return engine.tick()
         except (ProviderError, StateUnavailable) as exc:
             phase = engine.state.phase_enum
             if phase == Phase.PENDING or (
-                phase == Phase.PREPARING and isinstance(exc, ProviderAuthError)
+                phase == Phase.PREPARING and isinstance(exc, ProviderRefused)
             ):
-                raise  # refused before anything changed (a permission is missing): exit 6
+                raise  # refused before anything changed (a permission, a precondition): exit 6
             rid = engine.rollout_id
             raise NeedsHuman(
                 f"rollout {rid} stopped in phase {engine.state.phase}: {exc.message}; the "

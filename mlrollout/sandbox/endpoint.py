@@ -3,7 +3,7 @@
 The endpoint lives in the state store (namespace ``sandbox``, key = endpoint name) so that every
 runner sharing the store sees the same endpoint, and a new process resumes it::
 
-    {"origin": t0, "order": ["v6", "v7"],
+    {"origin": t0, "started": t1, "order": ["v6", "v7"],
      "variants": {"v6": {"weight": 100.0, "model": null, "instance_type": null,
                          "instance_count": 1}, ...},
      "history": [[t0, {"v6": 100.0}], [t1, {"v6": 90.0, "v7": 10.0}], ...],
@@ -13,13 +13,21 @@ runner sharing the store sees the same endpoint, and a new process resumes it::
 
 The first ``describe()`` creates it from the plan's ``sandbox`` section: the first listed variant
 serves 100 %; the others are only behaviours a candidate may take. Every write passes the runner's
-lease, so a runner that lost its lease cannot move the simulated traffic.
+lease, so a runner that lost its lease cannot move the simulated traffic. ``started`` is the
+instant ``prepare`` added the candidate: the rollout's time zero, from which the sandbox's
+:class:`~mlrollout.sandbox.world.World` (its events) runs and the traffic grid is counted (a
+record without it counts from ``origin``).
 
 :class:`LocalMetrics` reads windows from :class:`~mlrollout.sandbox.traffic.TrafficModel` with the
-stored weight history. Only buckets that have *completed* by the clock's ``now`` are visible (as a
-real metrics backend shows only finished periods), so a window's numbers never change once seen.
-Custom metrics are not simulated: ``Window.custom`` stays empty, i.e. a custom gate sees no data.
-Mirrored (shadow) traffic is recorded on the endpoint but not simulated yet.
+stored weight history. Only buckets that have *completed* and been *published* by the clock's
+``now`` are visible — a bucket ends at or before the world's publishing edge
+(:meth:`~mlrollout.sandbox.world.World.visible_until`, ``now`` less the metrics delay) — as a real
+metrics backend shows only finished, ingested periods, so a window's numbers never change once
+seen. A window with no visible bucket has no data (``Window()``); a visible window without
+traffic has ``requests == 0``. A ``custom`` gate reads the sandbox metric its ``query.metric``
+names (else its own name): a variant's custom rate as (events, requests), ``feedback`` as
+(positive, rated), ``accuracy`` as (correct, labelled); a metric the variant does not simulate
+has no data. Mirrored (shadow) traffic is recorded on the endpoint but not simulated yet.
 """
 
 from __future__ import annotations
@@ -32,15 +40,18 @@ from mlrollout.adapters import check_finalize, check_weights
 from mlrollout.clock import Clock
 from mlrollout.contracts import (
     Capabilities,
+    CustomValue,
     EndpointState,
     MetricsQuery,
     OwnerMark,
     VariantState,
     Window,
 )
-from mlrollout.errors import ProviderError
+from mlrollout.errors import ProviderError, ProviderRefused
 from mlrollout.plan.model import Candidate, Sandbox
-from mlrollout.sandbox.traffic import History, TrafficModel
+from mlrollout.sandbox.checks import custom_metric
+from mlrollout.sandbox.traffic import BUCKET, History, Records, TrafficModel
+from mlrollout.sandbox.world import World
 from mlrollout.state.base import Lease
 
 NAMESPACE = "sandbox"
@@ -71,12 +82,16 @@ class LocalEndpoint:
         store: ValueStore,
         clock: Clock,
         lease: Callable[[], Lease | None] = lambda: None,
+        grid: float = BUCKET,
     ) -> None:
         self.name = name
         self.sandbox = sandbox
         self.store = store
         self.clock = clock
         self.lease = lease
+        #: Seconds per traffic bucket (the plan's :func:`~mlrollout.sandbox.traffic.grid_seconds`).
+        self.grid = grid
+        self.world = World(sandbox)
 
     # ----------------------------------------------------------------------------- record
 
@@ -130,6 +145,14 @@ class LocalEndpoint:
                 f"(the sandbox lists {', '.join(self.sandbox.variants)})",
                 hint="name the candidate after one of the plan's sandbox.variants",
             )
+        if baseline not in self.sandbox.variants:
+            raise ProviderRefused(
+                f"sandbox endpoint {self.name!r} is served by {baseline!r}, which this plan's "
+                f"sandbox does not describe (it lists {', '.join(self.sandbox.variants)}): its "
+                "traffic could not be simulated",
+                hint=f"an earlier rollout left {baseline!r} serving: list it first under "
+                "sandbox.variants, or use another target.endpoint or --state",
+            )
         record = self._load()
         if candidate.name in record["variants"]:
             return self._state(record)
@@ -142,6 +165,7 @@ class LocalEndpoint:
             0.0, candidate.model, candidate.instance_type, candidate.instance_count
         )
         record["order"].append(candidate.name)
+        record["started"] = self.clock.now()
         self._save(record)
         return self._state(record)
 
@@ -192,6 +216,19 @@ class LocalEndpoint:
     def wait_until_stable(self, timeout: float) -> EndpointState:
         return self.describe()  # a simulated endpoint is always ready
 
+    def facts(self, until: float) -> list[dict[str, Any]]:
+        """What changed in the simulated world (the plan's ``sandbox.events``) by the instant
+        ``until``, in order, each with its absolute instant ``at``; none before the rollout
+        started (the candidate was added)."""
+        record = self.record()
+        if record is None or record.get("started") is None:
+            return []
+        started = float(record["started"])
+        return [
+            {"at": started + fact.at, **fact.to_dict()}
+            for fact in self.world.facts_until(until - started)
+        ]
+
     def read_owner(self) -> OwnerMark | None:
         record = self.record()
         return OwnerMark.from_tags(None if record is None else record.get("owner"))
@@ -211,30 +248,61 @@ class LocalEndpoint:
 class LocalMetrics:
     """Seeded synthetic windows for a :class:`LocalEndpoint` (one call per look)."""
 
-    def __init__(self, endpoint: LocalEndpoint) -> None:
+    def __init__(self, endpoint: LocalEndpoint, grid: float | None = None) -> None:
         self.endpoint = endpoint
+        self.grid = endpoint.grid if grid is None else grid
         self._model: TrafficModel | None = None
 
-    def model(self, origin: float) -> TrafficModel:
-        """The traffic model for the endpoint created at ``origin`` (kept between looks)."""
-        if self._model is None or self._model.origin != origin:
-            self._model = TrafficModel(self.endpoint.sandbox, origin)
+    def model(self, started: float) -> TrafficModel:
+        """The traffic model of the rollout started at ``started`` (kept between looks)."""
+        if self._model is None or self._model.origin != started:
+            self._model = TrafficModel(self.endpoint.sandbox, started, self.grid)
         return self._model
 
     def query(self, query: MetricsQuery) -> dict[str, Window]:
         record = self.endpoint.record()
         if record is None:
             return {v: Window() for v in query.variants}
-        origin = float(record["origin"])
-        model = self.model(origin)
+        started = float(record.get("started", record["origin"]))
+        model = self.model(started)
         history: History = [(float(at), ws) for at, ws in record["history"]]
+        order: list[str] = record["order"]
         seen = set(record["variants"]).union(*(ws for _, ws in history))
-        # Only completed buckets are visible: cut the window at the last bucket boundary <= now.
-        end = min(query.end, model.boundary_before(self.endpoint.clock.now()))
-        return {
-            v: model.window(v, query.start, end, history) if v in seen else Window()
-            for v in query.variants
+        # Only completed, published buckets are visible: cut the window at the last bucket
+        # boundary at or before the publishing edge.
+        edge = started + model.world.visible_until(self.endpoint.clock.now() - started)
+        end = min(query.end, model.boundary_before(edge))
+        if not model.buckets(query.start, end):
+            return {v: Window() for v in query.variants}
+        names = {
+            gate.name: custom_metric(gate.name, gate.query)
+            for gate in query.gates
+            if gate.metric == "custom"
         }
+        out: dict[str, Window] = {}
+        for v in query.variants:
+            records = model.records(v, query.start, end, history, order) if v in seen else None
+            out[v] = Window() if records is None else _window(records, names)
+        return out
+
+
+def _window(records: Records, customs: Mapping[str, str]) -> Window:
+    """The window of ``records``, with each custom gate's value (by gate name) when the
+    variant simulates the sandbox metric it reads."""
+    window = records.window()
+    for gate, metric in customs.items():
+        value: CustomValue | None = None
+        if metric == "feedback":
+            if records.feedback is not None:
+                value = CustomValue(*records.feedback)
+        elif metric == "accuracy":
+            if records.confusion is not None:
+                value = CustomValue(records.confusion.correct, records.confusion.labelled)
+        elif metric in records.custom:
+            value = CustomValue(*records.custom[metric])
+        if value is not None:
+            window.custom[gate] = value
+    return window
 
 
 def _variant(

@@ -18,7 +18,9 @@ from mlrollout.contracts import (
 )
 from mlrollout.errors import ProviderError
 from mlrollout.plan.model import Plan
+from mlrollout.sandbox.checks import world_problems
 from mlrollout.sandbox.endpoint import CAPABILITIES, LocalEndpoint, LocalMetrics
+from mlrollout.sandbox.traffic import grid_seconds
 
 
 class LocalProvider:
@@ -80,7 +82,7 @@ class LocalProvider:
                     f"{listed})",
                 )
             )
-        return problems
+        return problems + world_problems(plan)
 
     def describe_calls(self, plan: Plan) -> dict[str, list[str]]:
         return {
@@ -119,6 +121,7 @@ class LocalProvider:
                 "the local provider needs the plan's sandbox section",
                 hint="run `mlrollout plan validate` for details",
             )
+        grid = grid_seconds(plan)  # the coarsest traffic grid every wait of the plan falls on
         world = plan.target.endpoint_url
         if world:
             # The simulated endpoint lives in a store of its own that runners with different
@@ -127,11 +130,20 @@ class LocalProvider:
             from mlrollout.state.sqlite import open_sqlite_store
 
             endpoint = LocalEndpoint(
-                plan.target.endpoint, plan.sandbox, open_sqlite_store(world), context.clock
+                plan.target.endpoint,
+                plan.sandbox,
+                open_sqlite_store(world),
+                context.clock,
+                grid=grid,
             )
         else:
             endpoint = LocalEndpoint(
-                plan.target.endpoint, plan.sandbox, context.store, context.clock, context.lease
+                plan.target.endpoint,
+                plan.sandbox,
+                context.store,
+                context.clock,
+                context.lease,
+                grid=grid,
             )
         # Simulated time never runs backwards on one sandbox endpoint: a rollout whose clock
         # starts before the endpoint's last traffic change (a second `speed: max` rollout
@@ -141,7 +153,7 @@ class LocalProvider:
         record = endpoint.record()
         if record and record.get("history"):
             _catch_up(context.clock, float(record["history"][-1][0]))
-        return endpoint, LocalMetrics(endpoint)
+        return endpoint, LocalMetrics(endpoint, grid)
 
 
 def _catch_up(clock: object, instant: float) -> None:

@@ -1,23 +1,39 @@
 """Seeded synthetic traffic for the ``local`` sandbox: pure Python, deterministic, cheap.
 
-Time is cut into fixed :data:`BUCKET` (10 s) buckets counted from ``origin`` (the simulated
-endpoint's creation time): bucket ``k`` covers ``[origin + 10k, origin + 10k + 10)``. For bucket
-``k`` and variant ``v`` the numbers are a pure function of ``(sandbox.seed, v, k)``, the variant's
-behaviour and ``w``, the time-weighted average of ``v``'s live weight over the bucket:
+Time is cut into buckets of ``bucket`` seconds (the plan's :func:`grid_seconds`; 10 s when a
+model is built without a plan) counted from ``origin``, the instant the rollout started (the
+candidate was added to the simulated endpoint): bucket ``k`` covers
+``[origin + k·B, origin + (k+1)·B)``, i.e. ``[k·B, (k+1)·B)`` of the sandbox's
+:class:`~mlrollout.sandbox.world.World` time. For bucket ``k`` and variant ``v`` the numbers
+are a pure function of ``(sandbox.seed, v, k)``, the world in that bucket and ``w``, the
+time-weighted average of ``v``'s live weight over the bucket (with ``sandbox.users``: the share
+of the sticky users the weights assign to ``v``, see :mod:`mlrollout.sandbox.users`):
 
-- requests ~ Poisson(rps · 10 · w / 100),
+- requests ~ Poisson(world.requests(bucket) · w / 100) — the traffic profile and ``rps`` events
+  integrated exactly over the bucket,
 - errors ~ Binomial(requests, error_rate),
 - latencies ~ lognormal fitted to ``latency_p50`` / ``latency_p99``, counted on the fixed
-  :data:`LATENCY_BOUNDS` by sequential binomials (a multinomial whose total is ``requests``).
+  :data:`LATENCY_BOUNDS` by sequential binomials (a multinomial whose total is ``requests``),
 
-Each bucket draws from its own ``random.Random`` seeded with a blake2b hash of
-``(seed, v, k)``, so the same window gives the same numbers in every process, in any query order.
+with the variant's behaviour in effect at the bucket's start (events applied). Only for what the
+variant defines (a plain variant costs what it always did), with ``responses = requests -
+errors``:
+
+- each ``custom`` rate: conversions ~ Binomial(requests, rate),
+- ``accuracy``: true labels ``"1"``/``"0"`` with share 0.5 among the responses, each prediction
+  right with probability ``accuracy`` (a confusion matrix),
+- ``feedback``: positive ratings ~ Binomial(responses, feedback) out of ``responses`` rated.
+
+Everything is aggregated counts (:class:`Records`), never one object per request. Each bucket
+draws from its own ``random.Random`` seeded with a blake2b hash of ``(seed, v, k)``, so the
+same window gives the same numbers in every process, in any query order.
 
 Alignment: a window ``[start, end)`` holds the whole buckets whose *start* lies in ``[start, end)``
 (as CloudWatch stamps a period with its start). Windows on bucket boundaries are therefore exactly
 additive. A bucket is generated once per effective weight and cached; a window that extends the
 previous window of the same variant and start (the cumulative windows of successive looks) only
-adds its new buckets, so a rollout's metrics cost is linear in its length.
+adds its new buckets, so a rollout's metrics cost is linear in its length (in buckets: the grid
+is the coarsest one every wait of the plan falls on) and independent of its rps and its users.
 """
 
 from __future__ import annotations
@@ -27,12 +43,15 @@ import hashlib
 import math
 import random
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from statistics import NormalDist
 
 from mlrollout.contracts import LatencyHistogram, Window
-from mlrollout.plan.model import Sandbox, SandboxVariant
+from mlrollout.plan.model import LinearStrategy, Plan, Sandbox, SandboxVariant
+from mlrollout.sandbox.users import UserBase
+from mlrollout.sandbox.world import World
 
-#: Seconds per traffic bucket.
+#: Seconds per traffic bucket when no plan says otherwise (and the cap at a numeric speed).
 BUCKET = 10.0
 _N_BOUNDS = 80
 #: Histogram upper bounds (seconds), log-spaced from 1 ms to 60 s, shared by every sandbox window.
@@ -45,8 +64,130 @@ _Z99 = NormalDist().inv_cdf(0.99)
 #: A weight history: ``(at, {variant: percent})`` entries sorted by ``at``; an entry holds until
 #: the next one; before the first every variant has weight 0.
 History = Sequence[tuple[float, Mapping[str, float]]]
-# One generated bucket: requests, errors, first histogram bin, counts from that bin on.
-_Bucket = tuple[int, int, int, list[int]]
+
+
+def grid_seconds(plan: Plan) -> float:
+    """The traffic grid of ``plan``'s sandbox: the greatest common divisor, in whole seconds, of
+    every duration the engine waits on (the analysis interval and delay, each analyze step's
+    min and max, pauses, a linear strategy's ``every``, the sandbox events' ``at`` and ``for``),
+    at most the interval and at least 1 s; at most :data:`BUCKET` at a numeric ``speed`` (the
+    looks of a sped-up wall clock fall anywhere, and the grid is how fresh their data is)."""
+    from mlrollout.plan.timeline import expand_steps
+
+    analysis = plan.analysis
+    durations = [analysis.interval]
+    if analysis.delay > 0:
+        durations.append(analysis.delay)
+    for step in expand_steps(plan):
+        if step.kind == "analyze" and step.window is not None:
+            durations += [step.window.min, step.window.max]
+        elif step.kind == "pause" and step.pause is not None:
+            durations.append(step.pause)
+    if isinstance(plan.strategy, LinearStrategy):
+        durations.append(plan.strategy.every)
+    sandbox = plan.sandbox
+    if sandbox is not None:
+        for event in sandbox.events:
+            durations += [abs(event.at), event.for_ or 0.0]
+    grid = 0
+    for duration in durations:
+        if math.isfinite(duration):
+            grid = math.gcd(grid, round(duration))
+    grid = max(1, min(grid, math.floor(analysis.interval)))
+    if sandbox is not None and sandbox.speed != "max":
+        grid = min(grid, int(BUCKET))
+    return float(grid)
+
+
+@dataclass
+class Confusion:
+    """Labelled responses by true label (``"1"`` positive) and prediction."""
+
+    tp: int = 0
+    fp: int = 0
+    tn: int = 0
+    fn: int = 0
+
+    @property
+    def labelled(self) -> int:
+        return self.tp + self.fp + self.tn + self.fn
+
+    @property
+    def correct(self) -> int:
+        return self.tp + self.tn
+
+    def add(self, other: Confusion) -> None:
+        self.tp += other.tp
+        self.fp += other.fp
+        self.tn += other.tn
+        self.fn += other.fn
+
+
+@dataclass
+class Records:
+    """What one variant's requests did over a window, as aggregated counts: ``latency`` counts
+    on :data:`LATENCY_BOUNDS` (one more for the overflow); ``custom`` maps a custom metric to
+    ``(events, requests)`` over the buckets where the variant defines it; ``confusion`` and
+    ``feedback`` (``(positive, rated)``) are ``None`` when the variant never simulates them in
+    the window."""
+
+    requests: int = 0
+    errors: int = 0
+    latency: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BOUNDS) + 1))
+    custom: dict[str, tuple[int, int]] = field(default_factory=dict)
+    confusion: Confusion | None = None
+    feedback: tuple[int, int] | None = None
+
+    @property
+    def responses(self) -> int:
+        return self.requests - self.errors
+
+    def copy(self) -> Records:
+        return Records(
+            self.requests,
+            self.errors,
+            list(self.latency),
+            dict(self.custom),
+            None if self.confusion is None else Confusion(**vars(self.confusion)),
+            self.feedback,
+        )
+
+    def add(self, bucket: _Bucket) -> None:
+        """Add one generated bucket (in place)."""
+        self.requests += bucket.requests
+        self.errors += bucket.errors
+        counts = self.latency
+        for i, c in enumerate(bucket.counts, bucket.lo):
+            counts[i] += c
+        for name, events in bucket.custom:
+            old = self.custom.get(name, (0, 0))
+            self.custom[name] = (old[0] + events, old[1] + bucket.requests)
+        if bucket.confusion is not None:
+            if self.confusion is None:
+                self.confusion = Confusion()
+            self.confusion.add(bucket.confusion)
+        if bucket.feedback is not None:
+            old = self.feedback or (0, 0)
+            self.feedback = (old[0] + bucket.feedback[0], old[1] + bucket.feedback[1])
+
+    def window(self) -> Window:
+        """The normalized window (custom metrics are filled by the metrics source, by gate)."""
+        return Window(
+            requests=self.requests,
+            errors=self.errors,
+            latency=LatencyHistogram(LATENCY_BOUNDS, list(self.latency)),
+        )
+
+
+@dataclass(slots=True)
+class _Bucket:
+    requests: int
+    errors: int
+    lo: int  # first histogram bin
+    counts: list[int]  # histogram counts from ``lo`` on
+    custom: tuple[tuple[str, int], ...] = ()
+    confusion: Confusion | None = None
+    feedback: tuple[int, int] | None = None
 
 
 def _poisson(rng: random.Random, lam: float) -> int:
@@ -66,8 +207,12 @@ def _binomial(rng: random.Random, n: int, p: float) -> int:
         return 0
     if p >= 1:
         return n
-    if n <= 30:
-        return sum(rng.random() < p for _ in range(n))
+    if n <= 30:  # one uniform per trial (a plain loop: this is the sandbox's inner loop)
+        draw, hits = rng.random, 0
+        for _ in range(n):
+            if draw() < p:
+                hits += 1
+        return hits
     if p > 0.5:
         return n - _binomial(rng, n, 1.0 - p)
     mean = n * p
@@ -76,10 +221,9 @@ def _binomial(rng: random.Random, n: int, p: float) -> int:
     return min(n, max(0, round(rng.gauss(mean, math.sqrt(mean * (1.0 - p))))))
 
 
-def _latency_conditionals(behaviour: SandboxVariant) -> tuple[int, list[float]]:
+def _latency_conditionals(p50: float, p99: float) -> tuple[int, list[float]]:
     """First bin and, per bin from there, P(bin | not in an earlier bin) of the fitted lognormal;
     the last one is 1 (it takes what remains)."""
-    p50, p99 = behaviour.latency_p50, behaviour.latency_p99
     if p50 <= 0 or p99 <= p50:  # degenerate: every request takes p50
         return bisect.bisect_left(LATENCY_BOUNDS, p50), [1.0]
     mu, sigma, unit = math.log(p50), (math.log(p99) - math.log(p50)) / _Z99, NormalDist()
@@ -100,15 +244,21 @@ def _seed(seed: int, variant: str, k: int) -> int:
 
 
 class TrafficModel:
-    """Synthetic per-variant traffic of one simulated endpoint created at ``origin``."""
+    """Synthetic per-variant traffic of one simulated endpoint whose rollout started at
+    ``origin``, on a grid of ``bucket`` seconds."""
 
-    def __init__(self, sandbox: Sandbox, origin: float) -> None:
+    def __init__(self, sandbox: Sandbox, origin: float, bucket: float = BUCKET) -> None:
+        if not bucket > 0:
+            raise ValueError(f"a traffic bucket lasts more than 0 s, got {bucket!r}")
         self.sandbox = sandbox
         self.origin = origin
-        self._latency = {v: _latency_conditionals(b) for v, b in sandbox.variants.items()}
+        self.bucket = float(bucket)
+        self.world = World(sandbox)
+        self.users = None if sandbox.users is None else UserBase(sandbox.users, sandbox.seed)
+        self._latency: dict[tuple[float, float], tuple[int, list[float]]] = {}
         self._buckets: dict[tuple[str, int, float], _Bucket] = {}
-        # (variant, first bucket) -> (weights used, requests, errors, histogram counts)
-        self._runs: dict[tuple[str, int], tuple[list[float], int, int, list[int]]] = {}
+        # (variant, first bucket) -> (weights used, records so far)
+        self._runs: dict[tuple[str, int], tuple[list[float], Records]] = {}
 
     @property
     def generated(self) -> int:
@@ -116,11 +266,11 @@ class TrafficModel:
         return len(self._buckets)
 
     def bucket_start(self, k: int) -> float:
-        return self.origin + k * BUCKET
+        return self.origin + k * self.bucket
 
     def _first_at_or_after(self, t: float) -> int:
         """The first bucket index ``k >= 0`` whose start is at or after ``t``."""
-        k = max(0, math.ceil((t - self.origin) / BUCKET))
+        k = max(0, math.ceil((t - self.origin) / self.bucket))
         while k > 0 and self.bucket_start(k - 1) >= t:
             k -= 1
         while self.bucket_start(k) < t:
@@ -137,16 +287,36 @@ class TrafficModel:
         """Indices of the buckets a window ``[start, end)`` holds."""
         return range(self._first_at_or_after(start), self._first_at_or_after(end))
 
-    def weights(self, variant: str, start: float, end: float, history: History) -> list[float]:
-        """The time-weighted live weight (percent) of ``variant`` in each bucket of the window."""
+    def user_weights(self, history: History, order: Sequence[str] = ()) -> History:
+        """``history`` with each entry's weights replaced by the share (percent) of the sticky
+        users they assign to each variant (cumulative in ``order``, then in the entry's own
+        order); ``history`` itself without ``sandbox.users``."""
+        users = self.users
+        if users is None:
+            return history
+        out: list[tuple[float, Mapping[str, float]]] = []
+        for at, weights in history:
+            names = [n for n in order if n in weights]
+            names += [n for n in weights if n not in names]
+            shares = users.shares({n: float(weights[n]) for n in names})
+            out.append((at, {n: 100.0 * s for n, s in shares.items()}))
+        return out
+
+    def weights(
+        self, variant: str, start: float, end: float, history: History, order: Sequence[str] = ()
+    ) -> list[float]:
+        """The time-weighted live weight (percent) of ``variant`` in each bucket of the window
+        (with ``sandbox.users``: its share of the users, see :meth:`user_weights`)."""
+        history = self.user_weights(history, order)
         times = [at for at, _ in history]
         values = [float(ws.get(variant, 0.0)) for _, ws in history]
         out: list[float] = []
         ks = self.buckets(start, end)
+        size = self.bucket
         i = bisect.bisect_right(times, self.bucket_start(ks.start)) - 1 if ks else -1
         for k in ks:
             s = self.bucket_start(k)
-            e = s + BUCKET
+            e = s + size
             while i + 1 < len(times) and times[i + 1] <= s:
                 i += 1
             if i + 1 >= len(times) or times[i + 1] >= e:
@@ -156,47 +326,79 @@ class TrafficModel:
             while j + 1 < len(times) and times[j + 1] < e:
                 acc += (values[j] if j >= 0 else 0.0) * (times[j + 1] - t)
                 t, j = times[j + 1], j + 1
-            out.append((acc + values[j] * (e - t)) / BUCKET)
+            out.append((acc + values[j] * (e - t)) / size)
         return out
+
+    def _conditionals(self, behaviour: SandboxVariant) -> tuple[int, list[float]]:
+        key = (behaviour.latency_p50, behaviour.latency_p99)
+        cached = self._latency.get(key)
+        if cached is None:
+            cached = self._latency[key] = _latency_conditionals(*key)
+        return cached
 
     def _bucket(self, variant: str, k: int, weight: float) -> _Bucket:
         key = (variant, k, weight)
         cached = self._buckets.get(key)
         if cached is not None:
             return cached
-        behaviour = self.sandbox.variants[variant]
+        t = k * self.bucket  # world time: seconds since the rollout started
+        behaviour = self.world.behaviour(variant, t)
         rng = random.Random(_seed(self.sandbox.seed, variant, k))
-        requests = _poisson(rng, self.sandbox.rps * BUCKET * weight / 100.0)
+        expected = self.world.requests(t, t + self.bucket) * weight / 100.0 if weight else 0.0
+        requests = _poisson(rng, expected)
         errors = _binomial(rng, requests, behaviour.error_rate)
-        lo, conds = self._latency[variant]
+        lo, conds = self._conditionals(behaviour)
         counts, remaining = [0] * len(conds), requests
         for i, p in enumerate(conds):
             if not remaining:
                 break
             counts[i] = drawn = _binomial(rng, remaining, p)
             remaining -= drawn
-        self._buckets[key] = result = (requests, errors, lo, counts)
+        custom: tuple[tuple[str, int], ...] = ()
+        confusion = feedback = None
+        if behaviour.custom or behaviour.accuracy is not None or behaviour.feedback is not None:
+            responses = requests - errors
+            custom = tuple(
+                (name, _binomial(rng, requests, rate))
+                for name, rate in sorted(behaviour.custom.items())
+            )
+            if behaviour.accuracy is not None:
+                positives = _binomial(rng, responses, 0.5)
+                negatives = responses - positives
+                tp = _binomial(rng, positives, behaviour.accuracy)
+                tn = _binomial(rng, negatives, behaviour.accuracy)
+                confusion = Confusion(tp=tp, fp=negatives - tn, tn=tn, fn=positives - tp)
+            if behaviour.feedback is not None:
+                feedback = (_binomial(rng, responses, behaviour.feedback), responses)
+        self._buckets[key] = result = _Bucket(
+            requests, errors, lo, counts, custom, confusion, feedback
+        )
         return result
 
-    def window(self, variant: str, start: float, end: float, history: History) -> Window:
-        """Requests, errors and latency histogram of ``variant`` over ``[start, end)`` (whole
-        buckets whose start lies in it). A variant the sandbox does not describe has no data."""
+    def records(
+        self, variant: str, start: float, end: float, history: History, order: Sequence[str] = ()
+    ) -> Records | None:
+        """What ``variant``'s requests did over ``[start, end)`` (whole buckets whose start lies
+        in it); ``None`` for a variant the sandbox does not describe (no data)."""
         if variant not in self.sandbox.variants:
-            return Window()
+            return None
         ks = self.buckets(start, end)
-        ws = self.weights(variant, start, end, history)
+        ws = self.weights(variant, start, end, history, order)
         run = self._runs.get((variant, ks.start))
         if run is not None and ws[: len(run[0])] == run[0]:
-            done, requests, errors, counts = len(run[0]), run[1], run[2], list(run[3])
+            done, records = len(run[0]), run[1].copy()
         else:
-            done, requests, errors, counts = 0, 0, 0, [0] * (len(LATENCY_BOUNDS) + 1)
+            done, records = 0, Records()
         for k, w in zip(ks[done:], ws[done:], strict=True):
-            r, e, lo, part = self._bucket(variant, k, w)
-            requests, errors = requests + r, errors + e
-            for i, c in enumerate(part, lo):
-                counts[i] += c
+            records.add(self._bucket(variant, k, w))
         if ks and (run is None or len(ws) >= len(run[0])):
-            self._runs[(variant, ks.start)] = (ws, requests, errors, list(counts))
-        return Window(
-            requests=requests, errors=errors, latency=LatencyHistogram(LATENCY_BOUNDS, counts)
-        )
+            self._runs[(variant, ks.start)] = (ws, records.copy())
+        return records
+
+    def window(
+        self, variant: str, start: float, end: float, history: History, order: Sequence[str] = ()
+    ) -> Window:
+        """Requests, errors and latency histogram of ``variant`` over ``[start, end)`` (whole
+        buckets whose start lies in it). A variant the sandbox does not describe has no data."""
+        records = self.records(variant, start, end, history, order)
+        return Window() if records is None else records.window()

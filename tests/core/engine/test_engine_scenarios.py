@@ -242,6 +242,9 @@ def test_a_failure_while_waiting_for_approval_rolls_back_at_once(tmp_path: Path)
         )
         .replace("min_requests: 200", "min_requests: 20")
         .replace("rps: 100", "rps: 20")
+        # on the plan's 60 s traffic grid, seed 1 happens to draw enough errors in the first
+        # 2 minutes to fail there; seed 2 shows the regression only later, as this test needs
+        .replace("seed: 1", "seed: 2")
     )
     text = text.replace("  max_hold: 5m\n", "  max_hold: 5m\n  on_inconclusive: continue\n")
     world = World(tmp_path, text)
