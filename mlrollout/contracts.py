@@ -156,6 +156,11 @@ class EndpointAdapter(Protocol):
         else on the endpoint (no traffic change, no redeploy)."""
         ...
 
+    # Optional, outside the protocol: ``facts(until: float) -> list[dict]`` — what changed in the
+    # endpoint's world by the instant ``until`` (the sandbox's events), oldest first, the same
+    # list on every call. Each is a JSON mapping with ``at`` (an instant), ``source`` and
+    # ``text``; the engine journals each one once, as a ``fact`` event the report shows.
+
 
 # ------------------------------------------------------------------------------------- metrics
 

@@ -68,6 +68,7 @@ class RolloutState:
     last_verdict: dict[str, Any] | None = None
     reason: str | None = None  # why it ended / is rolling back
     commands_seen: int = 0  # journal seq up to which commands were read
+    facts_seen: int = 0  # how many of the provider's world facts are journalled
     now: float = 0.0  # engine clock at the last event (virtual clocks resume from it)
 
     def to_dict(self) -> dict[str, Any]:
@@ -190,6 +191,7 @@ class Engine:
         if state.phase_enum.terminal:
             return TickResult(state.phase_enum, None)
         now = self.clock.now()
+        self._record_facts(now)
         # A change in flight is finished first, before any command is read: a command read now
         # and then skipped would be marked seen and lost (an abort must never be). The next tick
         # reads it.
@@ -216,6 +218,20 @@ class Engine:
 
     def _result(self, next_at: float | None, event: Event | None = None) -> TickResult:
         return TickResult(self.state.phase_enum, next_at, event)
+
+    # ---------------------------------------------------------------------------------- facts
+
+    def _record_facts(self, now: float) -> None:
+        """Journal what changed in the endpoint's world since the last tick (the sandbox's
+        events), so a rehearsal's record reads as what happened. A provider that reports facts
+        has ``facts(until)``: every fact by ``until``, in order, the same list on every call."""
+        facts = getattr(self.adapter, "facts", None)
+        if facts is None or self.state.phase_enum in (Phase.PENDING, Phase.PREPARING):
+            return  # the world's clock starts when the candidate is prepared
+        happened: list[dict[str, Any]] = facts(now)
+        for fact in happened[self.state.facts_seen :]:
+            self.state.facts_seen += 1  # in the same snapshot as the event: never twice
+            self.record(EventKind.FACT, fact)
 
     # ------------------------------------------------------------------------------- commands
 
@@ -518,6 +534,8 @@ class Engine:
                 self.clock.now(),
                 self.record(EventKind.ANALYSIS_INCONCLUSIVE, {**look, "then": "continue"}),
             )
+        # The look that ended it is journalled as such, as it is for the other two policies.
+        self.record(EventKind.ANALYSIS_INCONCLUSIVE, {**look, "then": "pause"})
         return self._pause(why + " (on_inconclusive: pause)", look)
 
     def _on_failure(self, reason: str, look: dict[str, Any]) -> TickResult:

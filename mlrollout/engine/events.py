@@ -39,6 +39,9 @@ class EventKind(StrEnum):
     ABORTED = "aborted"
     ADOPTED = "adopted"
     ADOPTED_APPLIED = "adopted.applied"
+    #: Something that changed in the endpoint's world, as its provider reports it (the sandbox's
+    #: events): ``data`` has ``at`` (the instant it happened), ``source`` and ``text``.
+    FACT = "fact"
 
     @classmethod
     def requested(cls, action: str) -> EventKind:

@@ -126,6 +126,10 @@ def event_line(event: Event, state: RolloutState) -> tuple[str, str] | None:
         return "waiting", f"for approval ({within})"
     if kind == EventKind.PAUSED:
         return "paused", str(data.get("reason", ""))
+    if kind == EventKind.FACT:
+        offset = data.get("offset")
+        when = f" (at +{format_duration(float(offset))})" if isinstance(offset, int | float) else ""
+        return "world", f"{data.get('source', 'provider')}: {data.get('text', '')}{when}"
     simple: dict[str, tuple[str, str]] = {
         EventKind.APPROVED: ("approved", f"approved by {who}"),
         EventKind.APPROVAL_TIMED_OUT: (

@@ -26,6 +26,12 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
 
 
+def _happened(event: Event) -> float:
+    """When what ``event`` records happened: a world fact carries its own instant."""
+    at = event.data.get("at") if event.kind == EventKind.FACT else None
+    return float(at) if isinstance(at, int | float) else event.at
+
+
 def next_steps(record: RolloutRecord, state: RolloutState) -> list[str]:
     """What a human can do now, as commands."""
     rid, plan = record.id, record.plan_path or "PLAN"
@@ -71,7 +77,8 @@ def markdown_report(record: RolloutRecord, events: list[Event], steps: list[Exec
         ["Looks", str(state.looks or sum(e.kind == EventKind.LOOK for e in events))],
     ]
     lines += ["", *_table(["", ""], facts), "", "## Timeline", ""]
-    rows, previous = [], None
+    timed: list[tuple[float, str]] = []
+    previous = None
     for event in events:
         if event.kind == EventKind.LOOK:  # only the looks that changed the picture
             verdict = (event.data.get("verdict") or {}).get("outcome")
@@ -80,8 +87,29 @@ def markdown_report(record: RolloutRecord, events: list[Event], steps: list[Exec
             previous = verdict
         text = describe_event(event, state)
         if text is not None and first is not None:
-            rows.append([f"+{format_duration(event.at - first)}", text])
-    lines += _table(["Time", "Event"], rows)
+            timed.append((_happened(event), text))
+    # A world fact is journalled at the first tick after it happened: it goes where it happened.
+    timed.sort(key=lambda row: row[0])
+    lines += (
+        _table(
+            ["Time", "Event"], [[f"+{format_duration(max(0.0, at - first))}", t] for at, t in timed]
+        )
+        if first is not None
+        else _table(["Time", "Event"], [])
+    )
+    world = [e for e in events if e.kind == EventKind.FACT]
+    if world:
+        lines += ["", "## What changed in the world", ""]
+        lines += _table(
+            ["When", "Change"],
+            [
+                [
+                    f"+{format_duration(float(e.data.get('offset') or 0.0))} of the rollout",
+                    str(e.data.get("text", "")),
+                ]
+                for e in world
+            ],
+        )
     gates = gates_of(state.last_verdict)
     if gates:
         gate_rows = [
