@@ -1,4 +1,6 @@
-"""``mlrollout demo``: two sandbox rollouts from the example plans, explained."""
+"""``mlrollout demo``: three sandbox rollouts from the example plans, explained: a candidate
+that is worse from the start, a healthy one, and one that regresses mid-rollout (a sandbox
+event) and is caught when it does."""
 
 from __future__ import annotations
 
@@ -8,10 +10,13 @@ import time
 from pathlib import Path
 
 from mlrollout.cli.common import Output, Settings
+from mlrollout.engine.events import EventKind
 from mlrollout.state.open import open_store
 from mlrollout.units import format_duration
 
-DEMO_PLANS = ("local-canary-bad.yaml", "local-canary-good.yaml")
+DEMO_PLANS = ("local-canary-bad.yaml", "local-late-regression.yaml", "local-canary-good.yaml")
+#: What each demo rollout ends with: rolled back, rolled back, promoted.
+EXPECTED_EXIT_CODES = [1, 1, 0]
 
 
 def plans_dir() -> Path:
@@ -44,6 +49,7 @@ def run_demo(settings: Settings, output: Output) -> int:
     from mlrollout.engine.runner import Runner
     from mlrollout.plan.loader import load_plan
     from mlrollout.report.console import JsonReporter, PlainReporter
+    from mlrollout.sandbox.world import summary as world_summary
 
     state_dir = demo_state(settings.state)
     if state_dir.exists():  # the demo's own sandbox endpoints start fresh each time
@@ -75,6 +81,8 @@ def run_demo(settings: Settings, output: Output) -> int:
             f"\n== {shown}: {plan.strategy.type} of {plan.candidate.name} on the sandbox "
             f"endpoint {plan.target.endpoint} ({behaviours})"
         )
+        for change in world_summary(plan.sandbox)["changes"]:
+            say(f"   then at {change['at']} of the rollout: {change['text']}")
         record = Runner(store).create(loaded)
         from mlrollout.plan.timeline import expand_steps
 
@@ -100,6 +108,16 @@ def run_demo(settings: Settings, output: Output) -> int:
             f"-> {verdict} (exit code {outcome.exit_code})"
             + (f": {outcome.state.reason}" if outcome.state.reason else "")
         )
+        facts = [e for e in events if e.kind == EventKind.FACT]
+        failed = next((e for e in events if e.kind == EventKind.ANALYSIS_FAILED), None)
+        if facts and failed is not None:
+            changed = float(facts[0].data["at"])
+            say(
+                f"   the world changed at +{format_duration(changed - events[0].at)} "
+                f"({facts[0].data.get('text')}); the gates caught it "
+                f"{format_duration(failed.at - changed)} later, at "
+                f"+{format_duration(failed.at - events[0].at)}"
+            )
     elapsed = time.perf_counter() - started
     if output == Output.json:
         import json
@@ -107,15 +125,15 @@ def run_demo(settings: Settings, output: Output) -> int:
         sys.stdout.write(json.dumps({"demo": results, "seconds": round(elapsed, 3)}) + "\n")
     else:
         state = f"--state {state_dir}"
-        bad, good = results[0]["rollout"], results[1]["rollout"]
+        bad, late, good = (r["rollout"] for r in results)
         say(
-            f"\nTwo rollouts, {format_duration(simulated)} of simulated traffic, in "
+            f"\n{len(results)} rollouts, {format_duration(simulated)} of simulated traffic, in "
             f"{elapsed:.1f}s of real time.\n\nWhat to try next:\n"
-            f"  mlrollout plan preview {results[0]['plan']}   # the timeline, gates, API calls\n"
+            f"  mlrollout plan preview {results[1]['plan']}   # the timeline, gates, the world\n"
             f"  mlrollout {state} status {bad}       # why it was rolled back\n"
             f"  mlrollout {state} report {good}      # the Markdown report\n"
-            f"  mlrollout run {results[1]['plan']}   # run it yourself, with a live view\n"
+            f"  mlrollout {state} report {late}      # when the regression began, when caught\n"
+            f"  mlrollout run {results[2]['plan']}   # run it yourself, with a live view\n"
             f"  edit the sandbox error rates in a plan and run it again"
         )
-    expected = [1, 0]
-    return 0 if [r["exit_code"] for r in results] == expected else 1
+    return 0 if [r["exit_code"] for r in results] == EXPECTED_EXIT_CODES else 1

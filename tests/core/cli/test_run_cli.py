@@ -337,7 +337,7 @@ def test_demo_shows_both_outcomes(cli, tmp_path, monkeypatch):
     assert "promoted (exit code 0)" in result.out
     # the ids it suggests to look at are real
     ids = re.findall(r"(?:status|report) (\S+)", result.out)
-    assert len(ids) == 2, result.out
+    assert len(ids) == 3, result.out
     demo_state = str(Path(state) / "demo")
     for rid in ids:
         assert cli("--state", demo_state, "status", rid, "-o", "json").code == 0
@@ -351,8 +351,8 @@ def test_demo_json(cli, tmp_path, monkeypatch):
     assert result.code == 0, result.both
     lines = [json.loads(line) for line in result.out.splitlines()]
     summary = lines[-1]["demo"]
-    assert [r["exit_code"] for r in summary] == [1, 0]
-    assert [r["phase"] for r in summary] == ["rolled_back", "succeeded"]
+    assert [r["exit_code"] for r in summary] == [1, 1, 0]
+    assert [r["phase"] for r in summary] == ["rolled_back", "rolled_back", "succeeded"]
 
 
 def test_demo_with_a_db_file_state(cli, tmp_path, monkeypatch):
