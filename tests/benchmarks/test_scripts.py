@@ -54,3 +54,11 @@ def test_the_decision_benchmark_runs_and_reports_json(tmp_path: Path) -> None:
     assert ours["det_mean"] < 60
     methods = {r["method"] for r in data["cells"]}
     assert {"peeking-z", "oracle-sprt", "oracle-sprt at 5% A/A"} <= methods
+
+
+def test_the_sandbox_benchmark_runs_the_week_long_rehearsal_on_its_coarse_grid() -> None:
+    out = run("sandbox_traffic.py")
+    assert "stage windows, 100 rps" in out and "rollout windows, 10k rps" in out
+    week = out.rsplit("outcome", 1)[1].split()
+    # wall seconds, looks, buckets, outcome: 168 hourly looks on 168 one-hour buckets per variant
+    assert week[1:] == ["168", "336", "succeeded"], out
