@@ -64,7 +64,7 @@ def install_command(cloud: str) -> str:
 _BUILTIN = {
     ENDPOINTS_GROUP: {"local": "mlrollout.sandbox.provider:LocalProviderSpec"},
     STATE_GROUP: {"sqlite": "mlrollout.state.sqlite:open_sqlite_store"},
-    METRICS_GROUP: {},
+    METRICS_GROUP: {"prometheus": "mlrollout.metrics.prometheus_spec:SPEC"},
     COMMANDS_GROUP: {},
 }
 

@@ -394,15 +394,11 @@ def _check_metrics_source(source: str | dict[str, dict[str, Any]]) -> list[Findi
         installed = ", ".join(names(METRICS_GROUP)) or "none"
         close = difflib.get_close_matches(name, names(METRICS_GROUP), n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        why = (
-            "is not supported yet (no metrics source plugin named prometheus is installed)"
-            if name == "prometheus"
-            else "is not installed"
-        )
         return [
             Finding(
                 path,
-                f"metrics source {name!r} {why}; {hint}installed metrics sources: {installed}; "
+                f"metrics source {name!r} is not installed; {hint}installed metrics sources: "
+                f"{installed}; "
                 "or use source: default (the provider's own metrics)",
                 at_key=True,
             )

@@ -111,17 +111,32 @@ def test_an_unknown_source_is_refused_with_a_suggestion_and_the_installed_names(
     )
 
 
-def test_prometheus_is_refused_while_no_plugin_provides_it(fakeprom: PluginSite) -> None:
-    [message] = issues("{prometheus: {url: 'http://prometheus:9090'}}")
-    assert "analysis.source.prometheus" in message and "not supported yet" in message, message
-    assert "installed metrics sources: fakeprom" in message and "source: default" in message
+def test_a_source_that_no_plugin_provides_is_refused(fakeprom: PluginSite) -> None:
+    [message] = issues("{datadog: {url: 'https://api.datadoghq.com'}}")
+    assert "analysis.source.datadog" in message and "is not installed" in message, message
+    assert "installed metrics sources: fakeprom, prometheus" in message, message
+    assert "source: default" in message
 
 
-def test_a_prometheus_plugin_is_used_when_one_is_installed(site: PluginSite) -> None:
+def test_prometheus_is_built_in(site: PluginSite) -> None:
+    assert "prometheus" in plugins.names(plugins.METRICS_GROUP)
+    assert plugins.metrics_source_spec("prometheus").ref.dist == "mlrollout"
+    found = issues("{prometheus: {uri: 'http://prometheus:9090'}}")
+    assert any("prometheus.uri: unknown key 'uri'; did you mean 'url'?" in m for m in found)
+    assert any("analysis.source.prometheus: the prometheus source needs url" in m for m in found)
+
+
+def test_a_third_party_source_is_used_when_one_is_installed(site: PluginSite) -> None:
+    site.dist("mlrollout-vm", "[mlrollout.metrics]\nvictoria = fakeprom_source:PROMETHEUS\n")
+    assert issues("{victoria: {url: 'http://victoria:8428'}}") == []
+    [message] = issues("{victoria: {uri: 'http://victoria:8428'}}")
+    assert "analysis.source.victoria.url: prometheus needs a url" in message, message
+
+
+def test_a_second_distribution_claiming_prometheus_is_refused(site: PluginSite) -> None:
     site.dist("mlrollout-prom", "[mlrollout.metrics]\nprometheus = fakeprom_source:PROMETHEUS\n")
-    assert issues("{prometheus: {url: 'http://prometheus:9090'}}") == []
-    [message] = issues("{prometheus: {uri: 'http://prometheus:9090'}}")
-    assert "analysis.source.prometheus.url: prometheus needs a url" in message, message
+    [message] = issues("{prometheus: {url: 'http://prometheus:9090'}}")
+    assert "registered by more than one distribution (mlrollout, mlrollout-prom)" in message
 
 
 def test_a_registered_source_checks_its_own_config(fakeprom: PluginSite) -> None:
