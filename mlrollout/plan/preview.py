@@ -94,7 +94,7 @@ def build_preview(loaded: LoadedPlan) -> dict[str, Any]:
     source = plan.analysis.source
     if not isinstance(source, str):  # a metrics-source plugin reads the metrics, not the provider
         [name] = list(source)
-        calls = {**calls, "metrics": [f"metrics source {name!r}: one query per look"]}
+        calls = {**calls, "metrics": [f"metrics source {name!r}: its queries at each look"]}
     rows = timeline(plan)
     steps: list[dict[str, Any]] = []
     elapsed_min = elapsed_max = 0.0

@@ -35,6 +35,8 @@ def world_problems(plan: Plan) -> list[PlanProblem]:
     if sandbox is None:
         return []
     problems = _event_problems(sandbox)
+    if plan.analysis.source != "default":
+        return problems  # another metrics source reads the gates: its own checks apply
     customs = {name for v in sandbox.variants.values() for name in v.custom}
     for i, gate in enumerate(plan.analysis.gates):
         if gate.metric != "custom":

@@ -238,9 +238,9 @@ def test_preview_names_the_plugin_source_instead_of_the_providers_metrics(
     plan = tmp_path / "plan.yaml"
     plan.write_text(SOURCE_PLAN.format(source="{fakeprom: {candidate_error_rate: 0.3}}"))
     preview = build_preview(load_plan(str(plan)))
-    looks = [c for step in preview["steps"] for c in step["api_calls"] if "query" in c]
+    looks = [c for step in preview["steps"] for c in step["api_calls"] if "queries" in c]
     assert looks and all(
-        c.startswith("metrics source 'fakeprom': one query per look") for c in looks
+        c.startswith("metrics source 'fakeprom': its queries at each look") for c in looks
     )
     assert not any(
         "sandbox: synthesize" in c for step in preview["steps"] for c in step["api_calls"]
