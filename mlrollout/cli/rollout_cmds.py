@@ -389,20 +389,109 @@ def status(
         str | None, typer.Argument(help="Rollout id; default: the newest.", metavar="[ID]")
     ] = None,
     output: Output = OutputOption,
-) -> None:
-    """Where a rollout is: phase, step, weights, each gate's value and verdict."""
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            "-w",
+            help="Follow the rollout until it ends, from any machine that reads its state "
+            "store: the live view in a terminal, timestamped lines otherwise, JSON lines with "
+            "-o json. Exits with the rollout's exit code (0 promoted, 1 rolled back).",
+        ),
+    ] = False,
+    interval: Annotated[
+        float,
+        typer.Option(
+            "--interval", min=0.05, help="Seconds between reads of the state store (--watch)."
+        ),
+    ] = 2.0,
+    timeout: Annotated[
+        str | None,
+        typer.Option(
+            "--timeout",
+            metavar="DURATION",
+            help="Stop watching after this long (e.g. 30m): exit 3, the rollout goes on.",
+        ),
+    ] = None,
+) -> int:
+    """Where a rollout is: phase, step, weights, each gate's value and verdict.
+
+    With --watch, what `run` shows, from another terminal or a later CI job, until the end."""
     from mlrollout.engine.engine import RolloutState
     from mlrollout.engine.runner import plan_of
     from mlrollout.plan.timeline import expand_steps
     from mlrollout.report.markdown import render_status, status_summary
 
-    record = _record(settings(ctx).store(), rollout_id)
+    store = settings(ctx).store()
+    record = _record(store, rollout_id)
+    if watch:
+        return _watch(store, record, output, interval, _timeout(timeout))
     state = RolloutState.from_dict(record.snapshot)
     steps = expand_steps(plan_of(record))
     if output == Output.json:
         print_json(status_summary(record, state, steps))
     else:
         console().print(render_status(record, state, steps))
+    return 0
+
+
+def _timeout(text: str | None) -> float | None:
+    from mlrollout.errors import UsageError
+    from mlrollout.units import parse_duration
+
+    if text is None:
+        return None
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise UsageError(f"--timeout: {exc}") from None
+
+
+def _watch(
+    store: StateStore,
+    record: RolloutRecord,
+    output: Output,
+    interval: float,
+    timeout: float | None,
+) -> int:
+    """Replay the rollout's journal so far, then follow it (one read of the journal and one of
+    the record per ``interval``) until its phase is terminal; the runner's exit code then, 3
+    on ``timeout`` or Ctrl-C (the rollout itself goes on: watching never changes it)."""
+    import time
+
+    from mlrollout.engine.engine import RolloutState
+    from mlrollout.engine.runner import RunOutcome, plan_of
+    from mlrollout.plan.timeline import expand_steps, timeline
+
+    plan = plan_of(record)
+    worst = sum(r.max_seconds for r in timeline(plan) if r.max_seconds != float("inf"))
+    display = _Display(output, record, expand_steps(plan), worst)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    seen = 0
+    try:
+        with display:
+            while True:
+                events = store.events(record.id, after=seen)
+                record = store.get_rollout(record.id)
+                state = RolloutState.from_dict(record.snapshot)
+                for event in events:
+                    display(event, state)
+                    seen = event.seq
+                phase = Phase(record.phase)
+                if phase.terminal:
+                    outcome = RunOutcome(record.id, phase, state)
+                    _summary(outcome, output)
+                    return outcome.exit_code
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+    sys.stderr.write(
+        f"stopped watching {record.id} ({record.phase}); it goes on: "
+        f"`mlrollout status {record.id} --watch` follows it again\n"
+    )
+    return 3
 
 
 def _record(store: StateStore, rollout_id: str | None) -> RolloutRecord:
