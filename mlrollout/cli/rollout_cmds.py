@@ -81,13 +81,22 @@ class _ClosableStdout:
             )
 
 
+def _plain(out: _ClosableStdout, rollout_id: str, steps: list[Any]) -> Listener:
+    """Timestamped lines; on GitHub Actions folded per step, with an annotation on rollback."""
+    from mlrollout.report.ci import GitHubReporter, on_github_actions
+    from mlrollout.report.console import PlainReporter
+
+    kind = GitHubReporter if on_github_actions() else PlainReporter
+    return kind(out, rollout_id, steps)  # type: ignore[arg-type]
+
+
 class _Display:
     """Chooses how progress is shown: JSON lines, a live terminal view, or plain lines."""
 
     def __init__(
         self, output: Output, record: RolloutRecord, plan_steps: list[Any], worst: float
     ) -> None:
-        from mlrollout.report.console import JsonReporter, LiveReporter, PlainReporter
+        from mlrollout.report.console import JsonReporter, LiveReporter
 
         self.record = record
         self.steps = plan_steps
@@ -100,19 +109,18 @@ class _Display:
             self.live = LiveReporter(console(), record.id, record.name, plan_steps, worst)
             self.current = self.live
         else:
-            self.current = PlainReporter(self.out, record.id, plan_steps)  # type: ignore[arg-type]
+            self.current = _plain(self.out, record.id, plan_steps)
 
     def __call__(self, event: Event, state: RolloutState) -> None:
         self.current(event, state)
 
     def to_plain(self) -> None:
         """Leave the live view (before a prompt); go on with plain lines."""
-        from mlrollout.report.console import PlainReporter
 
         if self.live is not None:
             self.live.close()
             self.live = None
-            self.current = PlainReporter(self.out, self.record.id, self.steps)  # type: ignore[arg-type]
+            self.current = _plain(self.out, self.record.id, self.steps)
 
     def __enter__(self) -> _Display:
         if self.live is not None:
@@ -197,6 +205,11 @@ def _drive(
     finally:
         for sig, previous in handlers.items():
             signal.signal(sig, previous)
+    from mlrollout.errors import MlrolloutError
+    from mlrollout.report.ci import write_step_summary
+
+    with contextlib.suppress(MlrolloutError):  # the summary never changes the outcome
+        write_step_summary(store, record.id)
     if outcome is None or (outcome.interrupted and not outcome.phase.terminal):
         sys.stderr.write(
             f"interrupted: rollout {record.id} is recorded; continue it with "
