@@ -312,6 +312,14 @@ def resume(
     return _drive(ctx, record.id, output, detach, on_interrupt, adopt=adopt)
 
 
+ReasonOption = typer.Option(
+    "--reason",
+    metavar="TEXT",
+    help="Why, recorded with who (MLROLLOUT_ACTOR, GITHUB_ACTOR or your login) in the journal, "
+    "the report and the notifications.",
+)
+
+
 def promote(
     ctx: typer.Context,
     rollout_id: IdArg,
@@ -319,17 +327,22 @@ def promote(
         bool,
         typer.Option("--full", help="Skip the remaining steps: straight to 100% and finalize."),
     ] = False,
+    reason: Annotated[str | None, ReasonOption] = None,
 ) -> int:
     """Answer an approve gate (or resume a paused rollout); with --full, promote now."""
-    return _command(ctx, rollout_id, "promote", full=full)
+    return _command(ctx, rollout_id, "promote", full=full, reason=reason)
 
 
-def abort(ctx: typer.Context, rollout_id: IdArg) -> int:
+def abort(
+    ctx: typer.Context, rollout_id: IdArg, reason: Annotated[str | None, ReasonOption] = None
+) -> int:
     """Roll back now: traffic to the baseline first, then remove the candidate."""
-    return _command(ctx, rollout_id, "abort")
+    return _command(ctx, rollout_id, "abort", reason=reason)
 
 
-def _command(ctx: typer.Context, rollout_id: str, kind: str, *, full: bool = False) -> int:
+def _command(
+    ctx: typer.Context, rollout_id: str, kind: str, *, full: bool = False, reason: str | None
+) -> int:
     from mlrollout.engine.runner import Runner
     from mlrollout.errors import LeaseHeld, UsageError
 
@@ -338,7 +351,7 @@ def _command(ctx: typer.Context, rollout_id: str, kind: str, *, full: bool = Fal
     if Phase(record.phase).terminal:
         raise UsageError(f"rollout {record.id} already ended ({record.phase})")
     runner = Runner(store)
-    runner.command(record.id, kind, full=full)  # type: ignore[arg-type]
+    runner.command(record.id, kind, full=full, reason=reason)  # type: ignore[arg-type]
     if kind == "abort":
         try:
             outcome = runner.drive(record.id, on_wait=lambda engine: "detach")

@@ -250,6 +250,8 @@ class Engine:
     def _apply_command(self, command: Event) -> TickResult | None:
         phase = self.state.phase_enum
         who = command.data.get("by", "someone")
+        if command.data.get("reason"):
+            who = f"{who} ({command.data['reason']})"
         if command.kind == EventKind.COMMAND_ABORT:
             if phase == Phase.PENDING:
                 self.state.reason = f"aborted by {who} before any change"

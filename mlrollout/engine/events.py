@@ -82,3 +82,18 @@ NOTIFY_KINDS = frozenset(
         EventKind.ADOPTED,
     }
 )
+
+
+#: The names a plan's ``notify[].on`` filter uses, and the events each one stands for.
+NOTIFY_FILTERS: dict[str, frozenset[EventKind]] = {
+    "started": frozenset({EventKind.STARTED}),
+    "traffic": frozenset({EventKind.SET_TRAFFIC_APPLIED}),
+    "failed": frozenset({EventKind.ANALYSIS_FAILED}),
+    "inconclusive": frozenset({EventKind.ANALYSIS_INCONCLUSIVE}),
+    "waiting": frozenset({EventKind.WAITING, EventKind.PAUSED}),
+    "approved": frozenset({EventKind.APPROVED, EventKind.PROMOTE_FORCED}),
+    "rollback": frozenset({EventKind.ROLLBACK_STARTED, EventKind.ROLLED_BACK}),
+    "promoted": frozenset({EventKind.PROMOTED}),
+    "aborted": frozenset({EventKind.ABORTED}),
+    "adopted": frozenset({EventKind.ADOPTED}),
+}

@@ -10,7 +10,7 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -59,6 +59,19 @@ class RunOutcome:
         if self.phase in (Phase.ROLLED_BACK, Phase.ABORTED):
             return ExitCode.ROLLED_BACK
         return ExitCode.WAITING
+
+
+def actor(environ: Mapping[str, str] | None = None) -> str:
+    """Who gives a command: ``MLROLLOUT_ACTOR``, else the CI's user (``GITHUB_ACTOR``,
+    ``GITLAB_USER_LOGIN``), else the login name."""
+    env = os.environ if environ is None else environ
+    for name in ("MLROLLOUT_ACTOR", "GITHUB_ACTOR", "GITLAB_USER_LOGIN"):
+        if env.get(name):
+            return env[name]
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name (a container without a passwd entry)
+        return "someone"
 
 
 #: Exit codes from the least to the most alarming, for a pass over many rollouts (`reconcile`).
@@ -219,9 +232,9 @@ class Runner:
             metrics = metrics_source_spec(name).open(config, context)
         listeners = list(self.listeners)
         if plan.notify:
-            from mlrollout.report.webhook import WebhookNotifier
+            from mlrollout.report.webhook import WebhookNotifier, hooks_from_plan
 
-            notifier = WebhookNotifier([n.webhook for n in plan.notify], record.id, plan.name)
+            notifier = WebhookNotifier(hooks_from_plan(plan.notify), record.id, plan.name)
             listeners.append(notifier)
             # delivered off the critical path; drive() closes it (a bounded flush) at the end
             self._notifiers.append(notifier)
@@ -455,11 +468,21 @@ class Runner:
     # ----------------------------------------------------------------------------- commands
 
     def command(
-        self, rollout_id: str, kind: Literal["promote", "abort"], *, full: bool = False
+        self,
+        rollout_id: str,
+        kind: Literal["promote", "abort"],
+        *,
+        full: bool = False,
+        reason: str | None = None,
+        by: str | None = None,
     ) -> None:
-        """Record ``mlrollout promote|abort`` in the journal; the driving runner acts on it."""
+        """Record ``mlrollout promote|abort`` in the journal; the driving runner acts on it.
+        ``by`` (default :func:`actor`) and ``reason`` are recorded with it, for the report and
+        the notifications."""
         record = self.store.get_rollout(rollout_id)
-        data: dict[str, object] = {"by": self.holder}
+        data: dict[str, object] = {"by": by or actor(), "runner": self.holder}
+        if reason:
+            data["reason"] = reason
         if full:
             data["full"] = True
         at = float(record.snapshot.get("now") or self.wall())

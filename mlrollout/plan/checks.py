@@ -149,12 +149,15 @@ def _check_secrets(plan: Plan) -> list[Finding]:
                 )
             )
     for i, note in enumerate(plan.notify):
+        if note.webhook is None:
+            continue  # the URL comes from the environment (url_env): never in the plan
         if _userinfo(note.webhook, user_alone=True):  # a token rides as a user name too
             found.append(
                 Finding(
                     ("notify", i, "webhook"),
                     "this URL carries credentials (user:password@ or token@): give the webhook "
-                    f"a bearer token through {WEBHOOK_TOKEN_ENV} instead",
+                    f"a bearer token through token_env (or {WEBHOOK_TOKEN_ENV}) instead, or "
+                    "the whole URL through url_env",
                 )
             )
         elif (param := _credential_param(note.webhook)) is not None:
@@ -163,7 +166,7 @@ def _check_secrets(plan: Plan) -> list[Finding]:
                     ("notify", i, "webhook"),
                     f"this URL carries a credential in its query string ({param}=...), and a "
                     "plan is recorded and shown: give the webhook a bearer token through "
-                    f"{WEBHOOK_TOKEN_ENV} instead",
+                    f"token_env (or {WEBHOOK_TOKEN_ENV}), or the whole URL through url_env",
                 )
             )
     return found

@@ -456,8 +456,51 @@ class RollbackPolicy(StrictModel):
     cleanup: bool = True
 
 
+#: ``notify[].on`` names (see :data:`mlrollout.engine.events.NOTIFY_FILTERS`).
+NotifyOn = Literal[
+    "started",
+    "traffic",
+    "failed",
+    "inconclusive",
+    "waiting",
+    "approved",
+    "rollback",
+    "promoted",
+    "aborted",
+    "adopted",
+]
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
 class Notification(StrictModel):
-    webhook: str = Field(pattern=r"^https?://", description="POSTed a JSON event per change.")
+    """A webhook: its URL (``webhook``, or from the environment with ``url_env``: a Slack or
+    Teams URL is a secret), the body's ``format``, a bearer token from ``token_env``, and which
+    events it gets (``on``; default every change and decision)."""
+
+    webhook: str | None = Field(
+        default=None, pattern=r"^https?://", description="POSTed an event per change."
+    )
+    url_env: str | None = Field(
+        default=None, pattern=_ENV_NAME, description="The URL from this environment variable."
+    )
+    format: Literal["json", "slack", "teams"] = Field(
+        default="json", description="json (mlrollout's), slack (text + blocks), teams (a card)."
+    )
+    token_env: str | None = Field(
+        default=None, pattern=_ENV_NAME, description="A bearer token from this variable."
+    )
+    on: list[NotifyOn] | None = Field(
+        default=None, min_length=1, description="Only these events (default: all of them)."
+    )
+
+    @model_validator(mode="after")
+    def _one_url(self) -> Notification:
+        if (self.webhook is None) == (self.url_env is None):
+            raise ValueError(
+                "a notification has exactly one of webhook (the URL) or url_env (the name of "
+                "the environment variable that holds it)"
+            )
+        return self
 
 
 # -------------------------------------------------------------------------------------- sandbox
@@ -481,6 +524,13 @@ class SandboxVariant(StrictModel):
     of business events (a conversion is counted on a request with this probability)."""
 
     error_rate: Rate = 0.0
+    error_bursts: float | None = Field(
+        default=None,
+        gt=0,
+        le=1_000_000,
+        description="Errors come in bursts: per 10 s they are negative-binomial with this "
+        "shape (1 = strongly bursty, 10 = mildly); omitted, requests fail independently.",
+    )
     latency_p50: Latency = 0.05
     latency_p99: Latency = 0.2
     accuracy: Rate | None = None
@@ -515,6 +565,7 @@ class SandboxVariant(StrictModel):
 #: The variant keys an event may change.
 SANDBOX_VARIANT_KEYS = (
     "error_rate",
+    "error_bursts",
     "latency_p50",
     "latency_p99",
     "accuracy",
@@ -585,6 +636,7 @@ class SandboxEvent(StrictModel):
     for_: Duration | None = Field(default=None, alias="for", description="How long it lasts.")
     variant: str | None = Field(default=None, description="Whose behaviour changes.")
     error_rate: Rate | None = None
+    error_bursts: float | None = Field(default=None, gt=0, le=1_000_000)
     latency_p50: Latency | None = None
     latency_p99: Latency | None = None
     accuracy: Rate | None = None

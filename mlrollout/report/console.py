@@ -91,7 +91,7 @@ def event_line(event: Event, state: RolloutState) -> tuple[str, str] | None:
     kind, data = event.kind, event.data
     if kind.endswith(".requested"):
         return None
-    who = data.get("by", "someone")
+    who = str(data.get("by", "someone")) + (f" ({data['reason']})" if data.get("reason") else "")
     weights = data.get("weights") or {}
     if kind == EventKind.STARTED:
         return "started", (

@@ -7,8 +7,12 @@ answers one byte at a time is cut off too). Each URL's queue is bounded: when it
 *oldest* waiting event is dropped and counted, so the latest news (the outcome) survives. A failing
 URL is reported once on stderr, without its query string or credentials. When the run ends,
 :meth:`WebhookNotifier.close` delivers what is still queued for a bounded time only, then gives up
-and says how many notifications were not delivered. A bearer token, if any, comes from
-``MLROLLOUT_WEBHOOK_TOKEN`` and is never written anywhere.
+and says how many notifications were not delivered.
+
+Each hook has its own body format (mlrollout's JSON, a Slack message, a Teams card), its own
+event filter (``on``), its own bearer token (``token_env``, else ``MLROLLOUT_WEBHOOK_TOKEN``) and
+may take its URL from the environment (``url_env``: a Slack or Teams URL is itself a secret).
+Tokens and environment URLs are read when the rollout opens and never written anywhere.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from mlrollout.report.console import describe_event, iso
 
 if TYPE_CHECKING:
     from mlrollout.engine.engine import RolloutState
+    from mlrollout.plan.model import Notification
     from mlrollout.state.base import Event
 
 #: Wall-clock seconds one POST may take in all: connect, TLS, send, status, headers, body.
@@ -165,11 +170,106 @@ def post_json(url: str, body: bytes, headers: dict[str, str], seconds: float) ->
         conn.close()
 
 
+@dataclass(frozen=True)
+class HookSpec:
+    """One webhook as the notifier sends to it: the URL, the body's format (``json``,
+    ``slack``, ``teams``), its bearer token (``None``: the global ``MLROLLOUT_WEBHOOK_TOKEN``,
+    if set) and the event kinds it gets (``None``: every change and decision)."""
+
+    url: str
+    format: str = "json"
+    token: str | None = None
+    kinds: frozenset[str] | None = None
+
+
+def hooks_from_plan(notify: Sequence[Notification]) -> list[HookSpec]:
+    """The plan's ``notify`` entries with their URLs and tokens read from the environment. An
+    entry whose ``url_env`` or ``token_env`` is not set is skipped, with a warning naming the
+    variable (never its value); the rollout goes on."""
+    from mlrollout.engine.events import NOTIFY_FILTERS
+
+    hooks: list[HookSpec] = []
+    for i, note in enumerate(notify):
+        url = note.webhook if note.webhook is not None else os.environ.get(note.url_env or "")
+        missing = None if url else note.url_env
+        token = os.environ.get(note.token_env) if note.token_env else None
+        if note.token_env and not token:
+            missing = note.token_env
+        if missing:
+            sys.stderr.write(
+                f"warning: notify[{i}]: the environment variable {missing} is not set: this "
+                "webhook is skipped; the rollout goes on\n"
+            )
+            continue
+        assert url is not None
+        kinds = None
+        if note.on is not None:
+            kinds = frozenset(str(k) for name in note.on for k in NOTIFY_FILTERS[name])
+        hooks.append(HookSpec(url, note.format, token, kinds))
+    return hooks
+
+
+#: A card's colour by what happened (Teams' themeColor), and Slack's emoji for it.
+_TONE = {
+    "rollback": ("D13438", ":red_circle:"),
+    "good": ("2EB886", ":large_green_circle:"),
+    "wait": ("F2C744", ":large_yellow_circle:"),
+    "info": ("0078D7", ":large_blue_circle:"),
+}
+
+
+def _tone(kind: str) -> str:
+    if kind in ("rollback.started", "rolled_back", "analysis.failed", "aborted"):
+        return "rollback"
+    if kind == "promoted":
+        return "good"
+    if kind in ("waiting", "paused", "analysis.inconclusive"):
+        return "wait"
+    return "info"
+
+
+def render_body(fmt: str, payload: dict[str, Any]) -> bytes:
+    """The POST body of one event in a hook's format: mlrollout's own JSON, a Slack message
+    (``text`` for notifications, ``blocks`` for the message) or a Teams message card."""
+    if fmt == "json":
+        return json.dumps(payload, default=str).encode()
+    name, rid, message = payload["name"], payload["rollout"], payload["message"] or payload["kind"]
+    color, emoji = _TONE[_tone(str(payload["kind"]))]
+    facts = [("Rollout", rid), ("Phase", payload["phase"]), ("At", payload["at"])]
+    if fmt == "slack":
+        body: dict[str, Any] = {
+            "text": f"{emoji} {name} ({rid}): {message}",
+            "blocks": [
+                {
+                    "type": "section",
+                    "text": {"type": "mrkdwn", "text": f"{emoji} *{name}* — {message}"},
+                },
+                {
+                    "type": "context",
+                    "elements": [
+                        {"type": "mrkdwn", "text": " · ".join(f"{k}: `{v}`" for k, v in facts)}
+                    ],
+                },
+            ],
+        }
+    else:  # teams: an Office 365 connector card
+        body = {
+            "@type": "MessageCard",
+            "@context": "https://schema.org/extensions",
+            "summary": f"{name}: {message}"[:150],
+            "themeColor": color,
+            "title": f"{name}: {payload['kind']}",
+            "text": message,
+            "sections": [{"facts": [{"name": k, "value": str(v)} for k, v in facts]}],
+        }
+    return json.dumps(body, default=str).encode()
+
+
 @dataclass
 class _Hook:
     """One URL: its queue, its delivery thread, what became of its events."""
 
-    url: str
+    spec: HookSpec
     queue: deque[tuple[bytes, dict[str, str]]] = field(default_factory=deque)
     thread: threading.Thread | None = None
     busy: bool = False  # a POST is in flight
@@ -187,7 +287,7 @@ class WebhookNotifier:
 
     def __init__(
         self,
-        urls: Sequence[str],
+        urls: Sequence[str | HookSpec],
         rollout_id: str,
         name: str,
         post: Post | None = None,
@@ -196,7 +296,8 @@ class WebhookNotifier:
         flush_timeout: float | None = None,
         queue_size: int | None = None,
     ) -> None:
-        self.urls = list(urls)
+        specs = [u if isinstance(u, HookSpec) else HookSpec(u) for u in urls]
+        self.urls = [spec.url for spec in specs]
         self.rollout_id = rollout_id
         self.name = name
         self.post: Post = post or post_json
@@ -204,7 +305,7 @@ class WebhookNotifier:
         self.flush_timeout = FLUSH_TIMEOUT if flush_timeout is None else flush_timeout
         self.queue_size = max(1, QUEUE_SIZE if queue_size is None else queue_size)
         self.failed: set[str] = set()
-        self._hooks = [_Hook(url) for url in self.urls]
+        self._hooks = [_Hook(spec) for spec in specs]
         self._cond = threading.Condition()
         self._closed = False  # no more events; workers leave once their queue is empty
         self._abandoned = False  # close gave up: workers leave now
@@ -224,13 +325,20 @@ class WebhookNotifier:
             "message": describe_event(event, state),
             "data": event.data,
         }
-        body = json.dumps(payload, default=str).encode()
-        headers = {"Content-Type": "application/json", "User-Agent": "mlrollout"}
-        token = os.environ.get(TOKEN_ENV)
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
+        bodies: dict[str, bytes] = {}
+        shared = os.environ.get(TOKEN_ENV)
         with self._cond:
             for hook in self._hooks:
+                spec = hook.spec
+                if spec.kinds is not None and event.kind not in spec.kinds:
+                    continue
+                if spec.format not in bodies:
+                    bodies[spec.format] = render_body(spec.format, payload)
+                body = bodies[spec.format]
+                headers = {"Content-Type": "application/json", "User-Agent": "mlrollout"}
+                token = spec.token or shared
+                if token:
+                    headers["Authorization"] = f"Bearer {token}"
                 hook.events += 1
                 if self._closed:
                     hook.dropped += 1
@@ -265,7 +373,7 @@ class WebhookNotifier:
                 body, headers = hook.queue.popleft()
                 hook.busy = True
             try:
-                self.post(hook.url, body, headers, self.deadline)
+                self.post(hook.spec.url, body, headers, self.deadline)
             except Exception as exc:  # whatever the receiver does, the rollout goes on
                 delivered = False
                 self._report(hook, exc)
@@ -286,9 +394,9 @@ class WebhookNotifier:
             if hook.reported or self._abandoned:
                 return
             hook.reported = True
-            self.failed.add(hook.url)
+            self.failed.add(hook.spec.url)
         sys.stderr.write(
-            f"warning: webhook {_safe(hook.url)} failed ({self._reason(exc)}); "
+            f"warning: webhook {_safe(hook.spec.url)} failed ({self._reason(exc)}); "
             "the rollout goes on\n"
         )
 
@@ -340,7 +448,7 @@ class WebhookNotifier:
             if missing:
                 detail = ", ".join(f"{n} {what}" for what, n in why.items() if n)
                 sys.stderr.write(
-                    f"warning: webhook {_safe(hook.url)}: {missing} of {hook.events} "
+                    f"warning: webhook {_safe(hook.spec.url)}: {missing} of {hook.events} "
                     f"notification{'s' if hook.events != 1 else ''} not delivered ({detail})\n"
                 )
         return total

@@ -96,10 +96,10 @@ def test_an_abort_recorded_while_a_traffic_change_is_in_flight_rolls_back(tmp_pa
         for _ in range(20):
             engine.tick()
     assert store.get_rollout(record.id).snapshot["pending"]["action"] == "set_traffic"
-    runner.command(record.id, "abort")
+    runner.command(record.id, "abort", by="alice", reason="paged at 3am")
     outcome = Runner(store, holder="runner-2").drive(record.id, clock=VirtualClock(START))
     assert outcome.phase == Phase.ROLLED_BACK
-    assert "aborted by runner-1" in (outcome.state.reason or "")
+    assert "aborted by alice (paged at 3am)" in (outcome.state.reason or "")
     assert sandbox_weights(store) == {"v1": 100.0}
     kinds = [e.kind for e in store.events(record.id)]
     assert "promoted" not in kinds
