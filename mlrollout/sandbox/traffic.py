@@ -11,7 +11,9 @@ of the sticky users the weights assign to ``v``, see :mod:`mlrollout.sandbox.use
 
 - requests ~ Poisson(world.requests(bucket) · w / 100) — the traffic profile and ``rps`` events
   integrated exactly over the bucket,
-- errors ~ Binomial(requests, error_rate),
+- errors ~ Binomial(requests, error_rate) — with ``error_bursts`` (shape ``k``), the bucket's
+  rate is first drawn from a gamma of mean ``error_rate``, so the errors of each 10 s are
+  negative-binomial with shape ``k`` (over-dispersed, as bursts are),
 - latencies ~ lognormal fitted to ``latency_p50`` / ``latency_p99``, counted on the fixed
   :data:`LATENCY_BOUNDS` by sequential binomials (a multinomial whose total is ``requests``),
 
@@ -346,7 +348,14 @@ class TrafficModel:
         rng = random.Random(_seed(self.sandbox.seed, variant, k))
         expected = self.world.requests(t, t + self.bucket) * weight / 100.0 if weight else 0.0
         requests = _poisson(rng, expected)
-        errors = _binomial(rng, requests, behaviour.error_rate)
+        rate = behaviour.error_rate
+        if behaviour.error_bursts is not None and rate > 0:
+            # Bursts: the error rate of this bucket is gamma-distributed around its mean, so
+            # the errors of each 10 s are negative-binomial with shape error_bursts (a bucket of
+            # m ten-second pieces sums them: shape m times as large).
+            shape = behaviour.error_bursts * self.bucket / BUCKET
+            rate = min(1.0, rate * rng.gammavariate(shape, 1.0 / shape))
+        errors = _binomial(rng, requests, rate)
         lo, conds = self._conditionals(behaviour)
         counts, remaining = [0] * len(conds), requests
         for i, p in enumerate(conds):

@@ -254,6 +254,8 @@ def _show(key: str, value: Any) -> str:
         return f"{value:g} req/s"
     if key == "metrics_delay":
         return format_duration(value)
+    if key == "error_bursts":
+        return f"negative-binomial shape {value:g} per 10s"
     if key.startswith("latency"):
         return format_latency(value)
     return format_rate(value)

@@ -422,3 +422,27 @@ def test_an_old_record_without_a_start_counts_from_its_origin() -> None:
     fresh.query(MetricsQuery(T0, clock.now(), ("v6",), (), 60))
     assert fresh._model is not None and fresh._model.origin == T0
     assert ep.facts(clock.now()) == []
+
+
+@pytest.mark.parametrize("bucket", [10.0, 60.0])
+def test_bursty_errors_are_negative_binomial_per_ten_seconds(bucket: float) -> None:
+    """With ``error_bursts: k`` the errors of each 10 s have variance mu + mu^2/k (over-dispersed)
+    where independent requests give about mu; the mean stays the error rate."""
+    variants = {"v6": {"error_rate": 0.02, "error_bursts": 2}, "v7": {"error_rate": 0.02}}
+    model = TrafficModel(sandbox(rps=1000, variants=variants), T0, bucket)
+    buckets = 600
+    full = [(T0, {"v6": 100.0, "v7": 100.0})]  # both at full traffic, for the comparison
+    per = {
+        v: [
+            model.window(v, T0 + i * bucket, T0 + (i + 1) * bucket, full).errors or 0
+            for i in range(buckets)
+        ]
+        for v in ("v6", "v7")
+    }
+    mu = 1000 * bucket * 0.02
+    for v, shape in (("v6", 2 * bucket / 10), ("v7", math.inf)):
+        mean = sum(per[v]) / buckets
+        variance = sum((x - mean) ** 2 for x in per[v]) / (buckets - 1)
+        expected = mu + (mu * mu / shape if math.isfinite(shape) else 0.0)
+        assert mean == pytest.approx(mu, rel=0.12 if v == "v6" else 0.02)
+        assert variance == pytest.approx(expected, rel=0.3), (v, variance, expected)
