@@ -42,11 +42,6 @@ OutputOption = typer.Option(
 )
 
 
-class ReportFormat(StrEnum):
-    md = "md"
-    json = "json"
-
-
 @dataclass
 class Settings:
     state: str = DEFAULT_STATE

@@ -14,7 +14,6 @@ import typer
 from mlrollout.cli.common import (
     Output,
     OutputOption,
-    ReportFormat,
     console,
     interactive,
     print_json,
@@ -570,36 +569,83 @@ def list_(
         sys.stdout.write("no rollouts yet: try `mlrollout demo`\n")
 
 
+class ReportFormat(StrEnum):
+    md = "md"
+    markdown = "markdown"  # the same Markdown, by its full name
+    html = "html"
+    junit = "junit"
+    json = "json"
+
+
+REPORT_FORMAT_HELP = (
+    "md or markdown (fit for a pull-request comment or a CI job summary), html (one "
+    "self-contained page with charts, nothing fetched), junit (JUnit XML: a test case per gate "
+    "and per executed step) or json (the journal)."
+)
+
+
 def report(
     ctx: typer.Context,
     rollout_id: IdArg,
     output: Annotated[
         ReportFormat,
-        typer.Option(
-            "--output", "-o", help="md (Markdown) or json (the journal).", show_default=True
-        ),
+        typer.Option("--output", "-o", help=REPORT_FORMAT_HELP, show_default=True),
     ] = ReportFormat.md,
+    file: Annotated[
+        str | None,
+        typer.Option(
+            "--file",
+            help="Write the report to this file (UTF-8) instead of stdout: a CI artifact.",
+            metavar="PATH",
+        ),
+    ] = None,
 ) -> None:
-    """What happened and why: outcome, timeline, gate verdicts, what to do next."""
+    """What happened and why: outcome, timeline, gate verdicts, what to do next.
+
+    Formats: md/markdown, html (weights over time and each gate's evidence and interval over
+    the looks, as inline SVG), junit (for CI test reports), json (the journal).
+    """
+    import json
+
     from mlrollout.engine.runner import plan_of
     from mlrollout.plan.timeline import expand_steps
-    from mlrollout.report.markdown import markdown_report
 
     store = settings(ctx).store()
     record = store.get_rollout(rollout_id)
     events = store.events(record.id)
     if output == ReportFormat.json:
-        print_json(
-            {
-                "rollout": record.id,
-                "phase": record.phase,
-                "events": [
-                    {"seq": e.seq, "at": e.at, "kind": e.kind, "data": e.data} for e in events
-                ],
-            }
-        )
+        journal = {
+            "rollout": record.id,
+            "phase": record.phase,
+            "events": [{"seq": e.seq, "at": e.at, "kind": e.kind, "data": e.data} for e in events],
+        }
+        text = json.dumps(journal, indent=2, default=str) + "\n"
+    else:
+        plan = plan_of(record)
+        steps = expand_steps(plan)
+        if output == ReportFormat.html:
+            from mlrollout.report.html import html_report
+
+            text = html_report(record, events, steps, strategy=plan.strategy.type)
+        elif output == ReportFormat.junit:
+            from mlrollout.report.junit import junit_report
+
+            text = junit_report(record, events, steps)
+        else:
+            from mlrollout.report.markdown import markdown_report
+
+            text = markdown_report(record, events, steps)
+    if file is None:
+        sys.stdout.write(text)
         return
-    sys.stdout.write(markdown_report(record, events, expand_steps(plan_of(record))))
+    from mlrollout.errors import UsageError
+
+    try:
+        with open(file, "w", encoding="utf-8") as stream:
+            stream.write(text)
+    except OSError as exc:
+        raise UsageError(f"cannot write the report to {file}: {exc.strerror or exc}") from exc
+    sys.stderr.write(f"{output.value} report of {record.id} written to {file}\n")
 
 
 providers_app = typer.Typer(

@@ -18,7 +18,7 @@ from mlrollout.units import format_duration
 
 
 def _cell(text: object) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    return str(text).replace("|", "\\|").replace("\r", " ").replace("\n", " ")
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -26,10 +26,37 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
 
 
-def _happened(event: Event) -> float:
+def happened(event: Event) -> float:
     """When what ``event`` records happened: a world fact carries its own instant."""
     at = event.data.get("at") if event.kind == EventKind.FACT else None
     return float(at) if isinstance(at, int | float) else event.at
+
+
+def timeline_rows(events: list[Event], state: RolloutState) -> list[tuple[float, str]]:
+    """The report's timeline: (when, sentence) rows, only the looks that changed the verdict,
+    and a world fact where it happened (it is journalled at the first tick after it)."""
+    rows: list[tuple[float, str]] = []
+    previous = None
+    for event in events:
+        if event.kind == EventKind.LOOK:
+            verdict = (event.data.get("verdict") or {}).get("outcome")
+            if verdict == previous:
+                continue
+            previous = verdict
+        text = describe_event(event, state)
+        if text is not None:
+            rows.append((happened(event), text))
+    rows.sort(key=lambda row: row[0])
+    return rows
+
+
+def report_state(record: RolloutRecord, events: list[Event]) -> RolloutState:
+    """The rollout's last state, with its baseline from the journal if the state lacks it."""
+    state = RolloutState.from_dict(record.snapshot)
+    started = next((e for e in events if e.kind == EventKind.STARTED), None)
+    if started is not None and state.baseline is None:
+        state.baseline = started.data.get("baseline")
+    return state
 
 
 def next_steps(record: RolloutRecord, state: RolloutState) -> list[str]:
@@ -57,10 +84,7 @@ def next_steps(record: RolloutRecord, state: RolloutState) -> list[str]:
 
 def markdown_report(record: RolloutRecord, events: list[Event], steps: list[ExecStep]) -> str:
     """A Markdown summary of one rollout from its record and journal."""
-    state = RolloutState.from_dict(record.snapshot)
-    started = next((e for e in events if e.kind == EventKind.STARTED), None)
-    if started is not None and state.baseline is None:
-        state.baseline = started.data.get("baseline")
+    state = report_state(record, events)
     head, detail = outcome(state, steps)
     first = events[0].at if events else None
     end = events[-1] if events and Phase(state.phase).terminal else None
@@ -77,25 +101,10 @@ def markdown_report(record: RolloutRecord, events: list[Event], steps: list[Exec
         ["Looks", str(state.looks or sum(e.kind == EventKind.LOOK for e in events))],
     ]
     lines += ["", *_table(["", ""], facts), "", "## Timeline", ""]
-    timed: list[tuple[float, str]] = []
-    previous = None
-    for event in events:
-        if event.kind == EventKind.LOOK:  # only the looks that changed the picture
-            verdict = (event.data.get("verdict") or {}).get("outcome")
-            if verdict == previous:
-                continue
-            previous = verdict
-        text = describe_event(event, state)
-        if text is not None and first is not None:
-            timed.append((_happened(event), text))
-    # A world fact is journalled at the first tick after it happened: it goes where it happened.
-    timed.sort(key=lambda row: row[0])
-    lines += (
-        _table(
-            ["Time", "Event"], [[f"+{format_duration(max(0.0, at - first))}", t] for at, t in timed]
-        )
-        if first is not None
-        else _table(["Time", "Event"], [])
+    origin = first if first is not None else 0.0
+    rows = timeline_rows(events, state)
+    lines += _table(
+        ["Time", "Event"], [[f"+{format_duration(max(0.0, at - origin))}", t] for at, t in rows]
     )
     world = [e for e in events if e.kind == EventKind.FACT]
     if world:

@@ -463,12 +463,12 @@ def test_debug_after_the_command_is_accepted(cli, tmp_path, plans):
 
 def test_report_refuses_a_format_it_cannot_write(cli, state, plans):
     rid = started_id(cli("--state", state, "run", "--yes", plans / "local-canary-good.yaml"))
-    result = cli("--state", state, "report", rid, "-o", "html")
+    result = cli("--state", state, "report", rid, "-o", "pdf")
     assert result.code == 2, result.both
     assert result.out == ""  # no Markdown in its place
-    named = [line for line in result.err.splitlines() if "html" in line]
-    assert len(named) == 1 and "'md'" in named[0] and "'json'" in named[0], result.err
-    assert "<md|json>" in cli("report", "--help").out
+    named = [line for line in result.err.splitlines() if "pdf" in line]
+    assert len(named) == 1 and "'md'" in named[0] and "'html'" in named[0], result.err
+    assert "<md|markdown|html|junit|json>" in cli("report", "--help").out
     assert json.loads(cli("--state", state, "report", rid, "-o", "json").out)["rollout"] == rid
 
 

@@ -23,9 +23,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import os
-import shutil
-import socket
 import ssl
 import subprocess
 import threading
@@ -40,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from mlrollout.testing.peers import free_port, local_server, require_binary
 
 #: The start of the backfilled analysis: a minute boundary two hours ago (the history spans
 #: T0 - 10 min to T0 + 20 min).
@@ -93,20 +92,11 @@ def history_text() -> str:
     return "\n".join(lines) + "\n"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def binaries() -> tuple[str, str]:
-    prometheus, promtool = shutil.which("prometheus"), shutil.which("promtool")
-    if prometheus and promtool:
-        return prometheus, promtool
-    message = "prometheus not installed: apt-get install prometheus"
-    if os.environ.get("MLROLLOUT_REQUIRE_PEERS") == "1":
-        pytest.fail(f"{message} (MLROLLOUT_REQUIRE_PEERS=1)")
-    pytest.skip(message)
+    package = "prometheus"
+    return require_binary("prometheus", package=package), require_binary(
+        "promtool", package=package
+    )
 
 
 # ----------------------------------------------------------------------------------- exporter
@@ -302,46 +292,19 @@ def prom(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prom]:
         f"    static_configs: [{{targets: ['127.0.0.1:{exporter.port}']}}]\n"
     )
     port = free_port()
-    log = (root / "prometheus.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            prometheus,
-            f"--config.file={root / 'prometheus.yml'}",
-            f"--storage.tsdb.path={data}",
-            "--storage.tsdb.retention.time=30d",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--log.level=warn",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
     url = f"http://127.0.0.1:{port}"
+    argv = [
+        prometheus,
+        f"--config.file={root / 'prometheus.yml'}",
+        f"--storage.tsdb.path={data}",
+        "--storage.tsdb.retention.time=30d",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--log.level=warn",
+    ]
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except (OSError, urllib.error.URLError):
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.flush()
-                pytest.fail(
-                    "prometheus did not become ready: "
-                    + (root / "prometheus.log").read_text()[-2000:]
-                )
-            time.sleep(0.1)
-        yield Prom(url, exporter, data, time.monotonic() - began)
+        with local_server(argv, f"{url}/-/ready", log=root / "prometheus.log"):
+            yield Prom(url, exporter, data, time.monotonic() - began)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        log.close()
         exporter.close()
 
 

@@ -1,0 +1,87 @@
+"""Real local peers for tests: a binary that must be installed, a free port, and a server started
+on 127.0.0.1 and polled until it is ready (bounded), stopped afterwards.
+
+The rule the project's tests follow (and a plugin's may): where a peer's system package is
+missing the test skips with a message naming the package; with ``MLROLLOUT_REQUIRE_PEERS=1`` (CI,
+which installs every peer) it fails instead, so a missing install step is never a silent skip.
+pytest is imported only when a peer is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+REQUIRE_PEERS = "MLROLLOUT_REQUIRE_PEERS"
+
+
+def missing_peer(message: str) -> None:
+    """Skip the test (``message`` names the package to install); fail it under
+    ``MLROLLOUT_REQUIRE_PEERS=1``."""
+    import pytest
+
+    if os.environ.get(REQUIRE_PEERS) == "1":
+        pytest.fail(f"{message} ({REQUIRE_PEERS}=1)")
+    pytest.skip(message)
+
+
+def require_binary(*names: str, package: str) -> str:
+    """The path of the first of ``names`` on ``PATH`` (or ``/usr/bin``), else a missing peer:
+    ``apt-get install PACKAGE``."""
+    for name in names:
+        found = shutil.which(name) or shutil.which(name, path="/usr/bin:/usr/sbin")
+        if found:
+            return found
+    missing_peer(f"{names[0]} not installed: apt-get install {package}")
+    raise AssertionError("unreachable")  # pragma: no cover - missing_peer raises
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def local_server(
+    argv: Sequence[str], ready_url: str, *, log: Path, timeout: float = 30.0
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start ``argv`` (its output into ``log``), wait until ``ready_url`` answers 200 (polled
+    every 50 ms for at most ``timeout`` seconds: a server that exits or never gets ready fails
+    the test with its log's tail), yield the process, then stop it (terminate, then kill)."""
+    import pytest
+
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            list(argv), stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    with urllib.request.urlopen(ready_url, timeout=1) as answer:
+                        if answer.status == 200:
+                            break
+                except (OSError, urllib.error.URLError):
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    sink.flush()
+                    tail = log.read_text(errors="replace")[-2000:]
+                    pytest.fail(f"{Path(argv[0]).name} did not get ready: {tail}")
+                time.sleep(0.05)
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
