@@ -35,7 +35,7 @@ from mlrollout.plugins import metrics_source_spec, provider_spec
 from mlrollout.state.base import Lease, RolloutRecord, StateStore
 
 if TYPE_CHECKING:
-    from mlrollout.report.webhook import WebhookNotifier
+    from mlrollout.report.webhook import QueuedNotifier
 
 LEASE_TTL = 60.0  # wall-clock seconds; renewed every third of it while running
 MAX_REAL_SLEEP = 5.0  # wall-clock seconds between ticks at most: commands are noticed quickly
@@ -190,8 +190,9 @@ class Runner:
         #: Set (e.g. by a signal handler) to stop between two ticks: the change in flight is
         #: finished and recorded first, so `resume` continues exactly there.
         self.stop_requested = False
-        #: Webhook notifiers of the engines opened; drive() closes them (a bounded flush).
-        self._notifiers: list[WebhookNotifier] = []
+        #: Notifiers (webhooks, pushgateways) of the engines opened; drive() closes them (a
+        #: bounded flush).
+        self._notifiers: list[QueuedNotifier] = []
 
     # ------------------------------------------------------------------------------- create
 
@@ -232,12 +233,12 @@ class Runner:
             metrics = metrics_source_spec(name).open(config, context)
         listeners = list(self.listeners)
         if plan.notify:
-            from mlrollout.report.webhook import WebhookNotifier, hooks_from_plan
+            from mlrollout.report.webhook import notifiers_from_plan
 
-            notifier = WebhookNotifier(hooks_from_plan(plan.notify), record.id, plan.name)
-            listeners.append(notifier)
-            # delivered off the critical path; drive() closes it (a bounded flush) at the end
-            self._notifiers.append(notifier)
+            for notifier in notifiers_from_plan(plan, record.id):
+                listeners.append(notifier)
+                # delivered off the critical path; drive() closes it (a bounded flush) at the end
+                self._notifiers.append(notifier)
         return Engine(
             rollout_id=record.id,
             plan=plan,

@@ -149,24 +149,31 @@ def _check_secrets(plan: Plan) -> list[Finding]:
                 )
             )
     for i, note in enumerate(plan.notify):
-        if note.webhook is None:
+        if note.pushgateway is not None:  # it takes its own token_env only (no shared one)
+            key, url, instead = "pushgateway", note.pushgateway, ("token_env instead", "token_env")
+        elif note.webhook is not None:
+            key, url = "webhook", note.webhook
+            instead = (
+                f"token_env (or {WEBHOOK_TOKEN_ENV}) instead, or the whole URL through url_env",
+                f"token_env (or {WEBHOOK_TOKEN_ENV}), or the whole URL through url_env",
+            )
+        else:
             continue  # the URL comes from the environment (url_env): never in the plan
-        if _userinfo(note.webhook, user_alone=True):  # a token rides as a user name too
+        if _userinfo(url, user_alone=True):  # a token rides as a user name too
             found.append(
                 Finding(
-                    ("notify", i, "webhook"),
-                    "this URL carries credentials (user:password@ or token@): give the webhook "
-                    f"a bearer token through token_env (or {WEBHOOK_TOKEN_ENV}) instead, or "
-                    "the whole URL through url_env",
+                    ("notify", i, key),
+                    f"this URL carries credentials (user:password@ or token@): give the {key} "
+                    f"a bearer token through {instead[0]}",
                 )
             )
-        elif (param := _credential_param(note.webhook)) is not None:
+        elif (param := _credential_param(url)) is not None:
             found.append(
                 Finding(
-                    ("notify", i, "webhook"),
+                    ("notify", i, key),
                     f"this URL carries a credential in its query string ({param}=...), and a "
-                    "plan is recorded and shown: give the webhook a bearer token through "
-                    f"token_env (or {WEBHOOK_TOKEN_ENV}), or the whole URL through url_env",
+                    f"plan is recorded and shown: give the {key} a bearer token through "
+                    f"{instead[1]}",
                 )
             )
     return found

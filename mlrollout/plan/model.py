@@ -475,13 +475,20 @@ _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 class Notification(StrictModel):
     """A webhook: its URL (``webhook``, or from the environment with ``url_env``: a Slack or
     Teams URL is a secret), the body's ``format``, a bearer token from ``token_env``, and which
-    events it gets (``on``; default every change and decision)."""
+    events it gets (``on``; default every change and decision). Or a Prometheus Pushgateway
+    (``pushgateway``: its URL) that gets the rollout's state after every look and change."""
 
     webhook: str | None = Field(
         default=None, pattern=r"^https?://", description="POSTed an event per change."
     )
     url_env: str | None = Field(
         default=None, pattern=_ENV_NAME, description="The URL from this environment variable."
+    )
+    pushgateway: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        description="A Prometheus Pushgateway's URL: the rollout's state as metrics, pushed "
+        "after every look and change.",
     )
     format: Literal["json", "slack", "teams"] = Field(
         default="json", description="json (mlrollout's), slack (text + blocks), teams (a card)."
@@ -495,11 +502,20 @@ class Notification(StrictModel):
 
     @model_validator(mode="after")
     def _one_url(self) -> Notification:
-        if (self.webhook is None) == (self.url_env is None):
+        if sum(url is not None for url in (self.webhook, self.url_env, self.pushgateway)) != 1:
             raise ValueError(
-                "a notification has exactly one of webhook (the URL) or url_env (the name of "
-                "the environment variable that holds it)"
+                "a notification has exactly one of webhook (the URL), url_env (the name of "
+                "the environment variable that holds it) or pushgateway (a Prometheus "
+                "Pushgateway's URL)"
             )
+        if self.pushgateway is not None:
+            given = [key for key in ("format", "on") if key in self.model_fields_set]
+            if given:
+                raise ValueError(
+                    f"{' and '.join(given)} do{'es' if len(given) == 1 else ''} not apply to a "
+                    "pushgateway: it gets the rollout's state as Prometheus metrics after every "
+                    f"look and change; remove {' and '.join(given)}"
+                )
         return self
 
 

@@ -13,6 +13,10 @@ Each hook has its own body format (mlrollout's JSON, a Slack message, a Teams ca
 event filter (``on``), its own bearer token (``token_env``, else ``MLROLLOUT_WEBHOOK_TOKEN``) and
 may take its URL from the environment (``url_env``: a Slack or Teams URL is itself a secret).
 Tokens and environment URLs are read when the rollout opens and never written anywhere.
+
+The queue, the delivery threads, the deadline and the bounded close are :class:`QueuedNotifier`'s;
+:class:`WebhookNotifier` and the Pushgateway's
+:class:`~mlrollout.report.pushgateway.PushgatewayNotifier` only say what to send for an event.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import urllib.request
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
 from mlrollout.engine.events import NOTIFY_KINDS
@@ -40,7 +44,7 @@ from mlrollout.report.console import describe_event, iso
 
 if TYPE_CHECKING:
     from mlrollout.engine.engine import RolloutState
-    from mlrollout.plan.model import Notification
+    from mlrollout.plan.model import Notification, Plan
     from mlrollout.state.base import Event
 
 #: Wall-clock seconds one POST may take in all: connect, TLS, send, status, headers, body.
@@ -121,8 +125,11 @@ def _proxy_for(parts: SplitResult) -> str | None:
     return proxy if "://" in proxy else f"http://{proxy}"
 
 
-def post_json(url: str, body: bytes, headers: dict[str, str], seconds: float) -> None:
-    """POST ``body`` and read the whole answer within ``seconds`` of wall time, or raise.
+def post_json(
+    url: str, body: bytes, headers: dict[str, str], seconds: float, *, method: str = "POST"
+) -> None:
+    """POST (or ``method``) ``body`` and read the whole answer within ``seconds`` of wall time,
+    or raise.
 
     Redirects are not followed (the bearer token would go along to wherever they point). The
     name lookup is the one step the deadline cannot cut short: it happens on the delivery thread,
@@ -161,7 +168,7 @@ def post_json(url: str, body: bytes, headers: dict[str, str], seconds: float) ->
             headers.update(proxy_headers)
     try:
         _bounded(conn, deadline)
-        conn.request("POST", selector, body=body, headers=headers)
+        conn.request(method, selector, body=body, headers=headers)
         response = conn.getresponse()
         response.read(65536)  # what a webhook answers is not needed: enough to end it cleanly
         if not 200 <= response.status < 300:
@@ -170,16 +177,26 @@ def post_json(url: str, body: bytes, headers: dict[str, str], seconds: float) ->
         conn.close()
 
 
+class DeliveryOptions(TypedDict, total=False):
+    """How long a notifier may take: one delivery (``deadline``), the flush on close."""
+
+    deadline: float | None
+    flush_timeout: float | None
+
+
 @dataclass(frozen=True)
 class HookSpec:
     """One webhook as the notifier sends to it: the URL, the body's format (``json``,
     ``slack``, ``teams``), its bearer token (``None``: the global ``MLROLLOUT_WEBHOOK_TOKEN``,
-    if set) and the event kinds it gets (``None``: every change and decision)."""
+    if set) and the event kinds it gets (``None``: every change and decision). ``kind`` is
+    ``pushgateway`` for a Prometheus Pushgateway (its base URL; ``format`` and ``kinds`` do
+    not apply, and only its own token is sent)."""
 
     url: str
     format: str = "json"
     token: str | None = None
     kinds: frozenset[str] | None = None
+    kind: str = "webhook"
 
 
 def hooks_from_plan(notify: Sequence[Notification]) -> list[HookSpec]:
@@ -190,7 +207,7 @@ def hooks_from_plan(notify: Sequence[Notification]) -> list[HookSpec]:
 
     hooks: list[HookSpec] = []
     for i, note in enumerate(notify):
-        url = note.webhook if note.webhook is not None else os.environ.get(note.url_env or "")
+        url = note.webhook or note.pushgateway or os.environ.get(note.url_env or "")
         missing = None if url else note.url_env
         token = os.environ.get(note.token_env) if note.token_env else None
         if note.token_env and not token:
@@ -198,15 +215,35 @@ def hooks_from_plan(notify: Sequence[Notification]) -> list[HookSpec]:
         if missing:
             sys.stderr.write(
                 f"warning: notify[{i}]: the environment variable {missing} is not set: this "
-                "webhook is skipped; the rollout goes on\n"
+                f"{'pushgateway' if note.pushgateway else 'webhook'} is skipped; the rollout "
+                "goes on\n"
             )
             continue
         assert url is not None
+        if note.pushgateway is not None:
+            hooks.append(HookSpec(url, token=token, kind="pushgateway"))
+            continue
         kinds = None
         if note.on is not None:
             kinds = frozenset(str(k) for name in note.on for k in NOTIFY_FILTERS[name])
         hooks.append(HookSpec(url, note.format, token, kinds))
     return hooks
+
+
+def notifiers_from_plan(plan: Plan, rollout_id: str) -> list[QueuedNotifier]:
+    """The notifiers of a plan's ``notify`` entries: one for its webhooks, one for its
+    pushgateways (each only if the plan has some)."""
+    from mlrollout.report.pushgateway import PushgatewayNotifier
+
+    hooks = hooks_from_plan(plan.notify)
+    webhooks = [h for h in hooks if h.kind == "webhook"]
+    gateways = [h for h in hooks if h.kind == "pushgateway"]
+    notifiers: list[QueuedNotifier] = []
+    if webhooks:
+        notifiers.append(WebhookNotifier(webhooks, rollout_id, plan.name))
+    if gateways:
+        notifiers.append(PushgatewayNotifier(gateways, rollout_id, plan.name, plan.target.endpoint))
+    return notifiers
 
 
 #: A card's colour by what happened (Teams' themeColor), and Slack's emoji for it.
@@ -277,13 +314,23 @@ class _Hook:
     delivered: int = 0
     failed: int = 0
     dropped: int = 0  # pushed out of a full queue, or after close
+    superseded: int = 0  # replaced by a newer one before it was sent (latest-wins receivers)
     reported: bool = False  # its failure is on stderr already
 
 
-class WebhookNotifier:
-    """A listener that POSTs ``{"rollout", "name", "kind", "phase", "at", "message", "data"}``.
+class QueuedNotifier:
+    """Delivery off the critical path: a bounded queue and a daemon thread per URL, each send
+    within :attr:`deadline`, a failure reported once, a bounded flush on :meth:`close`.
 
-    Calling it only queues the event (it never waits on the network); :meth:`close` ends it."""
+    Subclasses are the listeners: their ``__call__`` builds what to send and hands it to
+    :meth:`_offer`, which only queues it (it never waits on the network). With
+    :attr:`latest_only`, a receiver gets only the newest of what waits: what it replaces is
+    counted as superseded, not as lost (a Pushgateway keeps one state per rollout)."""
+
+    #: How a receiver is named in warnings, and what one delivery is called.
+    what = "webhook"
+    unit = "notification"
+    latest_only = False
 
     def __init__(
         self,
@@ -311,55 +358,37 @@ class WebhookNotifier:
         self._abandoned = False  # close gave up: workers leave now
         self._at_exit_registered = False
 
-    # --------------------------------------------------------------------------- listener
-
     def __call__(self, event: Event, state: RolloutState) -> None:
-        if event.kind not in NOTIFY_KINDS:
-            return
-        payload: dict[str, Any] = {
-            "rollout": self.rollout_id,
-            "name": self.name,
-            "kind": event.kind,
-            "phase": state.phase,
-            "at": iso(event.at),
-            "message": describe_event(event, state),
-            "data": event.data,
-        }
-        bodies: dict[str, bytes] = {}
-        shared = os.environ.get(TOKEN_ENV)
-        with self._cond:
-            for hook in self._hooks:
-                spec = hook.spec
-                if spec.kinds is not None and event.kind not in spec.kinds:
-                    continue
-                if spec.format not in bodies:
-                    bodies[spec.format] = render_body(spec.format, payload)
-                body = bodies[spec.format]
-                headers = {"Content-Type": "application/json", "User-Agent": "mlrollout"}
-                token = spec.token or shared
-                if token:
-                    headers["Authorization"] = f"Bearer {token}"
-                hook.events += 1
-                if self._closed:
-                    hook.dropped += 1
-                    continue
-                if len(hook.queue) >= self.queue_size:
-                    hook.queue.popleft()
-                    hook.dropped += 1
-                hook.queue.append((body, headers))
-                if hook.thread is None:
-                    self._start(hook)
-            self._cond.notify_all()
+        """The listener: what to send for ``event``, handed to :meth:`_offer`."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------------------- queue
 
     def _start(self, hook: _Hook) -> None:
         hook.thread = threading.Thread(
-            target=self._deliver, args=(hook,), name="mlrollout-webhook", daemon=True
+            target=self._deliver, args=(hook,), name=f"mlrollout-{self.what}", daemon=True
         )
         hook.thread.start()
         if not self._at_exit_registered:
             # a process that ends without close() (no runner) still gets the bounded flush
             atexit.register(self.close)
             self._at_exit_registered = True
+
+    def _offer(self, hook: _Hook, body: bytes, headers: dict[str, str]) -> None:
+        """Queue one delivery for ``hook``; the caller holds ``self._cond`` and notifies."""
+        hook.events += 1
+        if self._closed:
+            hook.dropped += 1
+            return
+        if self.latest_only and hook.queue:
+            hook.queue.clear()
+            hook.superseded += 1
+        elif len(hook.queue) >= self.queue_size:
+            hook.queue.popleft()
+            hook.dropped += 1
+        hook.queue.append((body, headers))
+        if hook.thread is None:
+            self._start(hook)
 
     # ---------------------------------------------------------------------------- delivery
 
@@ -396,7 +425,7 @@ class WebhookNotifier:
             hook.reported = True
             self.failed.add(hook.spec.url)
         sys.stderr.write(
-            f"warning: webhook {_safe(hook.spec.url)} failed ({self._reason(exc)}); "
+            f"warning: {self.what} {_safe(hook.spec.url)} failed ({self._reason(exc)}); "
             "the rollout goes on\n"
         )
 
@@ -447,11 +476,49 @@ class WebhookNotifier:
             total += missing
             if missing:
                 detail = ", ".join(f"{n} {what}" for what, n in why.items() if n)
+                if hook.superseded:  # not lost: a newer one carried the same news
+                    detail += f"; {hook.superseded} superseded by a newer one"
                 sys.stderr.write(
-                    f"warning: webhook {_safe(hook.spec.url)}: {missing} of {hook.events} "
-                    f"notification{'s' if hook.events != 1 else ''} not delivered ({detail})\n"
+                    f"warning: {self.what} {_safe(hook.spec.url)}: {missing} of "
+                    f"{hook.events} {self.unit}{'s' if hook.events != 1 else ''} not delivered "
+                    f"({detail})\n"
                 )
         return total
+
+
+class WebhookNotifier(QueuedNotifier):
+    """A listener that POSTs ``{"rollout", "name", "kind", "phase", "at", "message", "data"}``.
+
+    Calling it only queues the event (it never waits on the network); :meth:`close` ends it."""
+
+    def __call__(self, event: Event, state: RolloutState) -> None:
+        if event.kind not in NOTIFY_KINDS:
+            return
+        payload: dict[str, Any] = {
+            "rollout": self.rollout_id,
+            "name": self.name,
+            "kind": event.kind,
+            "phase": state.phase,
+            "at": iso(event.at),
+            "message": describe_event(event, state),
+            "data": event.data,
+        }
+        bodies: dict[str, bytes] = {}
+        shared = os.environ.get(TOKEN_ENV)
+        with self._cond:
+            for hook in self._hooks:
+                spec = hook.spec
+                if spec.kinds is not None and event.kind not in spec.kinds:
+                    continue
+                if spec.format not in bodies:
+                    bodies[spec.format] = render_body(spec.format, payload)
+                body = bodies[spec.format]
+                headers = {"Content-Type": "application/json", "User-Agent": "mlrollout"}
+                token = spec.token or shared
+                if token:
+                    headers["Authorization"] = f"Bearer {token}"
+                self._offer(hook, body, headers)
+            self._cond.notify_all()
 
 
 def _safe(url: str) -> str:
