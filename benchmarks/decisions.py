@@ -42,7 +42,7 @@ import statistics
 import sys
 import time
 import zlib
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -83,6 +83,7 @@ class Cell:
     sigma: float = 0.5
     shift: float = 1.0  # candidate latency multiplier (median), or of the tail beyond p95 ("p99")
     drift: float = 0.0  # "ar": sd of each arm's own AR(1) latency drift (log scale)
+    bursts: float | None = None  # negative-binomial shape k of each arm's errors per interval
     gates: tuple[dict[str, Any], ...] = (ERRORS_25,)
     duration: float = 1800.0
     stages: tuple[tuple[float, float], ...] = ()  # (share, seconds): a whole rollout
@@ -144,6 +145,21 @@ def cells() -> list[Cell]:
         Cell("SRM: configured 10%, observed 8%", "srm", observed_share=0.08, expect="hold",
              comparators=False),
     ]  # fmt: skip
+    out += [
+        Cell(
+            f"A/A bursts k={k:g} rps={rps:g} whole rollout",
+            "bursts",
+            rps=rps,
+            bursts=k,
+            latency="median",
+            gates=(ERRORS_25, P50_5, P99_10),
+            stages=((0.05, 600.0), (0.10, 600.0), (0.25, 600.0), (0.50, 600.0)),
+            comparators=False,
+        )
+        for rps in (100.0, 1000.0)
+        for k in (1.0, 2.0, 10.0)
+    ]
+    out.append(Cell("errors x2, bursts k=2", "bursts", ratio=2.0, bursts=2.0, expect="fail"))
     return out
 
 
@@ -222,14 +238,25 @@ def simulate(
             np.where(hit, np.minimum(1, p_c * k), p_c),
             np.where(hit, np.minimum(1, p_b * k), p_b),
         )
-    x_c = rng.binomial(n_c, np.broadcast_to(np.minimum(p_c, 1), n_c.shape))
-    x_b = rng.binomial(n_b, np.broadcast_to(p_b, n_b.shape))
+    if cell.bursts is None:
+        x_c = rng.binomial(n_c, np.broadcast_to(np.minimum(p_c, 1), n_c.shape))
+        x_b = rng.binomial(n_b, np.broadcast_to(p_b, n_b.shape))
+    else:  # each arm's own bursts: Poisson(Gamma(k, mu/k)), mean mu, variance mu + mu^2/k
+        x_c = bursty(rng, n_c, np.minimum(p_c, 1), cell.bursts)
+        x_b = bursty(rng, n_b, p_b, cell.bursts)
     stage = Stage(share, looks, n_c, n_b, x_c, x_b)
     if cell.latency is not None:
         stage.h_c, stage.h_b = latency_counts(cell, rng, n_c, n_b)
     present = rng.random((runs, looks)) >= cell.missing
     stage.present = present
     return stage
+
+
+def bursty(rng: np.random.Generator, n: np.ndarray, p: np.ndarray, k: float) -> np.ndarray:
+    """Negative-binomial counts per interval (mean ``n p``, shape ``k``), capped at ``n``."""
+    mu = np.broadcast_to(n * p, n.shape).astype(float)
+    rate = rng.gamma(k, np.maximum(mu, 1e-300) / k)
+    return np.minimum(rng.poisson(np.where(mu > 0, rate, 0.0)), n)
 
 
 def latency_counts(
@@ -279,6 +306,7 @@ class RunResult:
     passed_at: float | None = None
     held_srm_at: float | None = None
     passes_without_data: int = 0
+    failed_by: tuple[str, ...] = ()  # the gates that failed at the rollback
 
 
 def run_ours(cell: Cell, stages: list[Stage]) -> list[RunResult]:
@@ -299,6 +327,12 @@ def run_ours(cell: Cell, stages: list[Stage]) -> list[RunResult]:
             ch = np.cumsum(st.h_c[r], axis=0).tolist() if st.h_c is not None else None
             bh = np.cumsum(st.h_b[r], axis=0).tolist() if st.h_b is not None else None
             present = st.present[r].tolist()
+            # The per-look increments the engine passes (a missed look's data arrives with the
+            # next look that answers): requests and errors only.
+            inc_n_c, inc_n_b = st.n_c[r].tolist(), st.n_b[r].tolist()
+            inc_x_c, inc_x_b = st.x_c[r].tolist(), st.x_b[r].tolist()
+            intervals: list[tuple[Window, Window]] = []
+            last = 0  # the increments up to here are in ``intervals``
             for j in range(st.looks):
                 now = offset + (j + 1) * LOOK
                 if not present[j]:
@@ -315,8 +349,22 @@ def run_ours(cell: Cell, stages: list[Stage]) -> list[RunResult]:
                     )  # fmt: skip
                 if cell.silent:
                     cand = None
+                if cand is not None and base is not None:
+                    part = slice(last, j + 1)
+                    intervals.append(
+                        (
+                            Window(requests=sum(inc_n_c[part]), errors=sum(inc_x_c[part])),
+                            Window(requests=sum(inc_n_b[part]), errors=sum(inc_x_b[part])),
+                        )
+                    )
+                    last = j + 1
                 verdict = gs.look(
-                    cand, base, candidate_share=st.share, look=j + 1, horizon=st.looks
+                    cand,
+                    base,
+                    candidate_share=st.share,
+                    look=j + 1,
+                    horizon=st.looks,
+                    intervals=intervals,
                 )
                 outcome = verdict.outcome
                 if outcome is Outcome.PASS and (cand is None or not cand.requests):
@@ -329,6 +377,9 @@ def run_ours(cell: Cell, stages: list[Stage]) -> list[RunResult]:
                     res.passed_at = now
                 if outcome is Outcome.FAIL:
                     res.failed_at = now
+                    res.failed_by = tuple(
+                        g.gate for g in verdict.gates if g.outcome is Outcome.FAIL
+                    )
                     break
                 if cell.expect == "hold" and res.held_srm_at is not None:
                     break
@@ -536,6 +587,11 @@ def run_cell(cell: Cell, runs: int) -> tuple[list[dict[str, Any]], float]:
         )
     ]
     rows[0]["passes_without_data"] = sum(r.passes_without_data for r in results)
+    by: dict[str, int] = {}
+    for r in results:
+        for name in r.failed_by:
+            by[name] = by.get(name, 0) + 1
+    rows[0]["failed_by"] = {name: k / runs for name, k in sorted(by.items())}
     if cell.expect == "hold":
         held = sorted(r.held_srm_at for r in results if r.held_srm_at is not None)
         rows[0]["srm_flagged"] = len(held) / runs
@@ -626,6 +682,9 @@ def print_table(rows: list[dict[str, Any]]) -> None:
                 )
             if r.get("srm_false_flag"):
                 notes.append(f"SRM false flag {r['srm_false_flag']:.2%}")
+            if len(r.get("failed_by") or {}) > 1 or r["group"] == "bursts":
+                parts = ", ".join(f"{k} {v:.2%}" for k, v in r["failed_by"].items())
+                notes.append(f"failed by: {parts or 'none'}")
             if r["group"] == "data" or r.get("passes_without_data"):
                 notes.append(f"passes without data: {r.get('passes_without_data', 0)}")
         if notes:
@@ -643,13 +702,20 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
     timings: dict[str, float] = {}
+    # The slowest cells (whole rollouts) first, so that the pool ends together; each cell's rows
+    # go to stderr as soon as it is done (a long run stopped early keeps what it measured).
+    order = sorted(chosen, key=lambda c: (-len(c.stages), c.expect != "fail"))
+    done: dict[str, list[dict[str, Any]]] = {}
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures = [pool.submit(run_cell, c, args.runs) for c in chosen]
-        for cell, future in zip(chosen, futures, strict=True):
+        futures = {pool.submit(run_cell, c, args.runs): c for c in order}
+        for future in as_completed(futures):
+            cell = futures[future]
             cell_rows, seconds = future.result()
-            rows += cell_rows
+            done[cell.name] = cell_rows
             timings[cell.name] = seconds
             print(f"  {cell.name}: {seconds:.1f}s", file=sys.stderr, flush=True)
+            print(json.dumps(cell_rows), file=sys.stderr, flush=True)
+    rows = [row for c in chosen for row in done[c.name]]
     cost = look_cost()
     elapsed = time.perf_counter() - started
     print(f"\n{args.runs} runs per cell, a look every {LOOK:g}s, alpha {ALPHA:g}; {elapsed:.0f}s")

@@ -11,8 +11,11 @@ Cells (100 req/s, 1 % baseline errors, looks every 10 s, alpha 5 % unless stated
   10 m at 50 %; errors, p99 vs baseline, p99 max; candidate = baseline.
 - ``linear 50 % healthy``: linear 50 % every 5 m, errors vs baseline (looks every 60 s).
 - ``canary 10/50, errors x2``: the first plan with a candidate at 2 % errors.
+- ``canary 10/50 healthy, bursty errors (k=2)``: the first plan with each arm's errors in bursts
+  (negative-binomial per 10 s, shape 2: the sandbox's ``error_bursts``); a healthy candidate.
 
-Prints a table and a JSON line. Run: ``python benchmarks/engine_decisions.py [--seeds N]``
+Prints a table and a JSON line. Run:
+``python benchmarks/engine_decisions.py [--seeds N] [--only SUBSTRING]``
 (``make bench``; 1,000 seeds per cell take about 4 minutes).
 """
 
@@ -78,10 +81,17 @@ sandbox:
   variants: {v1: {error_rate: 0.01}, v2: {error_rate: 0.01}}
 """
 
+#: The canary with both arms' errors in bursts: negative-binomial per 10 s with shape 2 (the
+#: sandbox's ``error_bursts``), as when an instance hiccups or a retry storm hits one fleet.
+BURSTY = CANARY.replace(
+    "v1: {error_rate: 0.01,", "v1: {error_rate: 0.01, error_bursts: 2,"
+).replace("v2: {error_rate: CANDIDATE,", "v2: {error_rate: CANDIDATE, error_bursts: 2,")
+
 CELLS = {
     "canary 10/50 healthy": (CANARY, 0.01),
     "linear 50% healthy": (LINEAR, 0.01),
     "canary 10/50, errors x2": (CANARY, 0.02),
+    "canary 10/50 healthy, bursty errors (k=2)": (BURSTY, 0.01),
 }
 
 
@@ -101,11 +111,14 @@ def run(template: str, candidate: float, seed: int, folder: Path) -> tuple[str, 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=1000, help="rollouts per cell")
+    parser.add_argument("--only", default="", help="only the cells whose name contains this")
     args = parser.parse_args(argv)
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for name, (template, candidate) in CELLS.items():
+            if args.only not in name:
+                continue
             t0 = time.perf_counter()
             folder = Path(tmp) / name.replace(" ", "_").replace("/", "-")
             folder.mkdir()
@@ -123,12 +136,12 @@ def main(argv: list[str] | None = None) -> int:
                     "seconds": time.perf_counter() - t0,
                 }
             )
-    print(f"{'cell':<28}{'rollouts':>9}{'rolled back':>13}{'up95':>7}{'detect mean':>13}{'med':>6}")
+    print(f"{'cell':<44}{'rollouts':>9}{'rolled back':>13}{'up95':>7}{'detect mean':>13}{'med':>6}")
     for r in rows:
         mean = "-" if r["detect_mean_s"] is None else f"{r['detect_mean_s']:.0f}s"
         med = "-" if r["detect_median_s"] is None else f"{r['detect_median_s']:.0f}s"
         print(
-            f"{r['cell']:<28}{r['rollouts']:>9}{r['rolled_back']:>13.2%}"
+            f"{r['cell']:<44}{r['rollouts']:>9}{r['rolled_back']:>13.2%}"
             f"{r['rolled_back_upper95']:>7.1%}{mean:>13}{med:>6}"
         )
     print(f"({time.perf_counter() - started:.0f}s)")

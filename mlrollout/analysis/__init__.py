@@ -17,6 +17,8 @@ The modules:
 - :mod:`~mlrollout.analysis.fixed_horizon`: v1's rule, :class:`FixedHorizonBonferroni`;
 - :mod:`~mlrollout.analysis.measures`: what both rules measure (a gate's parsed criteria, counts,
   estimates, the Wilson interval) and how they word it;
+- :mod:`~mlrollout.analysis.dispersion`: robust rate tests (how bursty the per-interval counts
+  are: the factor the rate tests discount their evidence by);
 - :mod:`~mlrollout.analysis.srm`: the sample-ratio-mismatch check;
 - :mod:`~mlrollout.analysis.mixture` and :mod:`~mlrollout.analysis.calibration`: mixture
   likelihood ratios and the calibrated rollback boundaries;

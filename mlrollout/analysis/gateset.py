@@ -25,6 +25,7 @@ Each gate's bounds and margin are parsed once, when the gate set is built
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from mlrollout.analysis.calibration import Pace
@@ -153,6 +154,7 @@ class GateSet:
         candidate_share: float | None = None,
         look: int = 0,
         horizon: int | None = None,
+        intervals: Sequence[tuple[Window, Window]] = (),
     ) -> Verdict:
         """Judge every gate on the windows of one look (cumulative over the stage). ``None`` is
         no data (HOLD, never PASS). ``candidate_share`` (a fraction: 0.1 for a 10 % canary)
@@ -160,9 +162,12 @@ class GateSet:
         from 1) and ``horizon`` (the most looks the stage can have; ``None``: no planned end)
         let the rollback boundaries be calibrated for discrete looks and the stage's end
         (:mod:`mlrollout.analysis.calibration`); without ``look`` they are Ville's, valid for
-        any number of looks. Never raises: a gate whose evaluation breaks is held with the
-        error as its reason."""
-        ctx = replace(self.context, look=max(0, look), horizon=horizon)
+        any number of looks. ``intervals`` are the stage's per-look increments (candidate,
+        baseline), oldest first, summing to ``candidate`` and ``baseline``: the rate tests
+        discount their evidence by the bursts they show (:mod:`mlrollout.analysis.dispersion`;
+        none: the binomial model as it is). Never raises: a gate whose evaluation breaks is
+        held with the error as its reason."""
+        ctx = replace(self.context, look=max(0, look), horizon=horizon, intervals=tuple(intervals))
         cand, base = candidate or Window(), baseline or Window()
         verdicts = []
         for gate, criteria in zip(self.gates, self.criteria, strict=True):

@@ -98,9 +98,13 @@ def _log(p: float) -> float:
     return math.log(p) if p > 0 else -math.inf
 
 
-def bernoulli_log_lr(x: float, n: float, theta0: float, grid: Grid, up: bool = True) -> float:
+def bernoulli_log_lr(
+    x: float, n: float, theta0: float, grid: Grid, up: bool = True, scale: float = 1.0
+) -> float:
     """``log`` of the mixture likelihood ratio for ``x`` successes in ``n`` trials: alternatives
     ``logit(theta) = logit(theta0) ± shift`` (``+`` when ``up``), against ``theta = theta0``.
+    ``scale`` (a dispersion factor, at least 1) divides each alternative's log ratio before they
+    are mixed (a quasi-likelihood: over-dispersed counts carry ``1/scale`` of the evidence).
 
     Valid for any ``theta`` on the null's side (a one-sided test): for ``theta < theta0`` each
     ratio with an upward alternative is a super-martingale. Returns ``inf`` when the null is
@@ -111,7 +115,7 @@ def bernoulli_log_lr(x: float, n: float, theta0: float, grid: Grid, up: bool = T
         return math.inf if x > 0 and up else 0.0
     if theta0 >= 1.0:
         return math.inf if x < n and not up else 0.0
-    return _mixture(x, n, math.log(theta0 / (1.0 - theta0)), grid, 1.0 if up else -1.0)
+    return _mixture(x, n, math.log(theta0 / (1.0 - theta0)), grid, 1.0 if up else -1.0, scale)
 
 
 def bernoulli_log_lr_two_sided(x: float, n: float, theta0: float, grid: Grid) -> float:
@@ -123,12 +127,18 @@ def bernoulli_log_lr_two_sided(x: float, n: float, theta0: float, grid: Grid) ->
     return _mixture(x, n, math.log(theta0 / (1.0 - theta0)), grid, 1.0)
 
 
-def _mixture(x: float, n: float, base: float, grid: Grid, sign: float) -> float:
+def _mixture(x: float, n: float, base: float, grid: Grid, sign: float, scale: float = 1.0) -> float:
     # log L(theta) = x logit(theta) - n softplus(logit(theta)): one softplus per alternative.
     sp0 = _softplus(base)
-    terms = [
-        _log_weight(w) + x * sign * d - n * (_softplus(base + sign * d) - sp0) for d, w in grid
-    ]
+    if scale == 1.0:
+        terms = [
+            _log_weight(w) + x * sign * d - n * (_softplus(base + sign * d) - sp0) for d, w in grid
+        ]
+    else:
+        terms = [
+            _log_weight(w) + (x * sign * d - n * (_softplus(base + sign * d) - sp0)) / scale
+            for d, w in grid
+        ]
     top = max(terms)
     if math.isinf(top):
         return top

@@ -84,6 +84,7 @@ class Monitor:
     baseline: Window = field(default_factory=lambda: Window())
     looks: int = 0
     horizon: int | None = None
+    intervals: list[tuple[Window, Window]] = field(default_factory=list)
 
     @classmethod
     def from_plan(
@@ -108,22 +109,26 @@ class Monitor:
         """Add one interval per variant and judge the stage's totals. ``None`` (the source
         returned nothing) or a window with ``error`` set adds nothing, for either variant; that
         look judges the totals so far with the missing variant as no data (its failed query as
-        an error measurement), so every gate that needs it HOLDs."""
+        an error measurement), so every gate that needs it HOLDs. The stage's intervals are
+        kept (:attr:`intervals`) and passed on: the rate tests discount bursty counts."""
         self.looks += 1
         usable = [w is not None and not w.error for w in (candidate, baseline)]
         if all(usable):
             assert candidate is not None and baseline is not None
             self.candidate = merge(self.candidate, candidate)
             self.baseline = merge(self.baseline, baseline)
+            self.intervals.append((candidate, baseline))
         return self.gates.look(
             self.candidate if usable[0] else candidate,
             self.baseline if usable[1] else baseline,
             candidate_share=self.candidate_share,
             look=self.looks,
             horizon=self.horizon,
+            intervals=self.intervals,
         )
 
     def new_stage(self, candidate_share: float | None = None) -> None:
         """Start a new stage (a new traffic split): the totals start again from zero."""
         self.candidate, self.baseline, self.looks = Window(), Window(), 0
+        self.intervals = []
         self.candidate_share = candidate_share

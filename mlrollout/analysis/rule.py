@@ -40,7 +40,10 @@ class LookContext:
     ``look`` and ``horizon`` place the look in its stage; the default rule calibrates its
     rollback boundaries with them (unknown: Ville's boundary, valid for any number of looks).
     ``criteria`` is the gate's bounds and margin as the gate set parsed them (``None``, or
-    another gate's: the rule parses the gate itself).
+    another gate's: the rule parses the gate itself). ``intervals`` are this stage's per-look
+    increments ``(candidate, baseline)``, oldest first, summing to the look's cumulative windows:
+    the rate tests estimate from them how bursty the counts are
+    (:mod:`~mlrollout.analysis.dispersion`); empty means unknown (the binomial model as it is).
     """
 
     alpha_per_look: float
@@ -49,6 +52,7 @@ class LookContext:
     look: int = 0  # this look's number in its stage (1-based; 0: unknown)
     horizon: int | None = None  # the most looks the stage can have (None: no planned end)
     criteria: Criteria | None = None
+    intervals: tuple[tuple[Window, Window], ...] = ()
 
     def z(self, split: int = 1) -> float:
         """The one-sided critical value at ``alpha_per_look / split``."""

@@ -30,6 +30,13 @@ Per metric:
   rounded against passing).
 - **Absolute bounds**: the one-sample binomial (``errors / requests`` against ``max``; the share
   of requests beyond a latency bound against ``1 - q``), buckets rounded against each verdict.
+- **Bursty counts** (rates only): when the look carries the stage's per-interval increments
+  (``LookContext.intervals``), a quasi-likelihood dispersion factor ``phi`` is estimated from them
+  (:mod:`~mlrollout.analysis.dispersion`); both tests' log likelihood ratios are divided by it
+  (each alternative's before they are mixed), the information is ``I / phi`` (intervals about
+  ``sqrt(phi)`` wider) and the calibrated lowering of the rollback boundary shrinks as
+  ``1 / phi^2``. The reason says so ("errors arrive in bursts: evidence discounted ×1.8") and the
+  numbers carry ``dispersion``. No intervals: ``phi = 1``, the verdicts as before.
 - **Provider percentiles and custom means** carry no sample information: their point values are
   compared once ``min_requests`` (and, for a percentile, at least 10 requests in its tail) are in,
   and the verdict says that this guarantee is weaker.
@@ -49,6 +56,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mlrollout.analysis.calibration import Pace
+from mlrollout.analysis.dispersion import NONE, Dispersion, one_sample_of, two_sample_of
 from mlrollout.analysis.measures import (
     MEAN_NOTE,
     PERCENTILE_NOTE,
@@ -137,14 +145,26 @@ class _Evidence:
 
 
 def _evidence(
-    fail: float, passing: float, alpha: float, grid: str, information: float, pace: Pace | None
+    fail: float,
+    passing: float,
+    alpha: float,
+    grid: str,
+    information: float,
+    pace: Pace | None,
+    dispersion: float = 1.0,
 ) -> _Evidence:
     """Both tests' evidence with their boundaries: the pass test's ``log(1/alpha)``, the rollback
-    test's calibrated for the stage's looks (see :mod:`mlrollout.analysis.calibration`)."""
+    test's calibrated for the stage's looks (see :mod:`mlrollout.analysis.calibration`).
+    ``information`` is the effective one (already divided by ``dispersion``); with bursty counts
+    the calibration's Gaussian model holds less well, so its correction shrinks as
+    ``1 / dispersion^2``."""
     top = math.log(1.0 / alpha)
     if pace is None:
         return _Evidence(fail, passing, top)
     at, down = pace.boundary(grid, alpha, information)
+    if dispersion > 1.0:
+        down /= dispersion * dispersion
+        at = top - down
     return _Evidence(fail, passing, top, at, down)
 
 
@@ -178,32 +198,41 @@ def conditional_evidence(
     alpha: float,
     x_c_pass: float | None = None,
     pace: Pace | None = None,
+    scale: float = 1.0,
 ) -> _Evidence:
     """Both tests on the conditional binomial: of ``x_c + x_b`` events, ``x_c`` are the
-    candidate's (``x_c_pass`` for the pass test when it counts events differently)."""
+    candidate's (``x_c_pass`` for the pass test when it counts events differently). ``scale``
+    (the dispersion factor) divides both tests' log likelihood ratios."""
     up = worse == "increase"
 
     def theta(r: float) -> float:
         return n_c * r / (n_c * r + n_b)
 
-    fail = bernoulli_log_lr(x_c, x_c + x_b, theta(1.0), FAIL_GRID, up=up)
+    fail = bernoulli_log_lr(x_c, x_c + x_b, theta(1.0), FAIL_GRID, up=up, scale=scale)
     xp = x_c if x_c_pass is None else x_c_pass
     if up:
         grid = pass_grid(limit_ratio) if x_c_pass is None else PASS_GRID
-        passing = bernoulli_log_lr(xp, xp + x_b, theta(limit_ratio), grid, up=False)
+        passing = bernoulli_log_lr(xp, xp + x_b, theta(limit_ratio), grid, up=False, scale=scale)
     else:
         grid = pass_grid(1 / limit_ratio) if 0 < limit_ratio < 1 else PASS_GRID
         passing = (
-            bernoulli_log_lr(xp, xp + x_b, theta(limit_ratio), grid, up=True)
+            bernoulli_log_lr(xp, xp + x_b, theta(limit_ratio), grid, up=True, scale=scale)
             if limit_ratio > 0
             else math.inf
         )
     t0 = theta(1.0)
-    return _evidence(fail, passing, alpha, "fail", (x_c + x_b) * t0 * (1 - t0), pace)
+    info = (x_c + x_b) * t0 * (1 - t0) / scale
+    return _evidence(fail, passing, alpha, "fail", info, pace, scale)
 
 
 def _needed_more(
-    x_c: float, n_c: float, x_b: float, n_b: float, limit_ratio: float, ev: _Evidence
+    x_c: float,
+    n_c: float,
+    x_b: float,
+    n_b: float,
+    limit_ratio: float,
+    ev: _Evidence,
+    scale: float = 1.0,
 ) -> int | None:
     """About how many more candidate requests the nearer test needs if the rates stay as seen."""
     events = x_c + x_b
@@ -213,7 +242,7 @@ def _needed_more(
     targets = [n_c / (n_c + n_b), n_c * limit_ratio / (n_c * limit_ratio + n_b)]
     best = None
     for theta0 in targets:
-        kl = kl_bernoulli(theta_hat, theta0)
+        kl = kl_bernoulli(theta_hat, theta0) / scale
         if kl <= 1e-12:
             continue
         total = (ev.fail_at + _MIXTURE_COST) / kl
@@ -231,14 +260,16 @@ def _rates_vs_baseline(
     worse: Direction,
     alpha: float,
     pace: Pace | None = None,
+    disp: Dispersion = NONE,
 ) -> Result:
     fmt = formatter(kind)
+    phi = disp.factor
     limit_ratio = _limit_ratio(margin, worse, b.rate, b.trials)
     limit_rate = b.rate * limit_ratio if b.rate > 0 else (limit_ratio * 0.5 / b.trials)
     margin_text = describe_margin(kind, margin, worse)
     ratio = c.rate / b.rate if b.rate > 0 else math.inf if c.rate > 0 else 1.0
     info = 1.0 / (1.0 / (c.events + 0.5) + 1.0 / (b.events + 0.5))
-    radius = normal_cs_radius(info, alpha)
+    radius = min(normal_cs_radius(info / phi, alpha), 700.0)  # about sqrt(phi) wider
     r_mid = ((c.events + 0.5) / c.trials) / ((b.events + 0.5) / b.trials)
     r_low, r_high = r_mid * math.exp(-radius), r_mid * math.exp(radius)
     numbers: Numbers = {
@@ -252,6 +283,7 @@ def _rates_vs_baseline(
         "upper": b.rate * r_high,
         "threshold": min(1.0, limit_rate),
         "alpha": alpha,
+        **disp.numbers(),
     }
     head = f"candidate {label} {fmt(c.rate)} vs baseline {fmt(b.rate)}"
     interval = f"{confidence(alpha)} interval {_pct(r_low)} to {_pct(r_high)}"
@@ -266,13 +298,13 @@ def _rates_vs_baseline(
         )
         return Result(Outcome.CONTINUE, reason, numbers)
     ev = conditional_evidence(
-        c.events, c.trials, b.events, b.trials, limit_ratio, worse, alpha, pace=pace
+        c.events, c.trials, b.events, b.trials, limit_ratio, worse, alpha, pace=pace, scale=phi
     )
     numbers |= ev.numbers()
     outcome = ev.outcome
     if outcome is not Outcome.CONTINUE:  # the decided side's bound, from the test itself
         boundary = ev.fail_at if outcome is Outcome.FAIL else ev.boundary
-        edge = _ratio_edge(c, b, limit_ratio, worse, outcome, boundary)
+        edge = _ratio_edge(c, b, limit_ratio, worse, outcome, boundary, phi)
         high_side = (outcome is Outcome.PASS) == (worse == "increase")
         side = "upper" if high_side else "lower"
         r_low, r_high = (r_low, edge) if high_side else (edge, r_high)
@@ -296,20 +328,27 @@ def _rates_vs_baseline(
         verdict = (
             f"not yet decided against the {margin_text} margin (limit {fmt(min(1.0, limit_rate))})"
         )
-        more = _needed_more(c.events, c.trials, b.events, b.trials, limit_ratio, ev)
+        more = _needed_more(c.events, c.trials, b.events, b.trials, limit_ratio, ev, phi)
         if more is not None:
             numbers["needed_requests"] = more
             verdict += f"; about {more} more candidate requests at these rates"
     noun = "errors" if label == "error rate" else "events"
+    bursts = f" ({disp.note(noun)})" if disp.discounted else ""
     reason = (
-        f"{head} ({change}; {interval}): {verdict}, {ev.text()}, {noun} {samples}, "
+        f"{head} ({change}; {interval}): {verdict}, {ev.text()}{bursts}, {noun} {samples}, "
         f"at {confidence(alpha)}: {_VERDICT[outcome]}"
     )
     return Result(outcome, reason, numbers)
 
 
 def _ratio_edge(
-    c: Counts, b: Counts, limit: float, worse: Direction, outcome: Outcome, boundary: float
+    c: Counts,
+    b: Counts,
+    limit: float,
+    worse: Direction,
+    outcome: Outcome,
+    boundary: float,
+    scale: float = 1.0,
 ) -> float:
     """The rate ratio where the deciding test stops rejecting (inverting the same mixture): the
     always-valid bound that agrees with the verdict (lower after a rollback on an increase...)."""
@@ -323,7 +362,7 @@ def _ratio_edge(
     if outcome is Outcome.FAIL:  # alternatives beyond r0 on the worse side; rejected at r0 = 1
 
         def rejects(log_r: float) -> bool:
-            return bernoulli_log_lr(x, n, theta(log_r), FAIL_GRID, up=up) >= boundary
+            return bernoulli_log_lr(x, n, theta(log_r), FAIL_GRID, up=up, scale=scale) >= boundary
 
         start, far = 0.0, (4.0 if up else -4.0)
     else:  # alternatives on the better side of r0; rejected at the limit
@@ -331,7 +370,8 @@ def _ratio_edge(
         def rejects(log_r: float) -> bool:
             r0 = math.exp(log_r)
             grid = pass_grid(r0) if up else pass_grid(1 / r0)
-            return bernoulli_log_lr(x, n, theta(log_r), grid, up=not up) >= boundary
+            ev = bernoulli_log_lr(x, n, theta(log_r), grid, up=not up, scale=scale)
+            return ev >= boundary
 
         start = math.log(max(limit, 1e-9))
         far = start + (-4.0 if up else 4.0)
@@ -358,12 +398,15 @@ def _one_sample(
     up: bool,
     alpha: float,
     pace: Pace | None = None,
+    scale: float = 1.0,
 ) -> _Evidence:
     """Against ``theta0``: the rollback test sees ``x_fail`` events (rounded toward passing), the
-    pass test ``x_pass`` (rounded toward failing); ``up`` = more events is worse."""
-    fail = bernoulli_log_lr(x_fail, n, theta0, FAIL_GRID, up=up)
-    passing = bernoulli_log_lr(x_pass, n, theta0, PASS_GRID, up=not up)
-    return _evidence(fail, passing, alpha, "fail", n * theta0 * (1 - theta0), pace)
+    pass test ``x_pass`` (rounded toward failing); ``up`` = more events is worse. ``scale`` (the
+    dispersion factor) divides both tests' log likelihood ratios."""
+    fail = bernoulli_log_lr(x_fail, n, theta0, FAIL_GRID, up=up, scale=scale)
+    passing = bernoulli_log_lr(x_pass, n, theta0, PASS_GRID, up=not up, scale=scale)
+    info = n * theta0 * (1 - theta0) / scale
+    return _evidence(fail, passing, alpha, "fail", info, pace, scale)
 
 
 def _rate_bound(
@@ -374,14 +417,22 @@ def _rate_bound(
     is_max: bool,
     alpha: float,
     pace: Pace | None = None,
+    disp: Dispersion = NONE,
 ) -> Result:
     fmt = formatter(kind)
-    ev = _one_sample(c.events, c.events, c.trials, bound, is_max, alpha, pace)
-    interval = wilson(c, normal_cs_z(c.trials * max(c.rate * (1 - c.rate), 1 / c.trials), alpha))
+    phi = disp.factor
+    ev = _one_sample(c.events, c.events, c.trials, bound, is_max, alpha, pace, phi)
+    info = c.trials * max(c.rate * (1 - c.rate), 1 / c.trials)
+    z = normal_cs_z(info / phi, alpha) * math.sqrt(phi)  # the interval sqrt(phi) wider
+    interval = wilson(c, z)
     samples = f"{c.events:.0f} of {c.trials:.0f}"
-    return _bound_result(
+    if disp.discounted:
+        samples += f" ({disp.note('errors' if label == 'error rate' else 'events')})"
+    result = _bound_result(
         label, fmt, c.rate, interval.lower, interval.upper, bound, is_max, ev, alpha, samples
     )
+    result.numbers |= disp.numbers()
+    return result
 
 
 def _bound_result(
@@ -727,7 +778,8 @@ class MixtureSPRT(RuleBase):
                 return Result(Outcome.HOLD, m)
             kind = kind_of(gate, m)
             if isinstance(m, Counts):
-                checks.append(_rate_bound(label, kind, m, bound, is_max, alpha, pace))
+                disp = one_sample_of(gate, ctx.intervals) if ctx.intervals else NONE
+                checks.append(_rate_bound(label, kind, m, bound, is_max, alpha, pace, disp))
                 continue
             short = _tail_short(gate, candidate)
             if short is not None:
@@ -753,8 +805,9 @@ class MixtureSPRT(RuleBase):
                 mc, mb = pair
                 kind = kind_of(gate, mc)
                 if isinstance(mc, Counts) and isinstance(mb, Counts):
+                    disp = two_sample_of(gate, ctx.intervals) if ctx.intervals else NONE
                     checks.append(
-                        _rates_vs_baseline(label, kind, mc, mb, margin, worse, alpha, pace)
+                        _rates_vs_baseline(label, kind, mc, mb, margin, worse, alpha, pace, disp)
                     )
                 else:
                     assert isinstance(mc, Estimate) and isinstance(mb, Estimate)

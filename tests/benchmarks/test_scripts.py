@@ -62,3 +62,13 @@ def test_the_sandbox_benchmark_runs_the_week_long_rehearsal_on_its_coarse_grid()
     week = out.rsplit("outcome", 1)[1].split()
     # wall seconds, looks, buckets, outcome: 168 hourly looks on 168 one-hour buckets per variant
     assert week[1:] == ["168", "336", "succeeded"], out
+
+
+def test_the_decision_benchmark_has_bursty_cells_fed_with_intervals(tmp_path: Path) -> None:
+    target = tmp_path / "bursts.json"
+    out = run("decisions.py", "--runs", "30", "--only", "errors x2, bursts", "--json", str(target))
+    assert "errors x2, bursts k=2" in out and "failed by: errors" in out
+    data = json.loads(target.read_text())
+    ours = next(r for r in data["cells"] if r["method"] == "mixture-sprt")
+    assert ours["rollback"] >= 0.8  # a doubling under bursts is still caught
+    assert set(ours["failed_by"]) == {"errors"}
