@@ -20,6 +20,7 @@ from mlrollout.analysis import GateSet, Outcome, Verdict
 from mlrollout.analysis.gateset import judged_stages
 from mlrollout.clock import Clock
 from mlrollout.contracts import (
+    CustomValue,
     EndpointAdapter,
     EndpointState,
     MetricsQuery,
@@ -69,6 +70,11 @@ class RolloutState:
     reason: str | None = None  # why it ended / is rolling back
     commands_seen: int = 0  # journal seq up to which commands were read
     facts_seen: int = 0  # how many of the provider's world facts are journalled
+    switched_at: float | None = None  # when the candidate took all live traffic (blue-green)
+    #: This stage's cumulative counts at each look, for the per-interval increments the
+    #: analysis estimates burstiness from: ``[candidate, baseline]`` of ``[requests, errors,
+    #: {custom gate: [total, count]}]`` per look.
+    stage_counts: list[list[Any]] = field(default_factory=list)
     now: float = 0.0  # engine clock at the last event (virtual clocks resume from it)
 
     def to_dict(self) -> dict[str, Any]:
@@ -325,6 +331,8 @@ class Engine:
             self._move(Phase.PROGRESSING)
             self._enter_step(0)
         elif phase == Phase.PROGRESSING and action == "set_traffic":
+            if float(args["weights"].get(self.state.candidate, 0.0)) >= 100.0:
+                self.state.switched_at = self.clock.now()
             self._advance()
         # PROMOTING and ROLLING_BACK end on the next tick, once the live endpoint shows it.
 
@@ -514,15 +522,76 @@ class Engine:
         candidate = windows.get(state.candidate, Window())
         baseline = windows.get(state.baseline, Window())
         number = max(1, round((now - start) / self.plan.analysis.interval))
-        if self.strategy.comparison(state.weights, state.baseline) == "absolute":
-            return self.absolute_gates.look(candidate, baseline, look=number, horizon=horizon)
+        comparison = self.strategy.comparison(state.weights, state.baseline)
+        if comparison == "historical" and state.switched_at is not None:
+            return self._historical_look(start, now, candidate, number, horizon)
+        intervals = self._intervals(candidate, baseline)
+        if comparison != "concurrent":
+            return self.absolute_gates.look(
+                candidate, baseline, look=number, horizon=horizon, intervals=intervals
+            )
         # The configured split, for the sample-ratio-mismatch check.
         base_weight = state.weights.get(state.baseline, 0.0)
         cand_weight = state.weights.get(state.candidate, 0.0)
         share = cand_weight / (cand_weight + base_weight)
         return self.gates.look(
-            candidate, baseline, candidate_share=share, look=number, horizon=horizon
+            candidate,
+            baseline,
+            candidate_share=share,
+            look=number,
+            horizon=horizon,
+            intervals=intervals,
         )
+
+    def _historical_look(
+        self, start: float, now: float, candidate: Window, number: int, horizon: int | None
+    ) -> Verdict:
+        """Judge the candidate at 100 % against the baseline's own window of the same length just
+        before the switch (blue-green: blue serves no one now). The verdicts of the gates that
+        compare say so: a change between the two windows (the time of day, the traffic's mix)
+        counts as the candidate's."""
+        state = self.state
+        assert state.baseline is not None and state.switched_at is not None
+        end = state.switched_at
+        query = MetricsQuery(
+            start=end - (now - start),
+            end=end,
+            variants=(state.baseline,),
+            gates=tuple(self.plan.analysis.gates),
+            step=self.plan.analysis.interval,
+        )
+        try:
+            baseline = self.metrics.query(query).get(state.baseline, Window())
+        except ProviderError as exc:
+            baseline = Window(error=str(exc))
+        verdict = self.gates.look(candidate, baseline, look=number, horizon=horizon)
+        note = (
+            f" [historical baseline: {state.baseline}'s {format_duration(now - start)} before "
+            "the switch; what changed since (time of day, traffic mix) counts as the candidate's]"
+        )
+        compared = {g.name for g in self.plan.analysis.gates if g.vs_baseline is not None}
+        for gate in verdict.gates:
+            if gate.gate in compared:
+                gate.reason += note
+                gate.numbers["historical"] = 1.0
+        return verdict
+
+    def _intervals(self, candidate: Window, baseline: Window) -> tuple[tuple[Window, Window], ...]:
+        """This stage's per-look increments (what each look added to the cumulative windows),
+        oldest first, for the analysis' burstiness estimate. A look whose windows are missing
+        or failed adds none (the next usable look's increment spans both); windows that went
+        backwards (a source that revised its data) start the increments over."""
+        cand, base = _counts(candidate), _counts(baseline)
+        history = self.state.stage_counts
+        if cand is None or base is None:
+            return _increments(history)
+        counts = [cand, base]
+        if history and not all(
+            _not_below(new, old) for new, old in zip(counts, history[-1], strict=True)
+        ):
+            history.clear()
+        history.append(counts)
+        return _increments(history)
 
     def _inconclusive(self, verdict: Verdict, look: dict[str, Any]) -> TickResult:
         analysis = self.plan.analysis
@@ -711,6 +780,7 @@ class Engine:
         self.state.step_started_at = self.clock.now()
         self.state.next_look_at = None
         self.state.hold_since = None
+        self.state.stage_counts = []
 
     def restart_step(self) -> None:
         """Start the current step over (after adopting a hand-made change)."""
@@ -733,6 +803,35 @@ class Engine:
         if self.state.step < len(self.steps):
             return self.steps[self.state.step]
         return None
+
+
+def _counts(window: Window) -> list[Any] | None:
+    """A cumulative window's counts as stored in :attr:`RolloutState.stage_counts`."""
+    if window.error or window.requests is None or window.errors is None:
+        return None
+    custom = {name: [v.total, v.count] for name, v in window.custom.items()}
+    return [window.requests, window.errors, custom]
+
+
+def _not_below(new: list[Any], old: list[Any]) -> bool:
+    return bool(new[0] >= old[0] and new[1] >= old[1])
+
+
+def _increments(history: list[list[Any]]) -> tuple[tuple[Window, Window], ...]:
+    out: list[tuple[Window, Window]] = []
+    previous: list[Any] = [[0, 0, {}], [0, 0, {}]]
+    for counts in history:
+        out.append((_difference(counts[0], previous[0]), _difference(counts[1], previous[1])))
+        previous = counts
+    return tuple(out)
+
+
+def _difference(new: list[Any], old: list[Any]) -> Window:
+    custom = {
+        name: CustomValue(total - old[2].get(name, [0, 0])[0], count - old[2].get(name, [0, 0])[1])
+        for name, (total, count) in new[2].items()
+    }
+    return Window(requests=new[0] - old[0], errors=new[1] - old[1], custom=custom)
 
 
 def _same(a: dict[str, float], b: dict[str, float]) -> bool:

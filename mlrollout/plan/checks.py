@@ -13,6 +13,7 @@ from mlrollout.errors import ProviderUnavailable
 from mlrollout.plan.model import (
     COMMON_TARGET_KEYS,
     LATENCY_METRICS,
+    BlueGreenStrategy,
     CanaryStrategy,
     Plan,
     parse_margin,
@@ -90,7 +91,14 @@ def check_plan(plan: Plan) -> list[Finding]:
     provider_problems = _guarded(_check_provider, plan)
     found += provider_problems
     provider_known = not any(f.path == ("target", "provider") for f in provider_problems)
-    for check in (_check_secrets, _check_steps, _check_gates, _check_analysis, _check_baseline):
+    for check in (
+        _check_secrets,
+        _check_steps,
+        _check_blue_green,
+        _check_gates,
+        _check_analysis,
+        _check_baseline,
+    ):
         found += _guarded(check, plan)
     if provider_known:
         found += _guarded(_check_sandbox, plan)
@@ -280,6 +288,40 @@ def _capable(capabilities: object, kind: str) -> bool:
     if kind == "shadow":
         return bool(getattr(capabilities, "shadow", False))
     return bool(getattr(capabilities, "weights", True))
+
+
+def _check_blue_green(plan: Plan) -> list[Finding]:
+    strategy = plan.strategy
+    if not isinstance(strategy, BlueGreenStrategy):
+        return []
+    found: list[Finding] = []
+    if strategy.native:
+        found.append(
+            Finding(
+                ("strategy", "native"),
+                "native blue/green (SageMaker's own deployment) is not supported yet: with "
+                "native: false mlrollout provisions green, moves the traffic and judges it itself",
+            )
+        )
+    if strategy.pre_promotion is not None and strategy.preview == 0:
+        found.append(
+            Finding(
+                ("strategy", "pre_promotion"),
+                "pre_promotion judges green on live traffic: give it some with preview (e.g. "
+                "preview: 5, percent); judging on mirrored traffic is not supported yet",
+            )
+        )
+    unjudged = strategy.post_promotion is None and strategy.pre_promotion is None
+    if unjudged and isinstance(strategy.switch, str) and plan.analysis.gates:
+        found.append(
+            Finding(
+                ("strategy",),
+                "no pre_promotion, post_promotion or stepped switch: the gates never judge "
+                "green; add post_promotion: 10m (or pre_promotion with a preview)",
+                "warning",
+            )
+        )
+    return found
 
 
 def _check_steps(plan: Plan) -> list[Finding]:

@@ -250,11 +250,71 @@ class LinearStrategy(StrictModel):
         return value
 
 
+class SwitchSteps(StrictModel):
+    """A stepped switch from blue to green: ``step`` percent more every ``every``, judged."""
+
+    step: Percent = Field(description="Percent of live traffic moved to green at each step.")
+    every: Duration = Field(description="Judging time between steps.")
+
+    @field_validator("step")
+    @classmethod
+    def _step_range(cls, value: float) -> float:
+        if not 0 < value <= 100:
+            raise ValueError(f"a switch step is above 0 and at most 100 percent, got {value:g}")
+        return value
+
+
+_WINDOW_SCHEMA = {
+    "anyOf": [
+        _DURATION_SCHEMA,
+        {
+            "type": "object",
+            "properties": {"min": _DURATION_SCHEMA, "max": _DURATION_SCHEMA},
+            "required": ["min", "max"],
+            "additionalProperties": False,
+        },
+    ]
+}
+#: A judging window: ``10m`` (fixed) or ``{min, max}`` (adaptive), as an ``analyze`` step.
+JudgingWindow = Annotated[
+    AnalyzeWindow | None,
+    BeforeValidator(lambda v: None if v is None else _analyze(v)),
+    WithJsonSchema(_WINDOW_SCHEMA),
+]
+
+
 class BlueGreenStrategy(StrictModel):
+    """Green is provisioned at full capacity beside blue, judged (on ``preview`` percent of live
+    traffic), switched to (``all_at_once`` or in steps), judged again at 100 % against blue's
+    window before the switch, and blue stays provisioned ``keep_previous`` for an instant
+    switch back."""
+
     type: Literal["blue_green"]
-    pre_promotion: Duration | None = None
-    post_promotion: Duration | None = None
-    keep_previous: NonNegDuration = 0.0
+    preview: Percent = Field(
+        default=0.0, description="Percent of live traffic green serves before the switch."
+    )
+    pre_promotion: JudgingWindow = Field(default=None, description="Judging before the switch.")
+    switch: Annotated[
+        Annotated[Literal["all_at_once"], Tag("AllAtOnce")]
+        | Annotated[SwitchSteps, Tag("SwitchSteps")],
+        Discriminator(
+            lambda v: "SwitchSteps" if isinstance(v, dict | SwitchSteps) else "AllAtOnce"
+        ),
+    ] = Field(default="all_at_once", description="all_at_once, or {step, every}.")
+    post_promotion: JudgingWindow = Field(default=None, description="Judging at 100 % after it.")
+    keep_previous: NonNegDuration = Field(
+        default=0.0, description="How long blue stays provisioned after post_promotion."
+    )
+    native: bool = Field(
+        default=False, description="sagemaker: delegate the switch to its blue/green deployment."
+    )
+
+    @field_validator("preview")
+    @classmethod
+    def _preview_range(cls, value: float) -> float:
+        if not 0 <= value < 100:
+            raise ValueError(f"preview is at least 0 and below 100 percent, got {value:g}")
+        return value
 
 
 class ShadowStrategy(StrictModel):

@@ -30,7 +30,7 @@ class LocalProvider:
     target_keys: frozenset[str] = frozenset()
     required_keys: frozenset[str] = frozenset()
     capabilities: Capabilities = CAPABILITIES
-    strategies: frozenset[str] = frozenset({"canary", "linear"})
+    strategies: frozenset[str] = frozenset({"canary", "linear", "blue_green"})
     install_hint: str = "built in"
 
     def check_plan(self, plan: Plan) -> list[PlanProblem]:

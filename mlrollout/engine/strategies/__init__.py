@@ -1,5 +1,5 @@
 """Strategy modules, one per strategy, behind :class:`~.base.Strategy`. The engine runs those in
-:data:`STRATEGIES`; a plan naming another (``blue_green``, ``shadow``, ``ab_test`` for now) is
+:data:`STRATEGIES`; a plan naming another (``shadow``, ``ab_test`` for now) is
 refused by ``plan validate``. A new strategy is a new module registered here."""
 
 from __future__ import annotations
@@ -7,13 +7,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from mlrollout.engine.strategies.base import Comparison, Ending, ExecStep, StepKind, Strategy
+from mlrollout.engine.strategies.blue_green import BlueGreen
 from mlrollout.engine.strategies.canary import Canary
 from mlrollout.engine.strategies.linear import Linear
 
 if TYPE_CHECKING:
     from mlrollout.plan.model import Plan
 
-STRATEGIES: dict[str, Strategy] = {s.name: s for s in (Canary(), Linear())}
+STRATEGIES: dict[str, Strategy] = {s.name: s for s in (Canary(), Linear(), BlueGreen())}
 
 
 def strategy_for(plan: Plan) -> Strategy | None:

@@ -15,9 +15,11 @@ if TYPE_CHECKING:
     from mlrollout.plan.model import AnalyzeWindow, Approve, Candidate, Plan
 
 StepKind = Literal["weight", "analyze", "pause", "approve"]
-#: Which gates judge a look: every gate against the live baseline (``concurrent``), or only the
-#: absolute gates when the baseline takes no traffic (``absolute``).
-Comparison = Literal["concurrent", "absolute"]
+#: Which gates judge a look: every gate against the live baseline (``concurrent``); only the
+#: absolute gates when the baseline takes no traffic (``absolute``); or every gate, the
+#: ``vs_baseline`` ones against the baseline's own window before the switch (``historical``:
+#: blue-green after the switch, while blue is still provisioned).
+Comparison = Literal["concurrent", "absolute", "historical"]
 #: What happens once every step is done.
 Ending = Literal["promote"]
 
@@ -30,8 +32,13 @@ class ExecStep:
     window: AnalyzeWindow | None = None  # for "analyze"
     pause: float | None = None  # for "pause", seconds
     approve: Approve | None = None  # for "approve"
+    phase: str | None = None  # the strategy's name for this part ("pre-promotion", ...)
 
     def describe(self) -> str:
+        text = self._describe()
+        return f"{self.phase}: {text}" if self.phase else text
+
+    def _describe(self) -> str:
         from mlrollout.units import format_duration
 
         if self.kind == "weight":

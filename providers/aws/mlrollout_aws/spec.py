@@ -29,7 +29,7 @@ class SageMakerProvider:
     target_keys: frozenset[str] = frozenset({"region", "profile"})
     required_keys: frozenset[str] = frozenset({"region"})
     capabilities: Capabilities = CAPABILITIES
-    strategies: frozenset[str] = frozenset({"canary", "linear"})
+    strategies: frozenset[str] = frozenset({"canary", "linear", "blue_green"})
     install_hint: str = "pip install 'mlrollout[aws]'"
 
     # ------------------------------------------------------------------------- validation

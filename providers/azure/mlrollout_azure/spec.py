@@ -40,7 +40,7 @@ class AzureMLProvider:
     required_keys: frozenset[str] = frozenset({"subscription_id", "resource_group", "workspace"})
     capabilities: Capabilities = CAPABILITIES
     #: ``shadow`` is declared (mirror traffic); the engine does not execute it yet.
-    strategies: frozenset[str] = frozenset({"canary", "linear", "shadow"})
+    strategies: frozenset[str] = frozenset({"canary", "linear", "blue_green", "shadow"})
     install_hint: str = "pip install 'mlrollout[azure]'"
 
     # ------------------------------------------------------------------------- validation

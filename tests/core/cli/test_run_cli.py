@@ -480,15 +480,15 @@ def test_providers_lists_only_the_strategies_that_run(cli, monkeypatch):
     from mlrollout.sandbox.provider import LocalProviderSpec
 
     # a platform that declares more than the engine runs (as azureml declares shadow)
-    declared = frozenset({"canary", "linear", "shadow", "blue_green"})
+    declared = frozenset({"canary", "linear", "shadow", "blue_green", "ab_test"})
     monkeypatch.setattr(LocalProviderSpec, "strategies", declared, raising=False)
     rows = json.loads(cli("providers", "-o", "json").out)
     endpoints = {row["name"]: row for row in rows if row["kind"] == "endpoint"}
-    assert endpoints["local"]["strategies"] == ["canary", "linear"]
+    assert endpoints["local"]["strategies"] == ["blue_green", "canary", "linear"]
     for row in endpoints.values():
         assert set(row.get("strategies", [])) <= ENGINE_STRATEGIES, row
     text = cli("providers").out
-    assert not any("shadow" in line or "blue_green" in line for line in text.splitlines())
+    assert not any("shadow" in line or "ab_test" in line for line in text.splitlines())
 
 
 SHADOW_PLAN = """\

@@ -40,6 +40,26 @@ sandbox:
     v1: {error_rate: 0.01, latency_p50: 40ms, latency_p99: 120ms}
     v2: {error_rate: CANDIDATE, latency_p50: 40ms, latency_p99: 120ms}
 """
+#: The same endpoint and traffic driven blue-green: a preview at 10 %, the switch, a judged
+#: post-promotion against blue's window before it, then blue kept two minutes.
+BLUE_GREEN = PLAN.replace(
+    """strategy:
+  type: canary
+  steps:
+    - weight: 10
+    - analyze: 5m
+    - weight: 50
+    - analyze: 5m
+""",
+    """strategy:
+  type: blue_green
+  preview: 10
+  pre_promotion: 5m
+  post_promotion: 3m
+  keep_previous: 2m
+""",
+)
+PLANS = {"canary": PLAN, "blue_green": BLUE_GREEN}
 START = 1_800_000_000.0
 
 
@@ -91,12 +111,16 @@ def _finish(path: Path, rollout_id: str, how: str) -> Phase:
 
 
 def _run(
-    tmp_path: Path, candidate_error: float, die_at: int | None, before: bool
+    tmp_path: Path,
+    candidate_error: float,
+    die_at: int | None,
+    before: bool,
+    plan: str = PLAN,
 ) -> tuple[Path, str, Phase | None]:
     path = tmp_path / "state.db"
     store: SqliteStateStore = DyingStore(path, die_at, before) if die_at else SqliteStateStore(path)
     runner = Runner(store, holder="runner-1")
-    record = runner.create(parse_plan(PLAN.replace("CANDIDATE", str(candidate_error)), "p.yaml"))
+    record = runner.create(parse_plan(plan.replace("CANDIDATE", str(candidate_error)), "p.yaml"))
     try:
         outcome = runner.drive(record.id, clock=VirtualClock(START))
     except Killed:
@@ -135,24 +159,26 @@ def _check_consistent(path: Path, rollout_id: str, expected: Phase) -> None:
     ids=["good", "bad"],
 )
 @pytest.mark.parametrize("how", ["resume", "reconcile"])
+@pytest.mark.parametrize("strategy", sorted(PLANS))
 def test_every_kill_point_recovers(
-    tmp_path: Path, candidate_error: float, expected: Phase, how: str
+    tmp_path: Path, candidate_error: float, expected: Phase, how: str, strategy: str
 ) -> None:
-    reference, rid, phase = _run(tmp_path / "ref", candidate_error, None, False)
+    plan = PLANS[strategy]
+    reference, rid, phase = _run(tmp_path / "ref", candidate_error, None, False, plan)
     assert phase == expected
     total = len(SqliteStateStore(reference).events(rid))
     tried = recovered = 0
     for die_at in range(1, total + 1):
         for before in (True, False):
             folder = tmp_path / f"{die_at}-{'before' if before else 'after'}"
-            path, rid, phase = _run(folder, candidate_error, die_at, before)
+            path, rid, phase = _run(folder, candidate_error, die_at, before, plan)
             assert phase is None, f"the runner should have died at write {die_at}"
             tried += 1
             assert _finish(path, rid, how) == expected, (die_at, before)
             _check_consistent(path, rid, expected)
             recovered += 1
     assert tried == recovered == 2 * total
-    print(f"{how} {expected.value}: {tried} kill points tried, {recovered} recovered")
+    print(f"{strategy} {how} {expected.value}: {tried} kill points tried, {recovered} recovered")
 
 
 @pytest.mark.slow

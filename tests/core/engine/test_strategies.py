@@ -57,8 +57,22 @@ def test_a_strategy_the_engine_cannot_run_has_no_module_and_is_refused() -> None
 
     from mlrollout.errors import PlanError
 
-    with pytest.raises(PlanError, match=r"blue_green strategy .* is not supported yet"):
-        plan("{type: blue_green, pre_promotion: 10m}")
+    with pytest.raises(PlanError, match=r"shadow strategy .* is not supported yet"):
+        plan("{type: shadow, duration: 1h}")
     canary = plan("{type: canary, steps: [{weight: 10}]}")
     assert strategy_for(canary) is STRATEGIES["canary"]
-    assert "blue_green" not in STRATEGIES
+    assert "shadow" not in STRATEGIES and "ab_test" not in STRATEGIES
+
+
+def test_blue_green_judges_against_history_once_blue_serves_no_one() -> None:
+    blue_green = plan("{type: blue_green, preview: 10, pre_promotion: 5m, post_promotion: 5m}")
+    strategy = strategy_for(blue_green)
+    assert strategy is STRATEGIES["blue_green"]
+    assert strategy.comparison({"v1": 90.0, "v2": 10.0}, "v1") == "concurrent"
+    assert strategy.comparison({"v1": 0.0, "v2": 100.0}, "v1") == "historical"
+    assert [s.phase for s in expand_steps(blue_green)] == [
+        "pre-promotion",
+        "pre-promotion",
+        "switch",
+        "post-promotion",
+    ]

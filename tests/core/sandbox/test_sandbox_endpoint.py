@@ -179,7 +179,7 @@ def test_provider_declarations() -> None:
     assert LocalProviderSpec.name == "local"
     assert LocalProviderSpec.capabilities.weights and LocalProviderSpec.capabilities.shadow
     assert not LocalProviderSpec.capabilities.native_blue_green
-    assert LocalProviderSpec.strategies == {"canary", "linear"}
+    assert LocalProviderSpec.strategies == {"canary", "linear", "blue_green"}
     calls = LocalProviderSpec.describe_calls(plan())
     assert calls["prepare"] == ["sandbox: add variant v7 at 0%"]
     assert set(calls) == {"describe", "prepare", "set_traffic", "finalize", "metrics", "owner"}

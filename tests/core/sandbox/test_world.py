@@ -231,7 +231,8 @@ def test_custom_gates_read_by_another_metrics_source_are_that_sources_business()
     gate = "    - {name: conv, metric: custom, query: {promql: 'sum(x)'}, min: 0.01}"
     text = PLAN.replace("EVENTS", "    - {at: 5m, rps: 10}").replace("GATES", gate)
     text = text.replace("RPS", "100").replace(
-        "analysis:\n", "analysis:\n  source: {prometheus: {url: 'http://127.0.0.1:9090', "
-        "queries: {requests: 'sum(increase(r[{window}])) by (variant)'}}}\n"
+        "analysis:\n",
+        "analysis:\n  source: {prometheus: {url: 'http://127.0.0.1:9090', "
+        "queries: {requests: 'sum(increase(r[{window}])) by (variant)'}}}\n",
     )
     assert parse_plan(text, "plan.yaml").plan.analysis.gates[1].name == "conv"

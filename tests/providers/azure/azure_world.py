@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from arm_fake import ArmFake, Faults
 
 from mlrollout.clock import VirtualClock
+from mlrollout.engine.runner import RunOutcome
 
 SUB = "00000000-1111-2222-3333-444444444444"
 RG = "ml-rg"
@@ -145,3 +146,16 @@ rollback:
   automatic: true
   cleanup: true
 """
+
+
+def rollout(world: Any, *, candidate: dict[str, Any], listeners=(), plan: str = "") -> RunOutcome:
+    """A whole rollout of green beside blue on the fake ARM, with state in SQLite."""
+    from mlrollout.engine.runner import Runner
+    from mlrollout.plan.loader import load_plan
+    from mlrollout.state.sqlite import open_sqlite_store
+
+    world.endpoint(candidate=candidate)
+    store = open_sqlite_store(str(world.tmp_path / "state"))
+    runner = Runner(store, holder="runner-a", listeners=list(listeners))
+    record = runner.create(load_plan(str(world.plan(plan))))
+    return runner.drive(record.id, clock=world.clock)

@@ -12,13 +12,10 @@ from collections import Counter
 from typing import Any
 
 from arm_fake import DROPPED
-from azure_world import BAD, GOOD, PLAN
+from azure_world import BAD, GOOD, PLAN, rollout
 
 from mlrollout.engine.events import LOOK_KINDS
-from mlrollout.engine.runner import Runner, RunOutcome
 from mlrollout.errors import ExitCode
-from mlrollout.plan.loader import load_plan
-from mlrollout.state.sqlite import open_sqlite_store
 
 #: The changes a promotion of ``green`` makes, each once, in this order.
 PROMOTED = [
@@ -68,14 +65,6 @@ class CallsPerStage:
         self.by_kind.setdefault(event.kind, Counter()).update(calls)
         self.per_event.append((event.kind, calls))
         self.events.append(event.kind)
-
-
-def rollout(world, *, candidate: dict[str, Any], listeners=(), plan: str = "") -> RunOutcome:
-    world.endpoint(candidate=candidate)
-    store = open_sqlite_store(str(world.tmp_path / "state"))
-    runner = Runner(store, holder="runner-a", listeners=list(listeners))
-    record = runner.create(load_plan(str(world.plan(plan))))
-    return runner.drive(record.id, clock=world.clock)
 
 
 def metric_calls(world) -> int:

@@ -62,7 +62,7 @@ def test_the_spec_loads_through_its_entry_point_without_azure():
         """
     )
     plans = sorted(str(p) for p in (REPO / "plans").glob("azureml-*.yaml"))
-    assert len(plans) == 2
+    assert len(plans) == 3  # canary, linear, blue-green
     proc = subprocess.run(
         [sys.executable, "-c", code, *plans], capture_output=True, text=True, timeout=60
     )

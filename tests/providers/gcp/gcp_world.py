@@ -10,6 +10,7 @@ from monitoring_fake import MonitoringFake
 from vertex_fake import VertexFake
 
 from mlrollout.clock import VirtualClock
+from mlrollout.engine.runner import RunOutcome
 
 START = 1_700_000_040.0  # a whole minute
 PROJECT, LOCATION = "demo-proj", "us-central1"
@@ -101,3 +102,21 @@ PLAN = """\
       max_hold: 5m
       gates:
     {gates}"""
+
+
+def rollout(world: World, *, candidate: dict[str, Any], listeners=(), plan=None) -> RunOutcome:
+    """A whole rollout of v2 beside v1 (GOOD) on the fakes, with state in SQLite."""
+    from mlrollout.engine.runner import Runner
+    from mlrollout.plan.loader import load_plan
+    from mlrollout.state.sqlite import SqliteStateStore
+
+    world.endpoint()
+    world.traffic(v1=GOOD, v2=candidate)
+    store = SqliteStateStore(world.tmp_path / "state.db")
+    runner = Runner(store, holder="runner-a", listeners=list(listeners))
+    record = runner.create(load_plan(str(plan or world.plan())))
+    return runner.drive(record.id, clock=world.clock)
+
+
+def applied(world: World) -> list[tuple[str, dict[str, Any]]]:
+    return list(world.vertex.applied)

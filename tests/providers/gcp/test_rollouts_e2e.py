@@ -12,13 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gcp_world import BAD, GOOD, World
+from gcp_world import BAD, GOOD, World, applied, rollout
 
 from mlrollout.engine.events import LOOK_KINDS
-from mlrollout.engine.runner import Runner, RunOutcome
 from mlrollout.errors import ExitCode
-from mlrollout.plan.loader import load_plan
-from mlrollout.state.sqlite import SqliteStateStore
 
 MUTATIONS = ("DeployModel", "UpdateEndpoint", "UndeployModel")
 
@@ -42,19 +39,6 @@ class CallsPerStage:
         bucket.update(call for call, status in vertex if status == 200)
         bucket.update("ListTimeSeries" for _ in metrics)
         self.events.append(event.kind)
-
-
-def rollout(world: World, *, candidate: dict[str, Any], listeners=(), plan=None) -> RunOutcome:
-    world.endpoint()
-    world.traffic(v1=GOOD, v2=candidate)
-    store = SqliteStateStore(world.tmp_path / "state.db")
-    runner = Runner(store, holder="runner-a", listeners=list(listeners))
-    record = runner.create(load_plan(str(plan or world.plan())))
-    return runner.drive(record.id, clock=world.clock)
-
-
-def applied(world: World) -> list[tuple[str, dict[str, Any]]]:
-    return list(world.vertex.applied)
 
 
 def test_a_bad_candidate_is_rolled_back_and_undeployed(world):
