@@ -85,3 +85,44 @@ def local_server(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def prometheus(
+    root: Path, history: str | None = None, *, scrape: Sequence[str] = (), interval: str = "1s"
+) -> Iterator[str]:
+    """A real Prometheus on 127.0.0.1 (Debian package ``prometheus``), its data under ``root``:
+    ``history`` (OpenMetrics text with timestamps) is backfilled first with ``promtool tsdb
+    create-blocks-from openmetrics``, so queries of the past are exact; ``scrape`` targets
+    (``host:port``) are scraped every ``interval``. Yields its URL; stopped afterwards."""
+    server = require_binary("prometheus", package="prometheus")
+    promtool = require_binary("promtool", package="prometheus")
+    data = root / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    if history is not None:
+        (root / "history.om").write_text(history)
+        subprocess.run(
+            [promtool, "tsdb", "create-blocks-from", "openmetrics", str(root / "history.om"),
+             str(data)],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )  # fmt: skip
+    targets = ", ".join(f"'{t}'" for t in scrape)
+    (root / "prometheus.yml").write_text(
+        f"global: {{scrape_interval: {interval}, evaluation_interval: {interval}}}\n"
+        + (f"scrape_configs:\n  - job_name: model\n    static_configs: [{{targets: [{targets}]}}]\n"
+           if scrape else "")
+    )  # fmt: skip
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [
+        server,
+        f"--config.file={root / 'prometheus.yml'}",
+        f"--storage.tsdb.path={data}",
+        "--storage.tsdb.retention.time=30d",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--log.level=warn",
+    ]
+    with local_server(argv, f"{url}/-/ready", log=root / "prometheus.log"):
+        yield url

@@ -24,7 +24,6 @@ import base64
 import contextlib
 import json
 import ssl
-import subprocess
 import threading
 import time
 import urllib.error
@@ -38,7 +37,7 @@ from typing import Any
 
 import pytest
 
-from mlrollout.testing.peers import free_port, local_server, require_binary
+from mlrollout.testing.peers import prometheus
 
 #: The start of the backfilled analysis: a minute boundary two hours ago (the history spans
 #: T0 - 10 min to T0 + 20 min).
@@ -90,13 +89,6 @@ def history_text() -> str:
                 )
     lines.append("# EOF")
     return "\n".join(lines) + "\n"
-
-
-def binaries() -> tuple[str, str]:
-    package = "prometheus"
-    return require_binary("prometheus", package=package), require_binary(
-        "promtool", package=package
-    )
 
 
 # ----------------------------------------------------------------------------------- exporter
@@ -264,46 +256,13 @@ class Prom:
 
 @pytest.fixture(scope="module")
 def prom(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prom]:
-    prometheus, promtool = binaries()
     began = time.monotonic()
     root = tmp_path_factory.mktemp("prometheus")
-    data = root / "data"
-    data.mkdir()
-    (root / "history.om").write_text(history_text())
-    subprocess.run(
-        [
-            promtool,
-            "tsdb",
-            "create-blocks-from",
-            "openmetrics",
-            str(root / "history.om"),
-            str(data),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
     exporter = Exporter()
     exporter.set(200, LIVE_WEIGHTS, {"live2": 0.1})  # scraped from the start
-    (root / "prometheus.yml").write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        "scrape_configs:\n"
-        "  - job_name: model\n"
-        f"    static_configs: [{{targets: ['127.0.0.1:{exporter.port}']}}]\n"
-    )
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    argv = [
-        prometheus,
-        f"--config.file={root / 'prometheus.yml'}",
-        f"--storage.tsdb.path={data}",
-        "--storage.tsdb.retention.time=30d",
-        f"--web.listen-address=127.0.0.1:{port}",
-        "--log.level=warn",
-    ]
     try:
-        with local_server(argv, f"{url}/-/ready", log=root / "prometheus.log"):
-            yield Prom(url, exporter, data, time.monotonic() - began)
+        with prometheus(root, history_text(), scrape=[f"127.0.0.1:{exporter.port}"]) as url:
+            yield Prom(url, exporter, root / "data", time.monotonic() - began)
     finally:
         exporter.close()
 

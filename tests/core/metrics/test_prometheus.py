@@ -16,8 +16,9 @@ from mlrollout.metrics.prometheus import PrometheusSource
 from mlrollout.metrics.prometheus_spec import SPEC
 from mlrollout.plan.model import Gate
 from mlrollout.retry import RetryPolicy
+from mlrollout.testing.peers import free_port
 
-from .conftest import LIVE_WEIGHTS, RATES, T0, Prom, Proxy, basic, free_port
+from .conftest import LIVE_WEIGHTS, RATES, T0, Prom, Proxy, basic
 
 BY_VARIANT = {
     "requests": "sum by (variant) (increase(model_requests_total[{window}]))",
