@@ -235,6 +235,13 @@ class CanaryStrategy(StrictModel):
     steps: list[Step] = Field(min_length=1)
 
 
+def _step_percent(value: float, what: str) -> float:
+    """A step of traffic (percent) a strategy moves at a time: above 0, at most 100."""
+    if not 0 < value <= 100:
+        raise ValueError(f"{what} is a percentage above 0 and at most 100, got {value:g}")
+    return value
+
+
 class LinearStrategy(StrictModel):
     type: Literal["linear"]
     step: Percent = Field(description="Percent added to the candidate at each increment.")
@@ -243,11 +250,7 @@ class LinearStrategy(StrictModel):
     @field_validator("step")
     @classmethod
     def _step_range(cls, value: float) -> float:
-        if not 0 < value <= 100:
-            raise ValueError(
-                f"a linear step is a percentage above 0 and at most 100, got {value:g}"
-            )
-        return value
+        return _step_percent(value, "a linear step")
 
 
 class SwitchSteps(StrictModel):
@@ -259,9 +262,7 @@ class SwitchSteps(StrictModel):
     @field_validator("step")
     @classmethod
     def _step_range(cls, value: float) -> float:
-        if not 0 < value <= 100:
-            raise ValueError(f"a switch step is above 0 and at most 100 percent, got {value:g}")
-        return value
+        return _step_percent(value, "a switch step")
 
 
 _WINDOW_SCHEMA = {
