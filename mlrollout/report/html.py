@@ -61,9 +61,45 @@ Section = tuple[str, str]
 StrategySections = Callable[[ReportContext], list[Section]]
 
 #: Extra sections per strategy type (the plan's ``strategy.type``), drawn after the gate charts.
-#: canary and linear have none; blue_green (the fleets), shadow (agreement) and ab_test (lift)
-#: add theirs here when they are built.
+#: canary and linear have none; blue_green shows the two fleets; shadow (agreement) and ab_test
+#: (lift) add theirs here when they are built.
 STRATEGY_SECTIONS: dict[str, StrategySections] = {}
+
+
+def _fleets(context: ReportContext) -> list[Section]:
+    """blue_green: what each fleet served, when; when green was provisioned and switched to,
+    and when blue (or, on a rollback, green) was removed."""
+    state = context.state
+    blue, green = state.baseline or "blue", state.candidate or "green"
+    rows: list[list[str]] = []
+    for event in context.events:
+        data = event.data
+        when = escape(_elapsed(context.offset(event.at)))
+        if event.kind == EventKind.PREPARE_APPLIED:
+            rows.append([when, "serving", "provisioned, 0 %", "green created beside blue"])
+        elif event.kind == EventKind.SET_TRAFFIC_APPLIED:
+            weights = data.get("weights") or {}
+            b, g = float(weights.get(blue, 0.0)), float(weights.get(green, 0.0))
+            what = "switched to green" if g >= 100 else ("back to blue" if b >= 100 else "")
+            rows.append([when, f"{b:g} %", f"{g:g} %", what])
+        elif event.kind == EventKind.FINALIZE_APPLIED:
+            retired = str(data.get("retire"))
+            gone = "retired" if retired == blue else "serving"
+            rows.append(
+                [
+                    when,
+                    gone if retired == blue else "100 %",
+                    "removed" if retired == green else "100 %",
+                    escape(f"{retired} removed"),
+                ]
+            )
+    if not rows:
+        return []
+    body = _table(["Time", escape(f"blue ({blue})"), escape(f"green ({green})"), ""], rows)
+    return [("Blue and green", body)]
+
+
+STRATEGY_SECTIONS["blue_green"] = _fleets
 
 
 def strategy_sections(context: ReportContext) -> list[Section]:

@@ -162,3 +162,16 @@ def test_an_abort_while_blue_is_kept_warm_switches_back_at_once(tmp_path):
 def test_plan_validate_refuses_what_blue_green_cannot_do(change, message):
     with pytest.raises(PlanError, match=message):
         parse_plan(variant(PLAN, **change), "plan.yaml")
+
+
+def test_the_html_report_shows_both_fleets_over_time(tmp_path):
+    from mlrollout.report.html import html_report
+
+    run = Run(tmp_path, PLAN)
+    assert run.drive() == Phase.SUCCEEDED
+    record = run.store.get_rollout(run.record.id)
+    steps = expand_steps(parse_plan(PLAN, "plan.yaml").plan)
+    page = html_report(record, run.events(), steps, strategy="blue_green")
+    section = page.split("Blue and green", 1)[1]
+    assert "green created beside blue" in section
+    assert section.index("90 %") < section.index("switched to green") < section.index("v6 removed")
