@@ -71,6 +71,7 @@ class RolloutState:
     commands_seen: int = 0  # journal seq up to which commands were read
     facts_seen: int = 0  # how many of the provider's world facts are journalled
     switched_at: float | None = None  # when the candidate took all live traffic (blue-green)
+    capacity: dict[str, int] = field(default_factory=dict)  # instances per variant, last seen
     #: This stage's cumulative counts at each look, for the per-interval increments the
     #: analysis estimates burstiness from: ``[candidate, baseline]`` of ``[requests, errors,
     #: {custom gate: [total, count]}]`` per look.
@@ -321,6 +322,9 @@ class Engine:
         else:  # pragma: no cover - journal from a newer version
             raise MlrolloutError(f"unknown pending action {action!r} in the journal")
         self.state.pending = None
+        self.state.capacity = {
+            v.name: v.instance_count for v in live.variants if v.instance_count is not None
+        }
         self._after_mutation(action, args)
         return self.record(EventKind.applied(action), {**args, "weights": self.state.weights})
 

@@ -264,9 +264,15 @@ def render(
             step_list.append(f"  · {step.describe()}\n", style="dim")
     parts.append(step_list)
     weights = Table.grid(padding=(0, 2))
+    # blue-green names its fleets (its steps are labelled with their phase)
+    labelled = any(s.phase for s in steps)
+    fleets = {state.baseline: "blue", state.candidate: "green"} if labelled else {}
     for name in ordered(state.weights, state):
         pct = float(state.weights[name])
-        weights.add_row(name, Text(_bar(pct), style="blue"), f"{pct:g}%")
+        label = f"{name} ({fleets[name]})" if name in fleets else name
+        count = state.capacity.get(name)
+        size = "" if count is None else f"{count} instance{'s' if count != 1 else ''}"
+        weights.add_row(label, Text(_bar(pct), style="blue"), f"{pct:g}%", size)
     parts.append(weights)
     gates = gates_of(state.last_verdict)
     if gates:
@@ -292,6 +298,9 @@ def render(
         if current.kind == "analyze" and current.window is not None:
             left = max(0.0, current.window.max - in_step)
             timing.append(f"up to {format_duration(left)} left in this analysis")
+        elif current.kind == "pause" and current.pause is not None:
+            left = max(0.0, current.pause - in_step)
+            timing.append(f"{format_duration(left)} left in {current.phase or 'this pause'}")
     if started_at is not None:
         timing.append(f"{format_duration(max(0.0, state.now - started_at))} since start")
     if total_worst_case_seconds is not None:

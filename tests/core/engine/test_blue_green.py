@@ -175,3 +175,26 @@ def test_the_html_report_shows_both_fleets_over_time(tmp_path):
     section = page.split("Blue and green", 1)[1]
     assert "green created beside blue" in section
     assert section.index("90 %") < section.index("switched to green") < section.index("v6 removed")
+
+
+def test_the_live_view_shows_both_fleets_their_capacity_and_the_time_left(tmp_path):
+    from rich.console import Console
+
+    from mlrollout.report.console import render
+
+    run = Run(tmp_path, PLAN)
+    engine = run.runner.open_engine(run.record, run.clock)
+    for _ in range(200):  # into the keep_previous pause, ten minutes in
+        result = engine.tick()
+        if engine.state.step == 4 and run.clock.now() - (engine.state.step_started_at or 0) > 600:
+            break
+        if result.next_at is not None and result.next_at > run.clock.now():
+            run.clock.set(min(result.next_at, run.clock.now() + 600))
+    steps = expand_steps(parse_plan(PLAN, "plan.yaml").plan)
+    engine.state.now = run.clock.now()
+    console = Console(width=120, record=True)
+    console.print(render(engine.state, rollout_id="r", plan_name="p", steps=steps))
+    text = console.export_text()
+    assert "v6 (blue)" in text and "v7 (green)" in text
+    assert "2 instances" in text  # green at its own capacity; blue as the sandbox made it
+    assert "left in keep blue" in text
