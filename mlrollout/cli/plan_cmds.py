@@ -10,7 +10,8 @@ import typer
 from mlrollout.cli.common import Output, OutputOption, console, print_json
 
 app = typer.Typer(
-    help="Check and preview rollout plans (no credentials, no network).", no_args_is_help=True
+    help="Check and preview rollout plans (no credentials, no network unless `preview --live`).",
+    no_args_is_help=True,
 )
 
 
@@ -77,27 +78,134 @@ def schema() -> None:
 
 @app.command()
 def preview(
+    ctx: typer.Context,
     file: Annotated[str, typer.Argument(help="The plan file.", metavar="FILE")],
-    offline: Annotated[
+    live: Annotated[
         bool,
         typer.Option(
-            "--offline",
-            help="Never contact the provider. (Today every preview is offline; reading the live "
-            "endpoint and showing the diff comes with the cloud providers.)",
+            "--live/--offline",
+            help="--live: also read the live endpoint once (a describe: no change, no lease, no "
+            "ownership mark) with the provider's credentials and show what `run` would change; "
+            "for `provider: local`, the sandbox endpoint in the --state store. --offline (the "
+            "default): never contact the provider.",
         ),
-    ] = True,
+    ] = False,
+    state: Annotated[
+        str | None,
+        typer.Option(
+            "--state",
+            show_default=False,
+            help="With --live: the state store of the sandbox endpoint (provider: local), read "
+            "only. [default: the global --state]",
+        ),
+    ] = None,
     output: Output = OutputOption,
 ) -> None:
     """Show what `run` would do: the timeline (weights, shortest and worst-case time), the gates
-    and the API calls. Needs no credentials and no network; changes nothing."""
+    and the API calls. Needs no credentials and no network; changes nothing. With --live, also
+    the endpoint now, after the first change and at the end (blue-green: the overlap in
+    instance-hours); when it cannot be read, one line says why and the offline preview follows."""
     from mlrollout.plan.loader import load_plan
     from mlrollout.plan.preview import build_preview
 
-    data = build_preview(load_plan(file))
+    loaded = load_plan(file)
+    data = build_preview(loaded)
+    if not live:
+        if output == Output.json:
+            print_json(data)
+            return
+        render_preview(data)
+        return
+    from mlrollout.cli.common import settings
+
+    live_data, error = read_live_preview(loaded, state or settings(ctx).state)
+    data["live"] = live_data
+    data["live_error"] = error
     if output == Output.json:
         print_json(data)
         return
+    if error is not None:
+        hint = f" (hint: {error['hint']})" if error.get("hint") else ""
+        sys.stderr.write(
+            f"live: could not read {data['provider']} endpoint {data['endpoint']!r}: "
+            f"{error['message']}{hint}; showing the offline preview\n"
+        )
     render_preview(data)
+    if live_data is not None:
+        render_live(live_data)
+
+
+def read_live_preview(
+    loaded: object, state: str
+) -> tuple[dict[str, object] | None, dict[str, object] | None]:
+    """(the live object, None), or (None, {message, hint}) when the endpoint cannot be read."""
+    from mlrollout.errors import MlrolloutError
+    from mlrollout.plan.live import live_preview, read_live
+    from mlrollout.plan.loader import LoadedPlan
+
+    assert isinstance(loaded, LoadedPlan)
+    try:
+        endpoint, note = read_live(loaded.plan, state)
+    except MlrolloutError as exc:
+        return None, {"message": exc.message, "hint": exc.hint, "error": type(exc).__name__}
+    return live_preview(loaded, endpoint, note), None
+
+
+def _variant_text(row: dict[str, object]) -> list[str]:
+    count = row.get("instance_count")
+    return [
+        str(row["name"]),
+        f"{row['weight']:g}%",
+        str(row.get("model") or "—"),
+        str(row.get("instance_type") or "—"),
+        "—" if count is None else str(count),
+        f"{row.get('shadow_percent') or 0:g}%",
+    ]
+
+
+def render_live(live: dict[str, object], *, stderr: bool = False) -> None:
+    """The live part of ``plan preview --live``: each variant now, after the first change and at
+    the end, blue-green's overlap, and any reason `run` would stop at the start."""
+    from rich.table import Table
+
+    out = console(stderr=stderr)
+    out.print(f"[bold]live endpoint {live['endpoint']}[/] ({live['status']}), read once:")
+    note = live.get("note")
+    if note:
+        out.print(f"  {note}")
+    baseline = live.get("baseline")
+    if baseline:
+        out.print(f"  baseline: {baseline} (what the candidate is compared against)")
+    stages = live["stages"]
+    assert isinstance(stages, list)
+    table = Table(show_edge=False, pad_edge=False)
+    for column in ("stage", "variant", "weight", "model", "instance type", "instances", "mirror"):
+        table.add_column(column)
+    for stage in stages:
+        for i, row in enumerate(stage["variants"]):
+            label = f"{stage['stage']}: {stage['change']}" if i == 0 else ""
+            table.add_row(label, *_variant_text(row))
+        if not stage["variants"]:
+            table.add_row(f"{stage['stage']}: {stage['change']}", "(no variants)")
+    out.print(table)
+    problem = live.get("problem")
+    if isinstance(problem, dict):
+        out.print(f"[red]`run` would stop here[/]: {problem['message']}")
+        if problem.get("hint"):
+            out.print(f"  hint: {problem['hint']}")
+    overlap = live.get("overlap")
+    if isinstance(overlap, dict):
+        fleets = " + ".join(
+            f"{f['name']} {f['instance_count']}×{f['instance_type'] or 'unknown type'}"
+            for f in overlap["fleets"]
+        )
+        out.print(
+            f"blue-green overlap: {fleets} = {overlap['instances']} instances for "
+            f"{overlap['min']} to {overlap['max']} (worst case)"
+        )
+        for kind, hours in overlap["instance_hours"].items():
+            worst = "unbounded" if hours["max"] is None else f"{hours['max']:.2f}"
+            out.print(f"  {kind}: {hours['min']:.2f} to {worst} instance-hours")
 
 
 def render_preview(data: dict[str, object], *, stderr: bool = False) -> None:

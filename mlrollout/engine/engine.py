@@ -369,32 +369,7 @@ class Engine:
             return self._result(
                 None, self.record(EventKind.PROMOTED, {"weights": live.weights(), "already": True})
             )
-        if self.plan.baseline == "auto":
-            baseline = live.serving_all()
-            if baseline is None:
-                raise EndpointDrifted(
-                    f"endpoint {live.name!r} splits traffic {_fmt(live.weights())}: "
-                    "no variant takes all of it, so the baseline is ambiguous",
-                    hint="set `baseline:` in the plan to the variant to compare against",
-                )
-        else:
-            baseline = self.plan.baseline
-            if live.variant(baseline) is None:
-                raise EndpointDrifted(
-                    f"the baseline {baseline!r} is not on endpoint {live.name!r} "
-                    f"(it has {', '.join(live.weights()) or 'no variants'})"
-                )
-        if baseline == candidate:
-            raise EndpointDrifted(
-                f"the baseline and the candidate are both {candidate!r}: nothing to compare",
-                hint="name the candidate after the new model's variant",
-            )
-        existing = live.variant(candidate)
-        if existing is not None and existing.weight > 0:
-            raise EndpointDrifted(
-                f"the candidate {candidate!r} already takes {existing.weight:g}% on "
-                f"{live.name!r}; bring it to 0% or pick another name"
-            )
+        baseline = baseline_for(self.plan, live)
         self.state.baseline = baseline
         self.state.weights = live.weights()
         self._move(Phase.PREPARING)
@@ -807,6 +782,41 @@ class Engine:
         if self.state.step < len(self.steps):
             return self.steps[self.state.step]
         return None
+
+
+def baseline_for(plan: Plan, live: EndpointState) -> str:
+    """The variant a rollout of ``plan`` compares its candidate with on ``live`` (``baseline:
+    auto``: the one taking all traffic); :class:`EndpointDrifted` when there is none to compare
+    with or the candidate is already serving. ``plan preview --live`` asks the same."""
+    candidate = plan.candidate.name
+    if plan.baseline == "auto":
+        found = live.serving_all()
+        if found is None:
+            raise EndpointDrifted(
+                f"endpoint {live.name!r} splits traffic {_fmt(live.weights())}: "
+                "no variant takes all of it, so the baseline is ambiguous",
+                hint="set `baseline:` in the plan to the variant to compare against",
+            )
+        baseline = found
+    else:
+        baseline = plan.baseline
+        if live.variant(baseline) is None:
+            raise EndpointDrifted(
+                f"the baseline {baseline!r} is not on endpoint {live.name!r} "
+                f"(it has {', '.join(live.weights()) or 'no variants'})"
+            )
+    if baseline == candidate:
+        raise EndpointDrifted(
+            f"the baseline and the candidate are both {candidate!r}: nothing to compare",
+            hint="name the candidate after the new model's variant",
+        )
+    existing = live.variant(candidate)
+    if existing is not None and existing.weight > 0:
+        raise EndpointDrifted(
+            f"the candidate {candidate!r} already takes {existing.weight:g}% on "
+            f"{live.name!r}; bring it to 0% or pick another name"
+        )
+    return baseline
 
 
 def _counts(window: Window) -> list[Any] | None:
