@@ -484,25 +484,25 @@ class Engine:
     def _look(self, start: float, now: float, *, horizon: int | None) -> Verdict:
         state = self.state
         assert state.baseline is not None
+        comparison = self.strategy.comparison(state.weights, state.baseline)
+        historical = comparison == "historical" and state.switched_at is not None
+        # A historical look reads the baseline's past window itself: now it serves no one.
+        variants = (state.candidate,) if historical else (state.candidate, state.baseline)
         query = MetricsQuery(
             start=start,
             end=now,
-            variants=(state.candidate, state.baseline),
+            variants=variants,
             gates=tuple(self.plan.analysis.gates),
             step=self.plan.analysis.interval,
         )
         try:
             windows = self.metrics.query(query)
         except ProviderError as exc:
-            windows = {
-                state.candidate: Window(error=str(exc)),
-                state.baseline: Window(error=str(exc)),
-            }
+            windows = {name: Window(error=str(exc)) for name in variants}
         candidate = windows.get(state.candidate, Window())
         baseline = windows.get(state.baseline, Window())
         number = max(1, round((now - start) / self.plan.analysis.interval))
-        comparison = self.strategy.comparison(state.weights, state.baseline)
-        if comparison == "historical" and state.switched_at is not None:
+        if historical:
             return self._historical_look(start, now, candidate, number, horizon)
         intervals = self._intervals(candidate, baseline)
         if comparison != "concurrent":

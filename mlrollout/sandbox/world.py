@@ -20,7 +20,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlrollout.plan.model import RpsProfile, Sandbox, SandboxEvent, SandboxVariant
+from mlrollout.plan.model import (
+    SANDBOX_VARIANT_KEYS,
+    RpsProfile,
+    Sandbox,
+    SandboxEvent,
+    SandboxVariant,
+)
 from mlrollout.units import format_duration, format_latency, format_rate
 
 DAY = 86400.0
@@ -137,7 +143,7 @@ class World:
             if not any(e.variant == variant for e in self.events):
                 cached = base
             else:
-                update = {k: self._value(at, k, variant) for k in _variant_keys()}
+                update = {k: self._value(at, k, variant) for k in SANDBOX_VARIANT_KEYS}
                 cached = base.model_copy(update=update)
             self._behaviour[(variant, piece)] = cached
         return cached
@@ -212,7 +218,7 @@ class World:
         for variant in self.sandbox.variants:
             if not any(e.variant == variant for e in self.events):
                 continue
-            for key in _variant_keys():
+            for key in SANDBOX_VARIANT_KEYS:
                 old, new = self._value(before, key, variant), self._value(after, key, variant)
                 if key == "custom":
                     for name in sorted(set(old) | set(new)):
@@ -223,12 +229,6 @@ class World:
                 elif old != new:
                     changes.append(Change(variant, key, old, new))
         return changes
-
-
-def _variant_keys() -> tuple[str, ...]:
-    from mlrollout.plan.model import SANDBOX_VARIANT_KEYS
-
-    return SANDBOX_VARIANT_KEYS
 
 
 def _profile_rate(profile: RpsProfile, t: float) -> float:
