@@ -17,7 +17,7 @@ import bisect
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from mlrollout.clock import Clock
@@ -36,6 +36,9 @@ class Capabilities:
     shadow: bool = False
     native_blue_green: bool = False
     segment_routing: bool = False
+    #: The largest share of live traffic the platform mirrors to a variant, percent (Azure ML:
+    #: 50); what a blue-green ``preview: 0`` judges green on before the switch.
+    max_mirror_percent: float = 100.0
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,29 @@ class EndpointState:
             if v.weight >= 100.0 - 1e-9:
                 return v.name
         return None
+
+
+#: A native deployment's state: not yet started; the platform provisioning or moving traffic;
+#: baking (all traffic moved, alarms watched, old fleet still up); rolling back; done with the
+#: new fleet serving (``succeeded``) or with the old one serving again (``rolled_back``).
+NativeStatus = Literal[
+    "not_started", "deploying", "baking", "rolling_back", "succeeded", "rolled_back"
+]
+
+
+@dataclass(frozen=True)
+class NativeDeployment:
+    """What the platform reports about its own blue/green deployment."""
+
+    status: NativeStatus
+    green_percent: float = 0.0  # share of live traffic on the new fleet, percent
+    detail: str = ""  # the platform's words (a status message, the alarm that fired)
+    green_instances: int | None = None
+    blue_instances: int | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("succeeded", "rolled_back")
 
 
 #: Tag (label) keys of the ownership mark a runner writes on the endpoint itself.
@@ -156,6 +182,24 @@ class EndpointAdapter(Protocol):
         else on the endpoint (no traffic change, no redeploy)."""
         ...
 
+    # Optional, behind ``capabilities.native_blue_green`` (SageMaker's own blue/green
+    # deployment, ``strategy.native: true``): the platform moves the traffic and rolls back on
+    # its alarms; the engine starts it, follows it, judges its gates and forces a rollback.
+    # Every call is idempotent and takes the rollout's id (alarm and config names derive from
+    # it, so a runner resuming after a crash finds what the first one made):
+    #
+    #   start_native(candidate: Candidate, baseline: str, rollout_id: str) -> NativeDeployment
+    #       Create what the deployment needs (alarms from the plan's absolute gates, the new
+    #       endpoint config with the candidate's model on the baseline's variant name) and start
+    #       it. Never starts it twice: a replay after the deployment ran (even one that rolled
+    #       back) reports its status instead.
+    #   native_status(rollout_id: str) -> NativeDeployment
+    #   roll_back_native(rollout_id: str, reason: str) -> NativeDeployment
+    #       Make the platform roll back (SageMaker: ``SetAlarmState`` ALARM on our alarm).
+    #   end_native(rollout_id: str) -> EndpointState
+    #       Remove what start_native made that is no longer in use (our alarms, the unused
+    #       endpoint config), after a success or a finished rollback; touches nothing else.
+    #
     # Optional, outside the protocol: ``facts(until: float) -> list[dict]`` — what changed in the
     # endpoint's world by the instant ``until`` (the sandbox's events), oldest first, the same
     # list on every call. Each is a JSON mapping with ``at`` (an instant), ``source`` and

@@ -211,7 +211,7 @@ def judged_stages(plan: Plan) -> int:
     count = sum(
         1
         for row in timeline(plan)
-        if row.step.kind == "analyze"
+        if row.step.kind in ("analyze", "native")
         or (row.step.kind == "approve" and watching and row.candidate_weight > 0)
     )
     return max(1, count)

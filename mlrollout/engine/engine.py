@@ -25,6 +25,7 @@ from mlrollout.contracts import (
     EndpointState,
     MetricsQuery,
     MetricsSource,
+    NativeDeployment,
     OwnerMark,
     Window,
 )
@@ -44,6 +45,12 @@ from mlrollout.plan.timeline import planned_looks
 from mlrollout.state.base import Event, Lease, StateStore
 from mlrollout.units import format_duration
 
+#: The platform's own deployment calls (``strategy.native``), journalled as mutations are.
+NATIVE_ACTIONS = frozenset({"start_native", "roll_back_native", "end_native"})
+#: What of the platform's deployment the journal shows.
+NATIVE_SHOWN = ("status", "green_percent", "detail")
+#: Seconds between reads of a platform's rollback in progress (at most).
+NATIVE_POLL = 30.0
 WEIGHT_TOLERANCE = 0.5  # percent: what counts as "the same weights" when comparing live state
 #: Wall-clock seconds an ownership mark lasts when the runner has no lease (tests, the API).
 OWNER_TTL = 60.0
@@ -72,6 +79,11 @@ class RolloutState:
     facts_seen: int = 0  # how many of the provider's world facts are journalled
     switched_at: float | None = None  # when the candidate took all live traffic (blue-green)
     capacity: dict[str, int] = field(default_factory=dict)  # instances per variant, last seen
+    #: Live traffic mirrored to a variant (percent; its answers are dropped), as last applied.
+    mirror: dict[str, float] = field(default_factory=dict)
+    #: The platform's own deployment (``strategy.native``), as last seen: ``status``,
+    #: ``green_percent``, ``detail``; ``ended`` once what it made is cleaned up.
+    native: dict[str, Any] | None = None
     #: This stage's cumulative counts at each look, for the per-interval increments the
     #: analysis estimates burstiness from: ``[candidate, baseline]`` of ``[requests, errors,
     #: {custom gate: [total, count]}]`` per look.
@@ -137,6 +149,9 @@ class Engine:
             raise MlrolloutError(f"the engine cannot run strategy {plan.strategy.type!r} yet")
         self.strategy: Strategy = strategy
         self.steps: list[ExecStep] = strategy.steps(plan)
+        #: The platform moves the traffic itself (SageMaker blue/green): the engine starts,
+        #: follows, judges and (if need be) forces back its deployment.
+        self.native = any(step.kind == "native" for step in self.steps)
         self.state = state or RolloutState(candidate=plan.candidate.name)
         looks = planned_looks(plan)
         # Each analyze step (and each watched approval wait) is a stage with fresh cumulative
@@ -267,6 +282,12 @@ class Engine:
             if phase == Phase.ROLLING_BACK:
                 return None
             baseline = self.state.baseline
+            if phase == Phase.PROMOTING and self.native:
+                self.record(
+                    EventKind.ABORT_REFUSED,
+                    {"by": who, "reason": "too late: the platform's deployment has finished"},
+                )
+                return None
             if (
                 phase == Phase.PROMOTING
                 and baseline
@@ -319,6 +340,17 @@ class Engine:
         elif action == "finalize":
             live = self.adapter.finalize(args["keep"], args["retire"])
             self.state.weights = live.weights()
+        elif action == "set_shadow":
+            live = self.adapter.set_shadow(args["variant"], float(args["percent"]))  # type: ignore[attr-defined]
+            self.state.mirror = {
+                v.name: v.shadow_percent for v in live.variants if v.shadow_percent > 0
+            }
+        elif action in NATIVE_ACTIONS:
+            self._native_call(action, args)
+            self.state.pending = None
+            self._after_mutation(action, args)
+            seen = {k: v for k, v in (self.state.native or {}).items() if k in NATIVE_SHOWN}
+            return self.record(EventKind.applied(action), {**args, **seen})
         else:  # pragma: no cover - journal from a newer version
             raise MlrolloutError(f"unknown pending action {action!r} in the journal")
         self.state.pending = None
@@ -327,6 +359,39 @@ class Engine:
         }
         self._after_mutation(action, args)
         return self.record(EventKind.applied(action), {**args, "weights": self.state.weights})
+
+    def _native_call(self, action: str, args: dict[str, Any]) -> None:
+        """One of the platform's own deployment calls (each idempotent, keyed by the rollout's
+        id, so a replay after a crash finds what the first attempt made)."""
+        adapter: Any = self.adapter
+        state = self.state
+        if action == "start_native":
+            seen = adapter.start_native(
+                self.strategy.candidate(self.plan), args["baseline"], self.rollout_id
+            )
+        elif action == "roll_back_native":
+            seen = adapter.roll_back_native(self.rollout_id, args.get("reason", ""))
+        else:
+            adapter.end_native(self.rollout_id)
+            seen = None
+        if seen is not None:
+            self._native_seen(seen)
+        if action == "end_native":
+            state.native = {**(state.native or {}), "ended": True}
+        elif action == "roll_back_native":
+            state.native = {**(state.native or {}), "forced": True}
+
+    def _native_seen(self, seen: NativeDeployment) -> None:
+        state = self.state
+        assert state.baseline is not None
+        state.native = {
+            **(state.native or {}),
+            "status": seen.status,
+            "green_percent": seen.green_percent,
+            "detail": seen.detail,
+        }
+        capacity = {state.candidate: seen.green_instances, state.baseline: seen.blue_instances}
+        state.capacity = {k: v for k, v in capacity.items() if v is not None}
 
     def _after_mutation(self, action: str, args: dict[str, Any]) -> None:
         """Advance the phase once a mutation is applied (also after a crash, on resume)."""
@@ -337,6 +402,8 @@ class Engine:
         elif phase == Phase.PROGRESSING and action == "set_traffic":
             if float(args["weights"].get(self.state.candidate, 0.0)) >= 100.0:
                 self.state.switched_at = self.clock.now()
+            self._advance()
+        elif phase == Phase.PROGRESSING and action == "set_shadow":
             self._advance()
         # PROMOTING and ROLLING_BACK end on the next tick, once the live endpoint shows it.
 
@@ -380,7 +447,8 @@ class Engine:
         return self._result(now, event)
 
     def _tick_preparing(self, live: EndpointState, now: float) -> TickResult:
-        event = self._mutate("prepare", {"baseline": self.state.baseline})
+        action = "start_native" if self.native else "prepare"
+        event = self._mutate(action, {"baseline": self.state.baseline})
         return self._result(self.clock.now(), event)
 
     def _tick_progressing(self, live: EndpointState, now: float) -> TickResult:
@@ -394,6 +462,15 @@ class Engine:
             assert step.weight is not None
             event = self._mutate("set_traffic", {"weights": self._split(step.weight)})
             return self._result(self.clock.now(), event)
+        if step.kind == "mirror":
+            percent = step.weight
+            if percent is None:  # the platform's largest share
+                percent = float(getattr(self.adapter.capabilities, "max_mirror_percent", 100.0))
+            variant = state.candidate if percent > 0 else None
+            event = self._mutate("set_shadow", {"variant": variant, "percent": percent})
+            return self._result(self.clock.now(), event)
+        if step.kind == "native":
+            return self._tick_native(step, now)
         if step.kind == "pause":
             assert step.pause is not None and state.step_started_at is not None
             done_at = state.step_started_at + step.pause
@@ -481,9 +558,53 @@ class Engine:
             )
         return self._result(state.next_look_at, self.record(EventKind.LOOK, look))
 
+    def _tick_native(self, step: ExecStep, now: float) -> TickResult:
+        """Follow the platform's deployment: at each interval read its status, then judge the
+        absolute gates on the endpoint's metrics (the platform publishes one variant's numbers
+        for both fleets). The platform ending it (done, or rolled back on its own alarms) ends
+        the step; a failing gate forces the platform's rollback."""
+        state = self.state
+        analysis = self.plan.analysis
+        assert step.window is not None and state.step_started_at is not None
+        start = state.step_started_at + analysis.delay
+        if state.next_look_at is None:
+            state.next_look_at = start + analysis.interval
+        if now < state.next_look_at:
+            return self._result(state.next_look_at)
+        self._follow_native()
+        status = (state.native or {}).get("status")
+        if status in ("rolling_back", "rolled_back"):
+            detail = (state.native or {}).get("detail") or "its rollback alarm fired"
+            return self._start_rollback(
+                f"the platform rolled its deployment back: {detail}", {"native": status}
+            )
+        if status == "succeeded":
+            self._advance()
+            return self._result(now, self.record(EventKind.STEP_COMPLETED, {"step": step.index}))
+        horizon = math.ceil(step.window.max / analysis.interval)
+        verdict = self._look(start, now, horizon=horizon)
+        state.looks += 1
+        state.next_look_at = now + analysis.interval
+        state.last_verdict = verdict.to_dict()
+        look = {"step": step.index, "elapsed": now - start, "verdict": state.last_verdict}
+        if verdict.outcome == Outcome.FAIL:
+            return self._on_failure(_why(verdict), look)
+        return self._result(state.next_look_at, self.record(EventKind.LOOK, look))
+
+    def _follow_native(self) -> Event | None:
+        """Read the platform's deployment; journal it when its status or green's share moved."""
+        before = dict(self.state.native or {})
+        self._native_seen(self.adapter.native_status(self.rollout_id))  # type: ignore[attr-defined]
+        after = self.state.native or {}
+        if all(before.get(k) == after.get(k) for k in ("status", "green_percent")):
+            return None
+        return self.record(EventKind.NATIVE, {k: after.get(k) for k in NATIVE_SHOWN})
+
     def _look(self, start: float, now: float, *, horizon: int | None) -> Verdict:
         state = self.state
         assert state.baseline is not None
+        if self.native:
+            return self._native_look(start, now, horizon=horizon)
         comparison = self.strategy.comparison(state.weights, state.baseline)
         historical = comparison == "historical" and state.switched_at is not None
         # A historical look reads the baseline's past window itself: now it serves no one.
@@ -509,9 +630,12 @@ class Engine:
             return self.absolute_gates.look(
                 candidate, baseline, look=number, horizon=horizon, intervals=intervals
             )
-        # The configured split, for the sample-ratio-mismatch check.
+        # The configured split, for the sample-ratio-mismatch check; a mirror copies its share
+        # of the baseline's requests to the candidate.
         base_weight = state.weights.get(state.baseline, 0.0)
-        cand_weight = state.weights.get(state.candidate, 0.0)
+        cand_weight = state.weights.get(state.candidate, 0.0) or state.mirror.get(
+            state.candidate, 0.0
+        )
         share = cand_weight / (cand_weight + base_weight)
         return self.gates.look(
             candidate,
@@ -521,6 +645,25 @@ class Engine:
             horizon=horizon,
             intervals=intervals,
         )
+
+    def _native_look(self, start: float, now: float, *, horizon: int | None) -> Verdict:
+        """The absolute gates on the baseline variant's metrics: during the platform's own
+        deployment both fleets publish under that one variant name."""
+        state = self.state
+        assert state.baseline is not None
+        query = MetricsQuery(
+            start=start,
+            end=now,
+            variants=(state.baseline,),
+            gates=tuple(self.plan.analysis.gates),
+            step=self.plan.analysis.interval,
+        )
+        try:
+            window = self.metrics.query(query).get(state.baseline, Window())
+        except ProviderError as exc:
+            window = Window(error=str(exc))
+        number = max(1, round((now - start) / self.plan.analysis.interval))
+        return self.absolute_gates.look(window, Window(), look=number, horizon=horizon)
 
     def _historical_look(
         self, start: float, now: float, candidate: Window, number: int, horizon: int | None
@@ -643,6 +786,14 @@ class Engine:
     def _tick_promoting(self, live: EndpointState, now: float) -> TickResult:
         state = self.state
         assert state.baseline is not None
+        if self.native:  # the platform switched and retired blue itself: clean up after it
+            if not (state.native or {}).get("ended"):
+                return self._result(now, self._mutate("end_native", {}))
+            self._release_owner()
+            self._move(Phase.SUCCEEDED)
+            return self._result(None, self.record(EventKind.PROMOTED, {"weights": live.weights()}))
+        if any(v.shadow_percent > 0 for v in live.variants):
+            return self._result(now, self._mutate("set_shadow", {"variant": None, "percent": 0.0}))
         target = {state.candidate: 100.0}
         if live.variant(state.baseline) is not None:
             target[state.baseline] = 0.0
@@ -670,11 +821,16 @@ class Engine:
             self._release_owner()
             self._move(Phase.ROLLED_BACK)
             return self._result(None, self.record(EventKind.ROLLED_BACK, {"reason": state.reason}))
+        if self.native and state.native is not None:
+            return self._native_rolling_back(now)
         candidate = live.variant(state.candidate)
         target = {baseline: 100.0}
         if candidate is not None:
             target[state.candidate] = 0.0
         try:
+            if any(v.shadow_percent > 0 for v in live.variants):  # the mirror stops first
+                event = self._mutate("set_shadow", {"variant": None, "percent": 0.0})
+                return self._result(self.clock.now(), event)
             if not _same(live.weights(), target):
                 return self._result(now, self._mutate("set_traffic", {"weights": target}))
             if candidate is not None and self.plan.rollback.cleanup:
@@ -691,6 +847,43 @@ class Engine:
             None,
             self.record(EventKind.ROLLED_BACK, {"reason": state.reason, "weights": live.weights()}),
         )
+
+    def _native_rolling_back(self, now: float) -> TickResult:
+        """Make the platform roll its deployment back (once), follow it until blue serves again,
+        then remove what the deployment needed (alarms, the new config)."""
+        state = self.state
+        native = state.native or {}
+        if native.get("ended"):
+            self._release_owner()
+            self._move(Phase.ROLLED_BACK)
+            live = self.adapter.describe()
+            return self._result(
+                None,
+                self.record(
+                    EventKind.ROLLED_BACK, {"reason": state.reason, "weights": live.weights()}
+                ),
+            )
+        try:
+            self._follow_native()
+            status = (state.native or {}).get("status")
+            if status in ("deploying", "baking") and not native.get("forced"):
+                event = self._mutate("roll_back_native", {"reason": state.reason or ""})
+                return self._result(self.clock.now(), event)
+            if status in ("deploying", "baking", "rolling_back"):
+                return self._result(now + min(self.plan.analysis.interval, NATIVE_POLL))
+            if status == "succeeded":
+                raise RollbackFailed(
+                    "the platform finished its deployment before the rollback took effect: "
+                    f"green serves all traffic and blue is retired ({state.reason})",
+                    hint="roll the previous model out again (a plan whose candidate is it)",
+                )
+            event = self._mutate("end_native", {})  # rolled back (or never started)
+        except ProviderError as exc:
+            raise RollbackFailed(
+                f"rollback failed: {exc}",
+                hint=f"fix the cause, then `mlrollout resume {self.rollout_id}`",
+            ) from exc
+        return self._result(self.clock.now(), event)
 
     # ---------------------------------------------------------------------------- ownership
 

@@ -18,6 +18,17 @@ class EventKind(StrEnum):
     SET_TRAFFIC_APPLIED = "set_traffic.applied"
     FINALIZE_REQUESTED = "finalize.requested"
     FINALIZE_APPLIED = "finalize.applied"
+    SET_SHADOW_REQUESTED = "set_shadow.requested"
+    SET_SHADOW_APPLIED = "set_shadow.applied"
+    #: The platform's own deployment (``strategy.native``): started, forced back, cleaned up.
+    START_NATIVE_REQUESTED = "start_native.requested"
+    START_NATIVE_APPLIED = "start_native.applied"
+    ROLL_BACK_NATIVE_REQUESTED = "roll_back_native.requested"
+    ROLL_BACK_NATIVE_APPLIED = "roll_back_native.applied"
+    END_NATIVE_REQUESTED = "end_native.requested"
+    END_NATIVE_APPLIED = "end_native.applied"
+    #: What the platform's deployment did since the last one (its status, green's share).
+    NATIVE = "native"
     LOOK = "look"
     ANALYSIS_PASSED = "analysis.passed"
     ANALYSIS_ENDED = "analysis.ended"  # a fixed bake ended undecided, no gate failed
@@ -69,6 +80,9 @@ NOTIFY_KINDS = frozenset(
     {
         EventKind.STARTED,
         EventKind.SET_TRAFFIC_APPLIED,
+        EventKind.SET_SHADOW_APPLIED,
+        EventKind.START_NATIVE_APPLIED,
+        EventKind.NATIVE,
         EventKind.ANALYSIS_FAILED,
         EventKind.ANALYSIS_INCONCLUSIVE,
         EventKind.WAITING,
@@ -87,7 +101,14 @@ NOTIFY_KINDS = frozenset(
 #: The names a plan's ``notify[].on`` filter uses, and the events each one stands for.
 NOTIFY_FILTERS: dict[str, frozenset[EventKind]] = {
     "started": frozenset({EventKind.STARTED}),
-    "traffic": frozenset({EventKind.SET_TRAFFIC_APPLIED}),
+    "traffic": frozenset(
+        {
+            EventKind.SET_TRAFFIC_APPLIED,
+            EventKind.SET_SHADOW_APPLIED,
+            EventKind.START_NATIVE_APPLIED,
+            EventKind.NATIVE,
+        }
+    ),
     "failed": frozenset({EventKind.ANALYSIS_FAILED}),
     "inconclusive": frozenset({EventKind.ANALYSIS_INCONCLUSIVE}),
     "waiting": frozenset({EventKind.WAITING, EventKind.PAUSED}),

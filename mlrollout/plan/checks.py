@@ -255,6 +255,7 @@ def _check_provider(plan: Plan) -> list[Finding]:
         if target.setting(key) in (None, ""):
             found.append(Finding(("target",), f"provider {spec.name!r} needs target.{key}"))
     found += _guarded(_check_strategy_runs, spec, plan)
+    found += _guarded(_check_blue_green_on, spec, plan)
     found += _guarded(_check_provider_limits, spec, plan)
     return found
 
@@ -272,6 +273,38 @@ def _check_strategy_runs(spec: Any, plan: Plan) -> list[Finding]:
     )
     now = ", ".join(sorted(runnable)) or "none"
     return [Finding(("strategy", "type"), f"{why}; supported now: {now}")]
+
+
+def _check_blue_green_on(spec: Any, plan: Plan) -> list[Finding]:
+    """What of a blue-green plan the platform must be able to do: run its own blue/green
+    deployment (``native``), or mirror traffic (a ``pre_promotion`` with ``preview: 0``)."""
+    strategy = plan.strategy
+    if not isinstance(strategy, BlueGreenStrategy):
+        return []
+    capabilities = spec.capabilities
+    if strategy.native:
+        if getattr(capabilities, "native_blue_green", False):
+            return []
+        return [
+            Finding(
+                ("strategy", "native"),
+                f"provider {spec.name!r} has no blue/green deployment of its own (native is "
+                "for sagemaker); with native: false mlrollout provisions green, moves the "
+                "traffic and judges it itself",
+            )
+        ]
+    if strategy.pre_promotion is not None and strategy.preview == 0:
+        if getattr(capabilities, "shadow", False):
+            return []
+        return [
+            Finding(
+                ("strategy", "pre_promotion"),
+                f"with preview: 0 green is judged on mirrored traffic, and provider "
+                f"{spec.name!r} cannot mirror: give green some live traffic before the switch "
+                "(e.g. preview: 5, percent)",
+            )
+        ]
+    return []
 
 
 def _check_provider_limits(spec: Any, plan: Plan) -> list[Finding]:
@@ -295,22 +328,6 @@ def _check_blue_green(plan: Plan) -> list[Finding]:
     if not isinstance(strategy, BlueGreenStrategy):
         return []
     found: list[Finding] = []
-    if strategy.native:
-        found.append(
-            Finding(
-                ("strategy", "native"),
-                "native blue/green (SageMaker's own deployment) is not supported yet: with "
-                "native: false mlrollout provisions green, moves the traffic and judges it itself",
-            )
-        )
-    if strategy.pre_promotion is not None and strategy.preview == 0:
-        found.append(
-            Finding(
-                ("strategy", "pre_promotion"),
-                "pre_promotion judges green on live traffic: give it some with preview (e.g. "
-                "preview: 5, percent); judging on mirrored traffic is not supported yet",
-            )
-        )
     unjudged = strategy.post_promotion is None and strategy.pre_promotion is None
     if unjudged and isinstance(strategy.switch, str) and plan.analysis.gates:
         found.append(

@@ -43,17 +43,19 @@ def timeline(plan: Plan) -> list[TimedStep]:
         if step.kind == "weight":
             assert step.weight is not None
             weight = step.weight
-        elif step.kind == "analyze":
+        elif step.kind in ("analyze", "native"):
             assert step.window is not None
             low = analysis.delay + step.window.min
             high = analysis.delay + step.window.max
-            if analysis.no_data == "hold" and not step.window.adaptive:
+            if analysis.no_data == "hold" and step.kind == "analyze" and not step.window.adaptive:
                 high += analysis.max_hold  # short of data at the end: hold up to max_hold
             looks = math.ceil((high - analysis.delay) / analysis.interval)
+            if step.kind == "native":
+                weight = 100.0  # the platform moves all traffic to the candidate by its end
         elif step.kind == "pause":
             assert step.pause is not None
             low = high = step.pause
-        else:
+        elif step.kind == "approve":
             assert step.approve is not None
             high = step.approve.timeout if step.approve.timeout is not None else math.inf
         rows.append(TimedStep(step, weight, low, high, looks))

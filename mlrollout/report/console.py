@@ -104,6 +104,28 @@ def event_line(event: Event, state: RolloutState) -> tuple[str, str] | None:
         return "traffic", format_weights(weights, state)
     if kind == EventKind.FINALIZE_APPLIED:
         return "finalized", f"kept {data.get('keep')}, retired {data.get('retire')}"
+    if kind == EventKind.SET_SHADOW_APPLIED:
+        if not data.get("variant"):
+            return "mirror", "mirroring stopped"
+        return "mirror", (
+            f"{data.get('percent', 0):g}% of live traffic mirrored to {data['variant']} "
+            "(its answers are dropped)"
+        )
+    if kind == EventKind.START_NATIVE_APPLIED:
+        return "deploying", (
+            f"the platform's blue/green deployment of {state.candidate} started "
+            f"({data.get('status', '?')})"
+        )
+    if kind == EventKind.NATIVE:
+        detail = f": {data['detail']}" if data.get("detail") else ""
+        return "platform", (
+            f"deployment {data.get('status', '?')}, green at "
+            f"{float(data.get('green_percent') or 0):g}%{detail}"
+        )
+    if kind == EventKind.ROLL_BACK_NATIVE_APPLIED:
+        return "forcing", "the platform was told to roll its deployment back"
+    if kind == EventKind.END_NATIVE_APPLIED:
+        return "cleaned", "removed what the platform's deployment needed (alarms, config)"
     if kind == EventKind.LOOK or kind.startswith("analysis."):
         gates = "; ".join(describe_gate(g) for g in gates_of(data.get("verdict")))
         when = format_duration(float(data.get("elapsed") or 0))

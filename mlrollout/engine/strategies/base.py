@@ -14,7 +14,10 @@ from typing import TYPE_CHECKING, Literal, Protocol
 if TYPE_CHECKING:
     from mlrollout.plan.model import AnalyzeWindow, Approve, Candidate, Plan
 
-StepKind = Literal["weight", "analyze", "pause", "approve"]
+#: ``mirror``: copy ``weight`` percent of live traffic to the candidate (its answers are
+#: dropped; None = the platform's largest share, 0 = stop mirroring). ``native``: the platform
+#: runs its own deployment (SageMaker blue/green) while the gates watch, ``window`` long at most.
+StepKind = Literal["weight", "analyze", "pause", "approve", "mirror", "native"]
 #: Which gates judge a look: every gate against the live baseline (``concurrent``); only the
 #: absolute gates when the baseline takes no traffic (``absolute``); or every gate, the
 #: ``vs_baseline`` ones against the baseline's own window before the switch (``historical``:
@@ -54,6 +57,17 @@ class ExecStep:
         if self.kind == "pause":
             assert self.pause is not None
             return f"pause {format_duration(self.pause)}"
+        if self.kind == "mirror":
+            if self.weight == 0:
+                return "stop mirroring traffic to the candidate"
+            share = "the platform's largest share" if self.weight is None else f"{self.weight:g}%"
+            return f"mirror {share} of live traffic to the candidate (its answers are dropped)"
+        if self.kind == "native":
+            assert self.window is not None
+            return (
+                "the platform's own blue/green deployment moves the traffic, gates watching "
+                f"(about {format_duration(self.window.max)})"
+            )
         assert self.approve is not None
         timeout = self.approve.timeout
         if timeout is None:

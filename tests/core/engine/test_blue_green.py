@@ -152,8 +152,10 @@ def test_an_abort_while_blue_is_kept_warm_switches_back_at_once(tmp_path):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"  keep_previous: 30m": "  keep_previous: 30m\n  native: true"}, "native blue/green"),
-        ({"  preview: 10\n": "  preview: 0\n"}, "pre_promotion judges green on live traffic"),
+        (
+            {"  keep_previous: 30m": "  keep_previous: 30m\n  native: true"},
+            "no blue/green deployment of its own",
+        ),
         ({"  preview: 10\n": "  preview: 100\n"}, "below 100"),
         ({"  switch: all_at_once": "  switch: {step: 0, every: 2m}"}, "above 0"),
         ({"  switch: all_at_once": "  switch: gradually"}, "all_at_once"),
