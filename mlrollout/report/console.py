@@ -289,12 +289,24 @@ def render(
     # blue-green names its fleets (its steps are labelled with their phase)
     labelled = any(s.phase for s in steps)
     fleets = {state.baseline: "blue", state.candidate: "green"} if labelled else {}
-    for name in ordered(state.weights, state):
-        pct = float(state.weights[name])
+    shares = dict(state.weights)
+    if state.native is not None and state.baseline and not state.native.get("ended"):
+        # the platform moves traffic between two fleets under one variant name
+        green = float(state.native.get("green_percent") or 0.0)
+        shares = {state.baseline: 100.0 - green, state.candidate: green}
+    for name in ordered(shares, state):
+        pct = float(shares[name])
         label = f"{name} ({fleets[name]})" if name in fleets else name
         count = state.capacity.get(name)
         size = "" if count is None else f"{count} instance{'s' if count != 1 else ''}"
+        mirrored = state.mirror.get(name)
+        if mirrored:
+            size = ", ".join(x for x in (size, f"mirrored {mirrored:g}% (serves no one)") if x)
         weights.add_row(label, Text(_bar(pct), style="blue"), f"{pct:g}%", size)
+    if state.native is not None and state.native.get("status"):
+        detail = state.native.get("detail")
+        words = f"platform deployment: {state.native['status']}"
+        parts.append(Text(words + (f" ({detail})" if detail else ""), style="dim"))
     parts.append(weights)
     gates = gates_of(state.last_verdict)
     if gates:
@@ -320,6 +332,9 @@ def render(
         if current.kind == "analyze" and current.window is not None:
             left = max(0.0, current.window.max - in_step)
             timing.append(f"up to {format_duration(left)} left in this analysis")
+        elif current.kind == "native" and current.window is not None:
+            left = max(0.0, current.window.max - in_step)
+            timing.append(f"about {format_duration(left)} left in the platform's deployment")
         elif current.kind == "pause" and current.pause is not None:
             left = max(0.0, current.pause - in_step)
             timing.append(f"{format_duration(left)} left in {current.phase or 'this pause'}")

@@ -318,3 +318,23 @@ def test_every_kill_point_recovers_to_the_same_end(tmp_path, green_errors, expec
             kinds = run.kinds()
             assert kinds.count("started") == 1
             assert kinds.count("promoted" if expected == Phase.SUCCEEDED else "rolled_back") == 1
+
+
+def test_the_live_view_shows_both_fleets_and_the_platforms_status(tmp_path):
+    from rich.console import Console
+
+    from mlrollout.report.console import render
+
+    run = Run(tmp_path)
+    engine = run.engine()
+    assert run.drive(engine, until=START + 400) == Phase.PROGRESSING  # green took all: baking
+    engine.state.now = run.clock.now()
+    console = Console(width=120, record=True)
+    steps = expand_steps(run.plan)
+    console.print(render(engine.state, rollout_id="r1", plan_name="native", steps=steps))
+    text = console.export_text()
+    assert "v1 (blue)" in text and "v2 (green)" in text
+    assert "platform deployment: baking" in text
+    assert "left in the platform's deployment" in text
+    green = next(line for line in text.splitlines() if "v2 (green)" in line)
+    assert "100%" in green and "2 instances" in green
