@@ -82,6 +82,15 @@ def _fleets(context: ReportContext) -> list[Section]:
             b, g = float(weights.get(blue, 0.0)), float(weights.get(green, 0.0))
             what = "switched to green" if g >= 100 else ("back to blue" if b >= 100 else "")
             rows.append([when, f"{b:g} %", f"{g:g} %", what])
+        elif event.kind == EventKind.SET_SHADOW_APPLIED:
+            mirrored = float(data.get("percent") or 0.0) if data.get("variant") else 0.0
+            what = "mirror stopped" if not mirrored else "a copy of live requests, answers dropped"
+            rows.append([when, "100 %", f"mirrored {mirrored:g} %", escape(what)])
+        elif event.kind in (EventKind.START_NATIVE_APPLIED, EventKind.NATIVE):
+            g = float(data.get("green_percent") or 0.0)
+            status = str(data.get("status", "?"))
+            what = f"platform: {status}" + (f" ({data['detail']})" if data.get("detail") else "")
+            rows.append([when, f"{100 - g:g} %", f"{g:g} %", escape(what)])
         elif event.kind == EventKind.FINALIZE_APPLIED:
             retired = str(data.get("retire"))
             gone = "retired" if retired == blue else "serving"

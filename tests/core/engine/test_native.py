@@ -338,3 +338,14 @@ def test_the_live_view_shows_both_fleets_and_the_platforms_status(tmp_path):
     assert "left in the platform's deployment" in text
     green = next(line for line in text.splitlines() if "v2 (green)" in line)
     assert "100%" in green and "2 instances" in green
+
+
+def test_the_html_report_shows_what_the_platform_did(tmp_path):
+    from mlrollout.report.html import html_report
+
+    run = Run(tmp_path, green_errors=0.2)
+    assert run.drive() == Phase.ROLLED_BACK
+    record = SqliteStateStore(run.path).get_rollout("r1")
+    page = html_report(record, run.events(), expand_steps(run.plan), strategy="blue_green")
+    section = page.split("Blue and green", 1)[1]
+    assert "platform: deploying" in section and "platform: rolled_back" in section
