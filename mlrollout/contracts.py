@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from mlrollout.capture import PredictionSummary
     from mlrollout.clock import Clock
     from mlrollout.plan.model import Candidate, Gate, Plan
     from mlrollout.state.base import Lease, StateStore
@@ -283,6 +284,9 @@ class Window:
     latency_percentiles: dict[float, float] = field(default_factory=dict)  # q -> seconds
     custom: dict[str, CustomValue] = field(default_factory=dict)  # by gate name
     error: str | None = None  # the query failed: an error measurement, not a crash
+    #: The candidate's and the baseline's paired predictions (on the candidate's window only;
+    #: see :mod:`mlrollout.capture`), for the prediction gates.
+    predictions: PredictionSummary | None = None
 
     @property
     def error_rate(self) -> float | None:
