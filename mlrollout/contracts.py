@@ -354,7 +354,9 @@ class ProviderSpec(Protocol):
 
     def describe_calls(self, plan: Plan) -> dict[str, list[str]]:
         """For ``plan preview``: the API calls each action makes, by action name (``describe``,
-        ``prepare``, ``set_traffic``, ``finalize``, ``metrics``)."""
+        ``prepare``, ``set_traffic``, ``finalize``, ``metrics``, ``owner``; ``set_shadow`` where
+        the platform mirrors; ``start_native``, ``native_status``, ``roll_back_native`` and
+        ``end_native`` where it runs its own blue/green deployment)."""
         ...
 
     def open(self, context: ProviderContext) -> tuple[EndpointAdapter, MetricsSource]: ...
@@ -373,6 +375,13 @@ class ProviderSpec(Protocol):
     #       when resuming; ``idle_since``: the wall time of its last event; ``wall``: now).
     #       Default: :class:`~mlrollout.clock.SystemClock`. The sandbox runs virtual or sped-up
     #       time here.
+    #
+    #   def open_capture(self, context: ProviderContext) -> CaptureSource
+    #       The provider's own capture of each variant's predictions (SageMaker DataCapture,
+    #       Azure ML's data collector, the sandbox's simulated outputs), for the prediction
+    #       gates with ``capture.source: default``; see :mod:`mlrollout.capture`. Without it,
+    #       such a plan needs ``capture: {source: {jsonl: PATH}}`` (``plan validate`` says so).
+    #       :func:`mlrollout.capture.capture_source` picks the plan's source.
 
 
 def default_lease_key(plan: Plan) -> str:
@@ -407,7 +416,7 @@ class MetricsSourceSpec(Protocol):
 
 #: Strategies the engine executes today. The plan format has more (shadow, ab_test): they parse
 #: and validate, and a provider may declare them, but ``plan validate`` refuses them.
-ENGINE_STRATEGIES = frozenset({"canary", "linear", "blue_green"})
+ENGINE_STRATEGIES = frozenset({"canary", "linear", "blue_green", "shadow"})
 
 
 def runnable_strategies(spec: ProviderSpec) -> frozenset[str]:

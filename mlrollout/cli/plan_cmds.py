@@ -233,7 +233,8 @@ def render_preview(data: dict[str, object], *, stderr: bool = False) -> None:
         )
     promotion = data["promotion"]
     assert isinstance(promotion, dict)
-    table.add_row("", "promote: candidate to 100%, retire the baseline", "100%", "", "", "")
+    ending = str(promotion["step"])
+    table.add_row("", ending, "0%" if ending.startswith("end:") else "100%", "", "", "")
     out.print(table)
     out.print(f"total: at least {data['min']}, at most {data['max']}")
     gates = data["gates"]
@@ -255,8 +256,7 @@ def render_preview(data: dict[str, object], *, stderr: bool = False) -> None:
     rollback = data["rollback"]
     assert isinstance(rollback, dict)
     auto = "automatic" if rollback["automatic"] else "manual (a failing gate pauses)"
-    cleanup = "then remove the candidate" if rollback["cleanup"] else "keep the candidate at 0%"
-    out.print(f"rollback: {auto}; traffic back to the baseline first, {cleanup}")
+    out.print(f"rollback: {auto}; {rollback['how']}")
     before = data["before"]
     assert isinstance(before, dict)
     out.print("API calls `run` would make:")
@@ -270,7 +270,12 @@ def render_preview(data: dict[str, object], *, stderr: bool = False) -> None:
         if step["api_calls"]:
             calls.setdefault(step["kind"], ", ".join(step["api_calls"]))
     for kind, text in calls.items():
-        label = {"weight": "each weight", "analyze": "each look"}.get(kind, kind)
+        label = {
+            "weight": "each weight",
+            "analyze": "each look",
+            "native": "each look",
+            "mirror": "mirror",
+        }.get(kind, kind)
         out.print(f"  {label + ':':14} {text}")
     out.print(f"  promotion:     {', '.join(promotion['api_calls'])}")
     out.print(f"  rollback:      {', '.join(rollback['api_calls'])}")

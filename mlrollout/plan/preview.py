@@ -55,6 +55,11 @@ def gate_methods(plan: Plan) -> list[dict[str, Any]]:
     analyze = [r for r in rows if r.step.kind == "analyze"]
     stages = judged_stages(plan)
     weight = next((r.candidate_weight for r in analyze if 0 < r.candidate_weight < 100), 10.0)
+    share = weight / 100
+    mirror = next((r.mirror for r in analyze if r.mirror > 0), None)
+    if mirror is not None and not any(0 < r.candidate_weight < 100 for r in analyze):
+        # judged on a mirrored copy: the candidate answers mirror% of the baseline's requests
+        weight, share = mirror, mirror / (100 + mirror)
     gates = plan.analysis.gates
     deciding = max(1, sum(1 for g in gates if not g.dry_run))
     alpha = plan.analysis.alpha / (stages * deciding)
@@ -66,12 +71,13 @@ def gate_methods(plan: Plan) -> list[dict[str, Any]]:
         baseline_rate = first.error_rate if first.error_rate > 0 else 0.01
     out = []
     for gate in gates:
-        e = expect(gate, alpha, weight / 100, baseline_rate)
+        e = expect(gate, alpha, share, baseline_rate)
         out.append(
             {
                 "method": e.method,
                 "decides": e.text(rps),
                 "at_weight": weight,
+                "mirrored": mirror is not None and share != weight / 100,
                 "fail_requests": _finite(e.fail_requests),
                 "pass_requests": _finite(e.pass_requests),
             }
@@ -85,6 +91,18 @@ def _finite(value: float | None) -> float | None:
 
 def _duration(seconds: float) -> str:
     return "until approved" if math.isinf(seconds) else format_duration(seconds)
+
+
+def ending_text(plan: Plan) -> str:
+    """How the rollout ends once every step is done, in words."""
+    from mlrollout.engine.strategies import strategy_for
+
+    strategy = strategy_for(plan)
+    if strategy is not None and strategy.ending(plan) == "remove":
+        return "end: remove the candidate (an evaluation); the baseline keeps serving"
+    if getattr(plan.strategy, "native", False):
+        return "promote: the platform has retired blue; remove what its deployment needed"
+    return "promote: candidate to 100%, retire the baseline"
 
 
 def build_preview(loaded: LoadedPlan) -> dict[str, Any]:
@@ -102,12 +120,13 @@ def build_preview(loaded: LoadedPlan) -> dict[str, Any]:
         elapsed_min += row.min_seconds
         elapsed_max += row.max_seconds
         kind = row.step.kind
+        every = f" (every {format_duration(plan.analysis.interval)})"
         api = {
             "weight": calls.get("set_traffic", []),
-            "analyze": [
-                f"{c} (every {format_duration(plan.analysis.interval)})"
-                for c in calls.get("metrics", [])
-            ],
+            "mirror": calls.get("set_shadow", []),
+            "analyze": [c + every for c in calls.get("metrics", [])],
+            "native": calls.get("native_status", [])
+            + [c + every for c in calls.get("metrics", [])],
         }.get(kind, [])
         steps.append(
             {
@@ -119,7 +138,9 @@ def build_preview(loaded: LoadedPlan) -> dict[str, Any]:
                 "max_seconds": None if math.isinf(row.max_seconds) else row.max_seconds,
                 "min": format_duration(row.min_seconds),
                 "max": _duration(row.max_seconds),
-                "gates": [g.name for g in plan.analysis.gates] if kind == "analyze" else [],
+                "gates": (
+                    [g.name for g in plan.analysis.gates] if kind in ("analyze", "native") else []
+                ),
                 "api_calls": api,
             }
         )
@@ -133,16 +154,39 @@ def build_preview(loaded: LoadedPlan) -> dict[str, Any]:
         "strategy": plan.strategy.type,
         "steps": steps,
         "promotion": {
-            "step": "promote: candidate to 100%, retire the baseline",
-            "api_calls": calls.get("set_traffic", []) + calls.get("finalize", []),
+            "step": ending_text(plan),
+            "api_calls": calls.get("end_native")
+            or calls.get("set_traffic", []) + calls.get("finalize", []),
         },
         "rollback": {
+            "how": (
+                "the platform rolls back to blue (forced through its alarm), then what its "
+                "deployment needed is removed"
+                if "roll_back_native" in calls
+                else "traffic back to the baseline first, "
+                + (
+                    "then remove the candidate"
+                    if plan.rollback.cleanup
+                    else "keep the candidate at 0%"
+                )
+            ),
             "automatic": plan.rollback.automatic,
             "cleanup": plan.rollback.cleanup,
-            "api_calls": calls.get("set_traffic", [])
-            + (calls.get("finalize", []) if plan.rollback.cleanup else []),
+            "api_calls": (
+                calls["roll_back_native"] + calls.get("end_native", [])
+                if "roll_back_native" in calls
+                else calls.get("set_traffic", [])
+                + (calls.get("finalize", []) if plan.rollback.cleanup else [])
+            ),
         },
-        "before": {"api_calls": calls.get("describe", []) + calls.get("prepare", [])},
+        "before": {
+            "api_calls": list(
+                dict.fromkeys(
+                    calls.get("describe", [])
+                    + (calls.get("start_native") or calls.get("prepare", []))
+                )
+            )
+        },
         # read before every change; written before the first one and removed at the end
         "ownership": {"api_calls": calls.get("owner", [])},
         "min_seconds": elapsed_min,
@@ -155,7 +199,12 @@ def build_preview(loaded: LoadedPlan) -> dict[str, Any]:
                 "metric": g.metric,
                 # the CLI prints the rule: it carries the method and the time to decide
                 "rule": f"{gate_rule(g)} · {m['method']}"
-                + (f"; at {m['at_weight']:g}%: {m['decides']}" if m["decides"] else ""),
+                + (
+                    f"; at {m['at_weight']:g}%{' mirrored' if m['mirrored'] else ''}: "
+                    f"{m['decides']}"
+                    if m["decides"]
+                    else ""
+                ),
                 "dry_run": g.dry_run,
                 **m,
             }

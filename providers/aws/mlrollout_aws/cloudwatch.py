@@ -26,7 +26,6 @@ An empty series, or one CloudWatch still reports as ``PartialData`` (or ``Intern
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -39,7 +38,7 @@ from mlrollout.retry import RetryPolicy
 from mlrollout_aws import naming
 from mlrollout_aws._aws import call, make_client
 
-MICROSECONDS = 1e-6
+MICROSECONDS = naming.MICROSECONDS
 
 
 @dataclass
@@ -98,16 +97,18 @@ class CloudWatchMetrics:
         queries: list[dict[str, Any]] = []
         for i, variant in enumerate(query.variants):
             dims = self._dims(variant)
-            queries.append(_stat(f"inv{i}", naming.NAMESPACE, "Invocations", dims, "Sum", step))
             queries.append(
-                _stat(f"err{i}", naming.NAMESPACE, "Invocation5XXErrors", dims, "Sum", step)
+                _stat(f"inv{i}", naming.NAMESPACE, naming.METRIC_REQUESTS, dims, "Sum", step)
+            )
+            queries.append(
+                _stat(f"err{i}", naming.NAMESPACE, naming.METRIC_ERRORS, dims, "Sum", step)
             )
             for q in _quantiles(query.gates):
                 queries.append(
                     _stat(
                         f"lat{i}q{_qid(q)}",
                         naming.NAMESPACE,
-                        "ModelLatency",
+                        naming.METRIC_LATENCY,
                         dims,
                         f"p{_qname(q)}",
                         whole,
@@ -118,7 +119,7 @@ class CloudWatchMetrics:
                     continue
                 spec = gate.query
                 ns, metric = str(spec["namespace"]), str(spec["metric"])
-                cdims = self._custom_dims(spec, variant)
+                cdims = naming.custom_dimensions(spec, self.endpoint, variant)
                 if spec.get("stat"):
                     queries.append(_stat(f"c{j}v{i}s", ns, metric, cdims, str(spec["stat"]), whole))
                 else:
@@ -141,7 +142,7 @@ class CloudWatchMetrics:
             for j, gate in enumerate(query.gates):
                 if gate.metric != "custom" or not gate.query:
                     continue
-                scale = _scale(gate.query)
+                scale = naming.custom_scale(gate.query)
                 if gate.query.get("stat"):
                     point = series[f"c{j}v{i}s"].point()
                     if point is not None:
@@ -176,22 +177,7 @@ class CloudWatchMetrics:
                 return series
 
     def _dims(self, variant: str) -> list[dict[str, str]]:
-        return [
-            {"Name": "EndpointName", "Value": self.endpoint},
-            {"Name": "VariantName", "Value": variant},
-        ]
-
-    def _custom_dims(self, spec: Mapping[str, Any], variant: str) -> list[dict[str, str]]:
-        dims = spec.get("dimensions")
-        if dims is None:
-            return self._dims(variant) if spec.get("namespace") == naming.NAMESPACE else []
-        return [
-            {
-                "Name": str(k),
-                "Value": str(v).replace("{endpoint}", self.endpoint).replace("{variant}", variant),
-            }
-            for k, v in dims.items()
-        ]
+        return naming.variant_dimensions(self.endpoint, variant)
 
 
 def _stat(
@@ -227,10 +213,3 @@ def _whole_period(length: int) -> int:
     if length > 60:
         return length - length % 60
     return max(p for p in naming.HIGH_RES_PERIODS if p <= length)
-
-
-def _scale(spec: Mapping[str, Any]) -> float:
-    metric = str(spec.get("metric", ""))
-    if spec.get("namespace") == naming.NAMESPACE and metric.endswith("Latency"):
-        return MICROSECONDS
-    return 1.0

@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from mlrollout.contracts import OWNER_KEYS
-from mlrollout.plan.model import Plan
+from mlrollout.contracts import OWNER_KEYS, OWNER_ROLLOUT_KEY
+from mlrollout.plan.model import BlueGreenStrategy, Plan
 from mlrollout_aws import naming
 
 
@@ -77,6 +77,8 @@ def iam_policy(plan: Plan, state: str | None = None) -> dict[str, Any]:
             "Resource": "*",
         },
     ]
+    if isinstance(plan.strategy, BlueGreenStrategy) and plan.strategy.native:
+        statements += _native_statements(region)
     if state and state.startswith("s3://"):
         parts = urlsplit(state)
         bucket, prefix = parts.netloc, parts.path.strip("/")
@@ -97,3 +99,36 @@ def iam_policy(plan: Plan, state: str | None = None) -> dict[str, Any]:
             },
         ]
     return {"Version": "2012-10-17", "Statement": statements}
+
+
+def _native_statements(region: str) -> list[dict[str, Any]]:
+    """SageMaker's own blue/green deployment: the rollout's CloudWatch alarms (created, read,
+    set to ALARM to force a rollback, deleted), all named ``mlrollout-<rollout id>-...``; the
+    tag on the new endpoint config that marks the deployment as started."""
+    alarms = f"arn:aws:cloudwatch:{region}:*:alarm:{naming.ALARM_MARK}*"
+    return [
+        {
+            "Sid": "ReadAlarms",
+            "Effect": "Allow",
+            "Action": ["cloudwatch:DescribeAlarms"],
+            "Resource": "*",
+        },
+        {
+            "Sid": "MlrolloutAlarms",
+            "Effect": "Allow",
+            "Action": [
+                "cloudwatch:PutMetricAlarm",
+                "cloudwatch:SetAlarmState",
+                "cloudwatch:TagResource",
+                "cloudwatch:ListTagsForResource",
+            ],
+            "Resource": alarms,
+        },
+        {
+            "Sid": "DeleteOnlyMlrolloutAlarms",
+            "Effect": "Allow",
+            "Action": ["cloudwatch:DeleteAlarms"],
+            "Resource": alarms,
+            "Condition": {"StringLike": {f"aws:ResourceTag/{OWNER_ROLLOUT_KEY}": "*"}},
+        },
+    ]

@@ -65,3 +65,79 @@ def is_managed_name(endpoint: str, name: str) -> bool:
 def valid_period(seconds: float) -> bool:
     s = round(seconds)
     return abs(seconds - s) < 1e-9 and (s in HIGH_RES_PERIODS or (s >= 60 and s % 60 == 0))
+
+
+# ----------------------------------------------------------------- CloudWatch metric names
+
+#: SageMaker's per-variant metrics (namespace ``AWS/SageMaker``, dimensions ``EndpointName`` +
+#: ``VariantName``): what the metrics source reads and what the native alarms watch.
+METRIC_REQUESTS = "Invocations"
+METRIC_ERRORS = "Invocation5XXErrors"
+METRIC_LATENCY = "ModelLatency"  # microseconds
+MICROSECONDS = 1e-6
+
+
+def variant_dimensions(endpoint: str, variant: str) -> list[dict[str, str]]:
+    return [
+        {"Name": "EndpointName", "Value": endpoint},
+        {"Name": "VariantName", "Value": variant},
+    ]
+
+
+def custom_dimensions(spec: Mapping[str, Any], endpoint: str, variant: str) -> list[dict[str, str]]:
+    """A custom gate's dimensions: its own (``{endpoint}``/``{variant}`` filled in), or the
+    variant's when it has none and reads ``AWS/SageMaker``."""
+    dims = spec.get("dimensions")
+    if dims is None:
+        return variant_dimensions(endpoint, variant) if spec.get("namespace") == NAMESPACE else []
+    return [
+        {
+            "Name": str(k),
+            "Value": str(v).replace("{endpoint}", endpoint).replace("{variant}", variant),
+        }
+        for k, v in dims.items()
+    ]
+
+
+def custom_scale(spec: Mapping[str, Any]) -> float:
+    """Seconds per unit of a custom gate's metric (``AWS/SageMaker`` latencies are µs)."""
+    metric = str(spec.get("metric", ""))
+    if spec.get("namespace") == NAMESPACE and metric.endswith("Latency"):
+        return MICROSECONDS
+    return 1.0
+
+
+# ------------------------------------------------------------- native blue/green (alarms)
+
+#: SageMaker's limits for its own blue/green deployments (``DeploymentConfig``).
+WAIT_RANGE = (0, 3600)  # WaitIntervalInSeconds, TerminationWaitInSeconds
+EXECUTION_TIMEOUT_RANGE = (600, 28800)  # MaximumExecutionTimeoutInSeconds
+#: Time allowed for SageMaker to provision green before any traffic moves (in the timeout).
+PROVISION_ALLOWANCE = 1800
+ALARM_MARK = "mlrollout-"
+FORCE_ALARM = "force-rollback"
+TAG_NATIVE_ROLLOUT = "mlrollout:native-rollout"  # on the native endpoint config
+TAG_NATIVE_STARTED = "mlrollout:native-started"  # set once UpdateEndpoint was accepted
+_ALARM_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
+
+
+def alarm_prefix(rollout_id: str) -> str:
+    """Every alarm of one rollout starts with this (``DescribeAlarms AlarmNamePrefix``)."""
+    return f"{ALARM_MARK}{rollout_id}-"
+
+
+def gate_alarm_name(rollout_id: str, index: int, gate: str, bound: str) -> str:
+    return f"{alarm_prefix(rollout_id)}g{index}-{_ALARM_UNSAFE.sub('_', gate)[:64]}-{bound}"
+
+
+def force_alarm_name(rollout_id: str) -> str:
+    """The alarm mlrollout sets to ALARM (``SetAlarmState``) to make SageMaker roll back."""
+    return alarm_prefix(rollout_id) + FORCE_ALARM
+
+
+def native_config_name(endpoint: str, rollout_id: str) -> str:
+    """The endpoint config of a rollout's native deployment: derived from the rollout id, so a
+    runner resuming after a crash finds the one the first made (and a managed name, so the
+    self-driven clean-up recognises it too)."""
+    digest = hashlib.blake2b(f"native:{rollout_id}".encode(), digest_size=5).hexdigest()
+    return config_prefix(endpoint) + digest

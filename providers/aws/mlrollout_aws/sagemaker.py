@@ -17,6 +17,8 @@ How each contract method maps to SageMaker (every call through :func:`mlrollout_
   (name *and* tag must say so: nothing else is ever deleted).
 - ``read_owner``: ``ListTags`` on the endpoint's ARN (the ARN comes from ``DescribeEndpoint``, which
   every other method calls anyway; fetched once per adapter when it is not known yet).
+- ``start_native`` / ``native_status`` / ``roll_back_native`` / ``end_native``: SageMaker's own
+  blue/green deployment (``strategy.native: true``), in :mod:`mlrollout_aws.native`.
 - ``write_owner``: ``AddTags`` with the mark's three tags (AddTags overwrites the values of keys
   that exist; other tags are left alone), or ``DeleteTags`` of the three keys for ``None``. Tags
   are no part of the endpoint's config: neither changes traffic nor redeploys anything.
@@ -29,7 +31,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from mlrollout.adapters import WEIGHT_TOLERANCE, check_finalize, check_weights, wait_until
@@ -37,15 +39,17 @@ from mlrollout.clock import Clock
 from mlrollout.contracts import (
     OWNER_KEYS,
     EndpointState,
+    NativeDeployment,
     OwnerMark,
     ProviderContext,
     VariantState,
 )
 from mlrollout.errors import ProviderError
-from mlrollout.plan.model import Candidate
+from mlrollout.plan.model import Candidate, Plan
 from mlrollout.retry import RetryPolicy
 from mlrollout_aws import naming
 from mlrollout_aws._aws import AwsCallError, call, make_client
+from mlrollout_aws.native import NativeBlueGreen
 from mlrollout_aws.spec import CAPABILITIES
 
 #: Endpoint states an update ends in when it did not work.
@@ -93,6 +97,8 @@ class SageMakerEndpoint:
         retry: RetryPolicy | None = None,
         poll: float = POLL_SECONDS,
         update_timeout: float = UPDATE_TIMEOUT,
+        plan: Plan | None = None,
+        cloudwatch: Any = None,
     ) -> None:
         self.name = name
         self.client = client
@@ -103,6 +109,13 @@ class SageMakerEndpoint:
         self.update_timeout = update_timeout
         self._models: set[str] = set()  # models known to exist
         self._arn: str | None = None  # the endpoint's ARN, once known
+        #: Endpoint config name -> variant -> instance type (a config never changes, and
+        #: DescribeEndpoint does not name the type: it is read once per config).
+        self._types: dict[str, dict[str, str]] = {}
+        self.plan = plan
+        self._cloudwatch = cloudwatch
+        self._cloudwatch_factory: Callable[[], Any] | None = None
+        self._native: NativeBlueGreen | None = None
 
     @classmethod
     def from_context(cls, context: ProviderContext) -> SageMakerEndpoint:
@@ -114,7 +127,14 @@ class SageMakerEndpoint:
             profile=target.setting("profile"),
             endpoint_url=target.endpoint_url,
         )
-        return cls(target.endpoint, client, context.clock, region=region)
+        endpoint = cls(target.endpoint, client, context.clock, region=region, plan=context.plan)
+        endpoint._cloudwatch_factory = lambda: make_client(
+            "cloudwatch",
+            region=region or None,
+            profile=target.setting("profile"),
+            endpoint_url=target.metrics_url or target.endpoint_url,
+        )
+        return endpoint
 
     def preflight(self, candidate: Candidate) -> None:
         """Before any change: the endpoint exists, and the candidate's model unless the candidate
@@ -152,7 +172,23 @@ class SageMakerEndpoint:
         return self._arn
 
     def _config(self, name: str) -> dict[str, Any]:
-        return dict(self._call("describe_endpoint_config", EndpointConfigName=name))
+        config = dict(self._call("describe_endpoint_config", EndpointConfigName=name))
+        self._types[name] = {
+            str(v["VariantName"]): str(v["InstanceType"])
+            for v in config.get("ProductionVariants") or []
+            if v.get("InstanceType")
+        }
+        return config
+
+    def _known_types(self, raw: Mapping[str, Any]) -> None:
+        """Learn the instance types of the live config (one DescribeEndpointConfig per config
+        name; a config that cannot be read leaves them unknown)."""
+        name = raw.get("EndpointConfigName")
+        if name and name not in self._types:
+            try:
+                self._config(str(name))
+            except AwsCallError:
+                self._types[str(name)] = {}
 
     def _config_gone(self, name: str) -> bool:
         return not self._config_exists(name)
@@ -178,6 +214,7 @@ class SageMakerEndpoint:
 
     def _state(self, raw: Mapping[str, Any]) -> EndpointState:
         production = list(raw.get("ProductionVariants") or [])
+        types = self._types.get(str(raw.get("EndpointConfigName")), {})
         weights = [_weight(v) for v in production]
         total = sum(weights)
         variants = [
@@ -185,7 +222,11 @@ class SageMakerEndpoint:
                 name=v["VariantName"],
                 weight=(100.0 * w / total) if total > 0 else 0.0,
                 status=_variant_status(v),
-                instance_type=(v.get("CurrentInstanceType") or v.get("InstanceType")),
+                instance_type=(
+                    v.get("CurrentInstanceType")
+                    or v.get("InstanceType")
+                    or types.get(str(v["VariantName"]))
+                ),
                 instance_count=_count(v),
             )
             for v, w in zip(production, weights, strict=True)
@@ -211,7 +252,9 @@ class SageMakerEndpoint:
     # ------------------------------------------------------------------------------ adapter
 
     def describe(self) -> EndpointState:
-        return self._state(self._raw())
+        raw = self._raw()
+        self._known_types(raw)
+        return self._state(raw)
 
     def wait_until_stable(self, timeout: float) -> EndpointState:
         return self._state(self._wait(timeout))
@@ -272,7 +315,7 @@ class SageMakerEndpoint:
                 "VariantName": candidate.name,
                 "ModelName": candidate.model,
                 "InstanceType": candidate.instance_type,
-                "InitialInstanceCount": candidate.instance_count,
+                "InitialInstanceCount": _capacity(candidate, _count(_variant(raw, baseline) or {})),
                 "InitialVariantWeight": 0.0,
             }
         )
@@ -372,6 +415,34 @@ class SageMakerEndpoint:
             ResourceArn=arn,
             Tags=[{"Key": k, "Value": v} for k, v in wanted.items()],
         )
+
+    # ------------------------------------------------------- native blue/green (native.py)
+
+    def _natives(self) -> NativeBlueGreen:
+        if self._native is None:
+            if self._cloudwatch is None:
+                factory = self._cloudwatch_factory
+                self._cloudwatch = (
+                    factory()
+                    if factory is not None
+                    else make_client("cloudwatch", region=self.region or None)
+                )
+            self._native = NativeBlueGreen(self, self._cloudwatch, self.plan)
+        return self._native
+
+    def start_native(
+        self, candidate: Candidate, baseline: str, rollout_id: str
+    ) -> NativeDeployment:
+        return self._natives().start(candidate, baseline, rollout_id)
+
+    def native_status(self, rollout_id: str) -> NativeDeployment:
+        return self._natives().status(rollout_id)
+
+    def roll_back_native(self, rollout_id: str, reason: str) -> NativeDeployment:
+        return self._natives().roll_back(rollout_id, reason)
+
+    def end_native(self, rollout_id: str) -> EndpointState:
+        return self._natives().end(rollout_id)
 
     # ------------------------------------------------------------------------------ helpers
 
@@ -533,6 +604,13 @@ def _weight(variant: Mapping[str, Any]) -> float:
         if variant.get(key) is not None:
             return float(variant[key])
     return 0.0
+
+
+def _capacity(candidate: Candidate, baseline: int | None) -> int:
+    """The candidate's instance count: the plan's, else the baseline's (green at full
+    capacity beside blue)."""
+    count = candidate.instance_count if "instance_count" in candidate.model_fields_set else None
+    return int(count or baseline or 1)
 
 
 def _count(variant: Mapping[str, Any]) -> int | None:

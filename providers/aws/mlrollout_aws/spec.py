@@ -10,13 +10,13 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from mlrollout.contracts import Capabilities, PlanProblem, ProviderSpec
-from mlrollout.plan.model import CanaryStrategy, LinearStrategy, Plan
+from mlrollout.plan.model import BlueGreenStrategy, CanaryStrategy, LinearStrategy, Plan
 from mlrollout_aws import naming
 
 if TYPE_CHECKING:
     from mlrollout.contracts import EndpointAdapter, MetricsSource, ProviderContext
 
-CAPABILITIES = Capabilities(weights=True, shadow=False, native_blue_green=False)
+CAPABILITIES = Capabilities(weights=True, shadow=False, native_blue_green=True)
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 _STATS = re.compile(r"^(Sum|Average|Minimum|Maximum|SampleCount|p\d{1,2}(\.\d+)?)$")
 CUSTOM_QUERY_KEYS = frozenset({"namespace", "metric", "dimensions", "stat"})
@@ -62,8 +62,11 @@ class SageMakerProvider:
                 )
             )
         problems += _check_strategy(plan)
+        native = isinstance(plan.strategy, BlueGreenStrategy) and plan.strategy.native
+        if native:
+            problems += _check_native(plan)
         gates = plan.analysis.gates
-        if len(gates) > naming.MAX_ALARMS:
+        if not native and len(gates) > naming.MAX_ALARMS:
             problems.append(
                 PlanProblem(
                     ("analysis", "gates"),
@@ -88,6 +91,8 @@ class SageMakerProvider:
     # ---------------------------------------------------------------------------- preview
 
     def describe_calls(self, plan: Plan) -> dict[str, list[str]]:
+        if isinstance(plan.strategy, BlueGreenStrategy) and plan.strategy.native:
+            return _native_calls(plan)
         return {
             "describe": ["SageMaker.DescribeEndpoint"],
             "prepare": [
@@ -161,6 +166,182 @@ def _check_strategy(plan: Plan) -> list[PlanProblem]:
                 )
             ]
     return []
+
+
+def _check_native(plan: Plan) -> list[PlanProblem]:
+    """SageMaker's limits for its own blue/green deployment (``strategy.native: true``)."""
+    from mlrollout_aws import deployment
+    from mlrollout_aws.alarms import alarm_count
+
+    strategy = plan.strategy
+    assert isinstance(strategy, BlueGreenStrategy)
+    problems: list[PlanProblem] = []
+    low, high = naming.WAIT_RANGE
+    stepped = not isinstance(strategy.switch, str)
+    if strategy.preview > 0:
+        if strategy.preview > naming.MAX_CANARY_PERCENT:
+            problems.append(
+                PlanProblem(
+                    ("strategy", "preview"),
+                    f"a SageMaker canary (CanarySize) is at most {naming.MAX_CANARY_PERCENT:g}% "
+                    f"of green's capacity, not {strategy.preview:g}%",
+                )
+            )
+        elif strategy.preview != round(strategy.preview):
+            problems.append(
+                PlanProblem(
+                    ("strategy", "preview"),
+                    f"SageMaker's CanarySize is a whole percent, not {strategy.preview:g}",
+                )
+            )
+        if stepped:
+            problems.append(
+                PlanProblem(
+                    ("strategy", "switch"),
+                    "SageMaker's deployment is a canary (preview) or linear steps (switch), not "
+                    "both: use switch: all_at_once with a preview, or preview: 0 with steps",
+                )
+            )
+    if not isinstance(strategy.switch, str):
+        step_low, step_high = naming.LINEAR_STEP_RANGE
+        if not step_low <= strategy.switch.step <= step_high:
+            problems.append(
+                PlanProblem(
+                    ("strategy", "switch", "step"),
+                    f"a SageMaker linear step (LinearStepSize) is {step_low:g}-{step_high:g}% of "
+                    f"green's capacity, not {strategy.switch.step:g}%",
+                )
+            )
+        elif strategy.switch.step != round(strategy.switch.step):
+            problems.append(
+                PlanProblem(
+                    ("strategy", "switch", "step"),
+                    f"SageMaker's LinearStepSize is a whole percent, not {strategy.switch.step:g}",
+                )
+            )
+    kind = deployment.routing_type(strategy)
+    wait = deployment.wait_interval(strategy)
+    wait_key = {"CANARY": "pre_promotion", "LINEAR": "switch", "ALL_AT_ONCE": "post_promotion"}
+    wait_path: tuple[str | int, ...] = ("strategy", wait_key[kind])
+    if kind == "LINEAR":
+        wait_path = ("strategy", "switch", "every")
+    if not low <= wait <= high:
+        problems.append(
+            PlanProblem(
+                wait_path,
+                f"SageMaker bakes each step for at most {high}s (WaitIntervalInSeconds), "
+                f"not {wait:g}s",
+            )
+        )
+    post = strategy.post_promotion
+    if kind != "ALL_AT_ONCE" and post is not None and post.max != wait:
+        problems.append(
+            PlanProblem(
+                ("strategy", "post_promotion"),
+                f"with a native {kind.lower()} SageMaker bakes every step, the last one too, "
+                f"for the same WaitIntervalInSeconds ({wait:g}s, from "
+                f"{'.'.join(str(p) for p in wait_path[1:])}): remove post_promotion or make "
+                "it equal",
+            )
+        )
+    if kind == "CANARY" and strategy.pre_promotion is None:
+        problems.append(
+            PlanProblem(
+                ("strategy", "pre_promotion"),
+                "a native canary needs pre_promotion: SageMaker's baking period on the canary",
+            )
+        )
+    if not low <= strategy.keep_previous <= high:
+        problems.append(
+            PlanProblem(
+                ("strategy", "keep_previous"),
+                f"SageMaker keeps blue at most {high}s after the deployment "
+                f"(TerminationWaitInSeconds), not {strategy.keep_previous:g}s",
+            )
+        )
+    own = deployment.sagemaker_seconds(strategy)
+    if own > naming.EXECUTION_TIMEOUT_RANGE[1]:
+        problems.append(
+            PlanProblem(
+                ("strategy",),
+                f"SageMaker's deployment would take up to {own:g}s (provisioning, every bake, "
+                f"keep_previous): more than its {naming.EXECUTION_TIMEOUT_RANGE[1]}s "
+                "MaximumExecutionTimeoutInSeconds",
+            )
+        )
+    for i, gate in enumerate(plan.analysis.gates):
+        if gate.vs_baseline is not None:
+            problems.append(
+                PlanProblem(
+                    ("analysis", "gates", i, "vs_baseline"),
+                    f"gate {gate.name!r} compares with the baseline, which native blue/green "
+                    "cannot: SageMaker publishes one variant's metrics for both fleets (green "
+                    "keeps blue's variant name), so there is no baseline to compare with; use an "
+                    "absolute bound (max/min), or native: false",
+                )
+            )
+    alarms = alarm_count(plan)
+    if alarms > naming.MAX_ALARMS:
+        problems.append(
+            PlanProblem(
+                ("analysis", "gates"),
+                f"the gates need {alarms - 1} CloudWatch alarms plus mlrollout's force-rollback "
+                f"alarm: SageMaker's deployment watches at most {naming.MAX_ALARMS}",
+            )
+        )
+    return problems
+
+
+def _native_calls(plan: Plan) -> dict[str, list[str]]:
+    from mlrollout_aws import deployment
+    from mlrollout_aws.alarms import alarm_count
+
+    strategy = plan.strategy
+    assert isinstance(strategy, BlueGreenStrategy)
+    kind = deployment.routing_type(strategy)
+    worst = deployment.worst_case(plan)
+    timeout = deployment.execution_timeout(plan)
+    clamped = f", clamped from {worst:.0f}s" if round(worst) != timeout else ""
+    calls = {
+        "describe": ["SageMaker.DescribeEndpoint"],
+        "start_native": [
+            "SageMaker.DescribeEndpoint",
+            "SageMaker.DescribeModel",
+            f"CloudWatch.DescribeAlarms + PutMetricAlarm x{alarm_count(plan)} (tagged "
+            "mlrollout-rollout; one per absolute gate bound, plus the force-rollback alarm)",
+            "SageMaker.DescribeEndpointConfig + CreateEndpointConfig (the candidate's model on "
+            "the baseline's variant name, tagged mlrollout:managed)",
+            f"SageMaker.UpdateEndpoint with DeploymentConfig ({kind}, "
+            f"WaitIntervalInSeconds={round(deployment.wait_interval(strategy))}, "
+            f"TerminationWaitInSeconds={round(strategy.keep_previous)}, "
+            f"MaximumExecutionTimeoutInSeconds={timeout}{clamped}; "
+            "AutoRollbackConfiguration: the alarms)",
+            "SageMaker.AddTags (the started mark on the new config)",
+        ],
+        "native_status": [
+            "SageMaker.DescribeEndpoint (PendingDeploymentSummary, "
+            "LastDeploymentConfig), once per analysis interval"
+        ],
+        "roll_back_native": [
+            "CloudWatch.SetAlarmState ALARM on mlrollout's force-rollback alarm "
+            "(SageMaker then rolls back to blue)"
+        ],
+        "end_native": [
+            "CloudWatch.DescribeAlarms + ListTagsForResource per alarm + DeleteAlarms (only "
+            "alarms named and tagged as this rollout's)",
+            "SageMaker.ListEndpointConfigs + ListTags + DeleteEndpointConfig (only configs "
+            "mlrollout created that the endpoint no longer uses)",
+        ],
+        "metrics": [
+            "CloudWatch.GetMetricData (one call per look, all gates, the baseline's variant: "
+            "both fleets)"
+        ],
+        "owner": [
+            "SageMaker.ListTags on the endpoint (before every change)",
+            "SageMaker.AddTags / DeleteTags mlrollout-rollout/-holder/-expires",
+        ],
+    }
+    return calls
 
 
 def _check_query(query: dict[str, Any], path: tuple[str | int, ...]) -> list[PlanProblem]:

@@ -15,6 +15,13 @@ project-owned layer for what moto lacks. boto3 reaches it over real HTTP through
   ``PendingDeploymentSummary``) and, ``update_seconds`` later on the injected clock, ``InService``
   on the new config — or fails (``fail_updates``: ``rollback`` = back to ``InService`` on the old
   config with a ``FailureReason``; or ``Failed`` / ``UpdateRollbackFailed``);
+- **implements SageMaker's own blue/green deployment** (``UpdateEndpoint`` with
+  ``DeploymentConfig``, :class:`BlueGreenDeployment`): blue and green fleets, green's
+  provisioning, canary / linear / all-at-once traffic shifting with baking periods over virtual
+  time, ``PendingDeploymentSummary`` and ``LastDeploymentConfig``, the termination wait, and the
+  rollback (``RollingBack`` → ``InService`` on the old config) when an alarm of its
+  ``AutoRollbackConfiguration`` is in ALARM; the alarms are moto's (``PutMetricAlarm``,
+  ``SetAlarmState``...), evaluated here on the stored metrics (:func:`evaluate`);
 - **adds status transitions**: a weight change leaves the endpoint ``Updating`` for
   ``weights_seconds``;
 - **fixes SageMaker's tagging** where moto differs (:meth:`AwsEmulator.tags`): ``AddTags``
@@ -304,6 +311,11 @@ class AwsEmulator:
         self.page_size = 100_800  # CloudWatch's MaxDatapoints default
         self.partial: set[str] = set()  # metric names GetMetricData reports as PartialData
         self._due: list[tuple[float, Callable[[], None]]] = []
+        # Native blue/green deployments (UpdateEndpoint with DeploymentConfig), by endpoint.
+        self.deployments: dict[str, BlueGreenDeployment] = {}
+        self.rollbacks: list[dict[str, Any]] = []  # {endpoint, alarms, at, config}
+        self.green_seconds = 120.0  # provisioning the green fleet
+        self.rollback_seconds = 30.0  # RollingBack until InService on the old config
         self._server = _Server(self)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -330,6 +342,9 @@ class AwsEmulator:
             self.fail_updates = None
             self.page_size = 100_800
             self.partial.clear()
+            self.deployments.clear()
+            self.rollbacks.clear()
+            self.green_seconds, self.rollback_seconds = 120.0, 30.0
 
     def count(self, operation: str, *, applied: bool = False) -> int:
         counter = self.applied if applied else self.calls
@@ -355,6 +370,8 @@ class AwsEmulator:
         self._due = [(at, action) for at, action in self._due if at > now]
         for action in due:
             action()
+        for deployment in list(self.deployments.values()):
+            deployment.advance(now)
 
     def _later(self, seconds: float, action: Callable[[], None]) -> None:
         if seconds <= 0:
@@ -384,6 +401,9 @@ class AwsEmulator:
             return _validation(f'Could not find endpoint configuration "{config_name}".')
         if endpoint.endpoint_status != "InService":
             return _validation(f'Cannot update in-progress endpoint "{endpoint.arn}".')
+        policy = (request.get("DeploymentConfig") or {}).get("BlueGreenUpdatePolicy")
+        if policy:
+            return self._blue_green(region, endpoint, config, request["DeploymentConfig"])
         retain = bool(request.get("RetainAllVariantProperties"))
         endpoint.endpoint_status = "Updating"
         endpoint.pending_deployment_summary = {
@@ -470,6 +490,107 @@ class AwsEmulator:
 
         self._later(self.weights_seconds, finish)
 
+    def _blue_green(
+        self, region: str, endpoint: Any, config: Any, deployment: dict[str, Any]
+    ) -> tuple[str, list[tuple[str, str]], bytes]:
+        """SageMaker's own blue/green deployment (validated as SageMaker does, then run on the
+        injected clock by :class:`BlueGreenDeployment`)."""
+        backend = self.backend(region)
+        old = backend.endpoint_configs.get(endpoint.endpoint_config_name)
+        names = {v["VariantName"] for v in config.production_variants}
+        old_names = {v["VariantName"] for v in (old.production_variants if old else [])}
+        if names != old_names:
+            return _validation(
+                "A blue/green deployment needs the same variant names in the new endpoint "
+                f"configuration as in the old: {sorted(names)} vs {sorted(old_names)}."
+            )
+        policy = deployment["BlueGreenUpdatePolicy"]
+        routing = policy.get("TrafficRoutingConfiguration") or {}
+        kind = routing.get("Type", "ALL_AT_ONCE")
+        size = (routing.get("CanarySize") or routing.get("LinearStepSize") or {}).get("Value")
+        if kind == "CANARY" and not (size and 0 < size <= 50):
+            return _validation(f"CanarySize must be at most 50% of the fleet, got {size}.")
+        if kind == "LINEAR" and not (size and 10 <= size <= 50):
+            return _validation(f"LinearStepSize must be 10-50% of the fleet, got {size}.")
+        alarms = [
+            a["AlarmName"]
+            for a in (deployment.get("AutoRollbackConfiguration") or {}).get("Alarms") or []
+        ]
+        if len(alarms) > 10:
+            return _validation(f"At most 10 alarms, got {len(alarms)}.")
+        known = cw_models.cloudwatch_backends[DEFAULT_ACCOUNT_ID][region].alarms
+        missing = [a for a in alarms if a not in known]
+        if missing:
+            return _validation(f"CloudWatch alarms {missing} do not exist.")
+        if kind == "CANARY":
+            steps = [float(size), 100.0]
+        elif kind == "LINEAR":
+            steps = [min(100.0, float(size) * i) for i in range(1, -(-100 // size) + 1)]
+        else:
+            steps = [100.0]
+        old_models = {v["VariantName"]: v.get("ModelName") for v in old.production_variants}
+        run = BlueGreenDeployment(
+            emulator=self,
+            region=region,
+            endpoint=endpoint,
+            config=config,
+            old_config=endpoint.endpoint_config_name,
+            old_models=old_models,
+            steps=steps,
+            wait=float(routing.get("WaitIntervalInSeconds", 0)),
+            termination_wait=float(policy.get("TerminationWaitInSeconds", 0)),
+            timeout=float(policy.get("MaximumExecutionTimeoutInSeconds", 3600)),
+            alarms=alarms,
+            started=self.now(),
+        )
+        endpoint.endpoint_status = "Updating"
+        endpoint.last_deployment_config = deployment
+        endpoint.failure_reason = None
+        self.deployments[endpoint.endpoint_name] = run
+        run.describe()
+        return _json("200 OK", {"EndpointArn": endpoint.arn})
+
+    def alarms_in_alarm(self, region: str, names: list[str], at: float) -> list[str]:
+        """Evaluate ``names`` at instant ``at`` on the stored metrics (see :func:`evaluate`);
+        the ones in ALARM."""
+        backend = cw_models.cloudwatch_backends[DEFAULT_ACCOUNT_ID][region]
+        fired = []
+        for name in names:
+            alarm = backend.alarms.get(name)
+            if alarm is None:
+                continue
+            evaluate(backend, alarm, at)
+            if alarm.state_value == "ALARM":
+                fired.append(name)
+        return fired
+
+    def traffic_split(
+        self, name: str, region: str = "us-east-1"
+    ) -> list[tuple[str, str | None, float]]:
+        """Who serves the endpoint's live traffic: ``(variant, model, percent)`` per fleet. During
+        a native blue/green deployment each variant has two fleets, blue (the old config's
+        model) and green (the new one's), both under the variant's name."""
+        with self.lock:
+            self.settle()  # a shift due by now has happened, request or not
+        endpoint = self.endpoint(name, region)
+        if endpoint is None:
+            return []
+        config = self.backend(region).endpoint_configs.get(endpoint.endpoint_config_name)
+        models = {
+            v["VariantName"]: v.get("ModelName")
+            for v in (config.production_variants if config else [])
+        }
+        split: list[tuple[str, str | None, float]] = []
+        run = self.deployments.get(name)
+        for variant, percent in self.weights(name, region).items():
+            if run is None or run.green <= 0:
+                split.append((variant, models.get(variant), percent))
+                continue
+            green = percent * run.green / 100.0
+            split.append((variant, run.old_models.get(variant), percent - green))
+            split.append((variant, run.new_models().get(variant), green))
+        return split
+
     def weights(self, name: str, region: str = "us-east-1") -> dict[str, float]:
         """The endpoint's live weights in percent (for the traffic generator)."""
         endpoint = self.endpoint(name, region)
@@ -481,6 +602,298 @@ class AwsEmulator:
         }
         total = sum(raw.values())
         return {k: (100.0 * w / total if total else 0.0) for k, w in raw.items()}
+
+
+# ------------------------------------------------------------- native blue/green deployments
+
+
+@dataclass
+class BlueGreenDeployment:
+    """One ``UpdateEndpoint`` with ``BlueGreenUpdatePolicy``, on the injected clock:
+
+    ``provisioning`` (green's fleet, ``green_seconds``; variant status ``Creating``) → for each
+    traffic step (CANARY: the canary, then 100 %; LINEAR: ``step`` more each time; ALL_AT_ONCE:
+    100 %) green takes that share and bakes ``WaitIntervalInSeconds`` (``Baking``) →
+    ``terminating`` (all traffic on green, blue kept ``TerminationWaitInSeconds``, still
+    ``Baking``) → ``InService`` on the new config. Throughout, if any alarm of the
+    ``AutoRollbackConfiguration`` is in ALARM (evaluated on the stored metrics at each instant a
+    request arrives and at each transition), or the deployment exceeds
+    ``MaximumExecutionTimeoutInSeconds``, it rolls back: all traffic back to blue at once,
+    ``RollingBack`` for ``rollback_seconds``, then ``InService`` on the old config with a
+    ``FailureReason`` naming the alarms (kept in ``AwsEmulator.rollbacks``).
+
+    While it runs, ``DescribeEndpoint`` has ``PendingDeploymentSummary`` with the new config's
+    variants: ``CurrentWeight`` = the variant's weight times green's share (``DesiredWeight``
+    the variant's weight), ``CurrentInstanceCount`` the green instances taking traffic, and
+    ``VariantStatus``. ``LastDeploymentConfig`` is the deployment config from the request on."""
+
+    emulator: AwsEmulator
+    region: str
+    endpoint: Any
+    config: Any
+    old_config: str
+    old_models: dict[str, str | None]
+    steps: list[float]
+    wait: float
+    termination_wait: float
+    timeout: float
+    alarms: list[str]
+    started: float
+    phase: str = "provisioning"  # provisioning | baking | terminating | rolling_back | done
+    step: int = 0
+    green: float = 0.0
+    next_at: float = 0.0
+    phase_started: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.next_at = self.started + self.emulator.green_seconds
+        self.phase_started = self.started
+
+    def new_models(self) -> dict[str, str | None]:
+        return {v["VariantName"]: v.get("ModelName") for v in self.config.production_variants}
+
+    def advance(self, now: float) -> None:
+        while self.phase != "done":
+            if self.phase == "rolling_back":
+                if self.next_at <= now:
+                    self._rolled_back()
+                return
+            at = min(self.next_at, now)
+            fired = self.emulator.alarms_in_alarm(self.region, self.alarms, at)
+            if fired:
+                self._roll_back(at, fired, f"alarm(s) {', '.join(fired)} in ALARM")
+                continue
+            if at >= self.started + self.timeout:
+                self._roll_back(at, [], "MaximumExecutionTimeoutInSeconds exceeded")
+                continue
+            if self.next_at > now:
+                return
+            self._transition(self.next_at)
+
+    def _transition(self, at: float) -> None:
+        if self.phase == "provisioning" or (
+            self.phase == "baking" and self.step + 1 < len(self.steps)
+        ):
+            if self.phase == "baking":
+                self.step += 1
+            self.phase, self.green = "baking", self.steps[self.step]
+            self.next_at, self.phase_started = at + self.wait, at
+        elif self.phase == "baking":
+            self.phase, self.green = "terminating", 100.0
+            self.next_at, self.phase_started = at + self.termination_wait, at
+        else:  # terminating: done, green serves alone
+            self._succeeded()
+            return
+        self.describe()
+
+    def _roll_back(self, at: float, fired: list[str], why: str) -> None:
+        self.phase, self.green = "rolling_back", 0.0
+        self.next_at, self.phase_started = at + self.emulator.rollback_seconds, at
+        self.endpoint.endpoint_status = "RollingBack"
+        self.endpoint.failure_reason = f"Blue/green deployment rolled back: {why}."
+        self.emulator.rollbacks.append(
+            {
+                "endpoint": self.endpoint.endpoint_name,
+                "alarms": fired,
+                "at": at,
+                "config": self.config.endpoint_config_name,
+                "reason": why,
+            }
+        )
+        self.describe()
+
+    def _rolled_back(self) -> None:
+        self.phase = "done"
+        self.endpoint.endpoint_status = "InService"
+        self.endpoint.pending_deployment_summary = None
+        self.emulator.deployments.pop(self.endpoint.endpoint_name, None)
+
+    def _succeeded(self) -> None:
+        self.phase = "done"
+        endpoint = self.endpoint
+        endpoint.production_variants = [
+            {
+                "VariantName": spec["VariantName"],
+                "CurrentWeight": float(spec.get("InitialVariantWeight", 1.0)),
+                "DesiredWeight": float(spec.get("InitialVariantWeight", 1.0)),
+                "CurrentInstanceCount": spec.get("InitialInstanceCount"),
+                "DesiredInstanceCount": spec.get("InitialInstanceCount"),
+            }
+            for spec in self.config.production_variants
+        ]
+        endpoint.endpoint_config_name = self.config.endpoint_config_name
+        endpoint.endpoint_status = "InService"
+        endpoint.pending_deployment_summary = None
+        endpoint.failure_reason = None
+        self.emulator.deployments.pop(endpoint.endpoint_name, None)
+
+    def describe(self) -> None:
+        """The ``PendingDeploymentSummary`` of the current phase."""
+        status, message = {
+            "provisioning": ("Creating", "provisioning the new fleet"),
+            "baking": ("Baking", f"{self.green:g}% of the traffic; baking {self.wait:g}s"),
+            "terminating": (
+                "Baking",
+                f"all traffic on the new fleet; the old fleet terminates in "
+                f"{self.termination_wait:g}s",
+            ),
+            "rolling_back": ("Updating", "rolling back to the old fleet"),
+        }[self.phase]
+        since = datetime.fromtimestamp(self.phase_started, UTC)
+        variants = []
+        for spec in self.config.production_variants:
+            weight = float(spec.get("InitialVariantWeight", 1.0))
+            count = int(spec.get("InitialInstanceCount") or 1)
+            variants.append(
+                {
+                    "VariantName": spec["VariantName"],
+                    "CurrentWeight": weight * self.green / 100.0,
+                    "DesiredWeight": weight,
+                    "CurrentInstanceCount": -(-count * round(self.green) // 100),
+                    "DesiredInstanceCount": count,
+                    "InstanceType": spec.get("InstanceType"),
+                    "VariantStatus": [
+                        {"Status": status, "StatusMessage": message, "StartTime": since}
+                    ],
+                }
+            )
+        self.endpoint.pending_deployment_summary = {
+            "EndpointConfigName": self.config.endpoint_config_name,
+            "ProductionVariants": variants,
+            "StartTime": datetime.fromtimestamp(self.started, UTC),
+        }
+
+
+# ------------------------------------------------------------------------ CloudWatch alarms
+
+
+def _dims_of(dimensions: Any) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for d in dimensions or []:
+        if isinstance(d, dict):
+            pairs.append((str(d.get("Name")), str(d.get("Value"))))
+        else:
+            pairs.append((str(d.name), str(d.value)))
+    return tuple(sorted(pairs))
+
+
+def _series_value(
+    points: dict[Any, list[Any]],
+    namespace: str,
+    metric: str,
+    dims: tuple[tuple[str, str], ...],
+    stat: str,
+    start: float,
+    end: float,
+) -> float | None:
+    inside = [
+        (vs, cs) for at, vs, cs in points.get((namespace, metric, dims), []) if start <= at < end
+    ]
+    if not inside:
+        return None
+    return _statistic(inside, stat)
+
+
+def _expression(text: str, values: dict[str, float | None]) -> float | None:
+    """Metric math with ids, numbers, + - * / and parentheses (what mlrollout's alarms use)."""
+    import ast
+
+    def walk(node: ast.AST) -> float | None:
+        if isinstance(node, ast.Expression):
+            return walk(node.body)
+        if isinstance(node, ast.Name):
+            return values.get(node.id)
+        if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
+            return float(node.value)
+        if isinstance(node, ast.BinOp):
+            a, b = walk(node.left), walk(node.right)
+            if a is None or b is None:
+                return None
+            if isinstance(node.op, ast.Add):
+                return a + b
+            if isinstance(node.op, ast.Sub):
+                return a - b
+            if isinstance(node.op, ast.Mult):
+                return a * b
+            if isinstance(node.op, ast.Div):
+                return None if b == 0 else a / b
+        raise ValueError(f"unsupported metric math: {text}")
+
+    return walk(ast.parse(text, mode="eval"))
+
+
+def alarm_value(backend: Any, alarm: Any, start: float, end: float) -> float | None:
+    """The alarm's metric (or metric math) over ``[start, end)``; None without data."""
+    points = getattr(backend, "_mlr_points", {})
+    if alarm.metric_data_queries:
+        values: dict[str, float | None] = {}
+        for q in alarm.metric_data_queries:
+            if q.metric_stat is not None:
+                m = q.metric_stat.metric
+                values[q.id] = _series_value(
+                    points, m.namespace, m.metric_name, _dims_of(m.dimensions),
+                    q.metric_stat.stat, start, end,
+                )  # fmt: skip
+        for q in alarm.metric_data_queries:
+            if q.expression and str(q.return_data).lower() != "false":
+                return _expression(q.expression, values)
+        returned = [q for q in alarm.metric_data_queries if q.metric_stat is not None]
+        return values.get(returned[0].id) if returned else None
+    stat = alarm.extended_statistic or alarm.statistic
+    return _series_value(
+        points, alarm.namespace, alarm.metric_name, _dims_of(alarm.dimensions), stat, start, end
+    )
+
+
+def _breaches(alarm: Any, value: float) -> bool:
+    threshold = float(alarm.threshold)
+    return {
+        "GreaterThanThreshold": value > threshold,
+        "GreaterThanOrEqualToThreshold": value >= threshold,
+        "LessThanThreshold": value < threshold,
+        "LessThanOrEqualToThreshold": value <= threshold,
+    }.get(alarm.comparison_operator, False)
+
+
+def evaluate(backend: Any, alarm: Any, at: float) -> str:
+    """CloudWatch's evaluation of one metric alarm at instant ``at``: the last
+    ``EvaluationPeriods`` whole periods before it; ALARM when ``DatapointsToAlarm`` (default: all)
+    of them breach. Missing periods follow ``TreatMissingData`` (``notBreaching``, ``breaching``;
+    ``ignore`` keeps the state; ``missing`` with every period missing: INSUFFICIENT_DATA). A
+    state set with ``SetAlarmState`` lasts until an evaluation that says otherwise: as in
+    CloudWatch, it then goes back to what the data says."""
+    period = float(alarm.period or 0) or max(
+        (float(q.metric_stat.period) for q in alarm.metric_data_queries if q.metric_stat),
+        default=60,
+    )
+    periods = int(alarm.evaluation_periods or 1)
+    needed = int(alarm.datapoints_to_alarm or periods)
+    end = (at // period) * period
+    breaching = present = 0
+    missing = alarm.treat_missing_data or "missing"
+    for k in range(periods):
+        start = end - (k + 1) * period
+        value = alarm_value(backend, alarm, start, start + period)
+        if value is None:
+            if missing == "breaching":
+                breaching += 1
+                present += 1
+            elif missing == "notBreaching":
+                present += 1
+            continue
+        present += 1
+        breaching += _breaches(alarm, value)
+    if breaching >= needed:
+        state = "ALARM"
+    elif present:
+        state = "OK"
+    elif missing == "ignore":
+        state = alarm.state_value
+    else:
+        state = "INSUFFICIENT_DATA"
+    if state != alarm.state_value:
+        alarm.update_state(f"emulator: {breaching} of {periods} periods breaching", "{}", state)
+    return str(alarm.state_value)
 
 
 # ----------------------------------------------------------------------------- CloudWatch

@@ -8,8 +8,14 @@ over the histogram's buckets), per ``EndpointName`` + ``VariantName``. A variant
 a period publishes nothing (as SageMaker).
 
 :class:`TrafficClock` is a :class:`~mlrollout.clock.VirtualClock` whose ``sleep`` first notes the
-live weights (read from the emulator) and then publishes every period completed by the new time, so
-the engine, the adapter's waits and the retries all move simulated traffic along.
+live weights (read from the emulator, every ten virtual seconds of a longer sleep) and then
+publishes every period completed by the new time, so the engine, the adapter's waits and the
+retries all move simulated traffic along.
+
+During a native blue/green deployment the emulator reports two fleets per variant
+(:meth:`AwsEmulator.traffic_split`); with ``models`` (model name → profile) each fleet behaves as
+its model's profile, and both publish under the variant's own name, as SageMaker does: one
+variant's metrics for both fleets, blue's behaviour on blue's share, green's on green's.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from mlrollout.plan.model import Sandbox
 from mlrollout.sandbox.traffic import LATENCY_BOUNDS, TrafficModel
 
 PERIOD = 60.0
+STEP = 10.0  # the traffic model's bucket: the clock notes the live weights this often
 START = 1_700_000_040.0  # a whole minute, so periods and the model's 10 s buckets align
 
 GOOD = {"error_rate": 0.01, "latency_p50": "40ms", "latency_p99": "120ms"}
@@ -39,6 +46,7 @@ class SageMakerTraffic:
         rps: float = 20.0,
         seed: int = 7,
         origin: float = START,
+        models: dict[str, str] | None = None,
     ) -> None:
         self.emulator = emulator
         self.cloudwatch = cloudwatch
@@ -47,9 +55,18 @@ class SageMakerTraffic:
         self.model = TrafficModel(sandbox, origin)
         self.history: list[tuple[float, dict[str, float]]] = []
         self.published_until = origin
+        #: model name -> profile: who behaves how when a fleet runs that model (native blue/green:
+        #: blue and green share a variant name, and a promoted green keeps it).
+        self.models = dict(models or {})
+        self.publish_as: dict[str, str] = {}  # profile -> the variant name its metrics carry
 
     def note_weights(self, at: float) -> None:
-        weights = self.emulator.weights(self.endpoint)
+        weights: dict[str, float] = {}
+        for variant, model, percent in self.emulator.traffic_split(self.endpoint):
+            profile = self.models.get(model or "", variant)
+            weights[profile] = weights.get(profile, 0.0) + percent
+            if percent > 0 or profile not in self.publish_as:
+                self.publish_as[profile] = variant
         if not self.history or self.history[-1][1] != weights:
             self.history.append((at, weights))
 
@@ -63,7 +80,7 @@ class SageMakerTraffic:
                     continue
                 dims = [
                     {"Name": "EndpointName", "Value": self.endpoint},
-                    {"Name": "VariantName", "Value": variant},
+                    {"Name": "VariantName", "Value": self.publish_as.get(variant, variant)},
                 ]
                 at = datetime.fromtimestamp(start, UTC)
                 assert window.latency is not None
@@ -95,10 +112,13 @@ class TrafficClock(VirtualClock):
         self.traffic: list[SageMakerTraffic] = []
 
     def sleep(self, seconds: float) -> None:
-        if seconds <= 0:
-            return
-        for t in self.traffic:
-            t.note_weights(self.now())
-        super().sleep(seconds)
-        for t in self.traffic:
-            t.publish_until(self.now())
+        # In steps of at most STEP: the platform may move traffic by itself meanwhile (a native
+        # blue/green deployment), and the traffic follows it within one step.
+        while seconds > 0:
+            step = min(seconds, STEP)
+            for t in self.traffic:
+                t.note_weights(self.now())
+            super().sleep(step)
+            seconds -= step
+            for t in self.traffic:
+                t.publish_until(self.now())

@@ -77,7 +77,33 @@ def test_light_commands_on_a_sagemaker_plan_import_no_boto3(args):
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("name", ["sagemaker-canary.yaml", "sagemaker-linear.yaml"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["plan", "validate", "{plan}"],
+        ["plan", "preview", "{plan}"],
+        ["providers", "aws", "iam-policy", "{plan}"],
+    ],
+    ids=lambda a: " ".join(a).replace("{plan}", "PLAN"),
+)
+def test_light_commands_on_a_native_plan_import_no_boto3(args):
+    plan = str(REPO / "plans" / "sagemaker-native-blue-green.yaml")
+    argv = [a.replace("{plan}", plan) for a in args]
+    proc = subprocess.run(
+        [sys.executable, "-c", LIGHT, *argv], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "sagemaker-canary.yaml",
+        "sagemaker-linear.yaml",
+        "sagemaker-blue-green.yaml",
+        "sagemaker-native-blue-green.yaml",
+    ],
+)
 def test_example_plans_are_valid(name):
     loaded = parse_plan((REPO / "plans" / name).read_text(), name)
     assert loaded.plan.target.provider == "sagemaker"
@@ -215,3 +241,145 @@ def test_iam_policy_refuses_another_provider(capsys):
         main(["providers", "aws", "iam-policy", str(REPO / "plans" / "local-linear.yaml")])
     assert exit_.value.code == 2
     assert "not sagemaker" in capsys.readouterr().err
+
+
+# ------------------------------------------------------ native blue/green (SageMaker's own)
+
+NATIVE = "{type: blue_green, native: true, %s}"
+CANARY_NATIVE = NATIVE % "preview: 10, pre_promotion: 5m, keep_previous: 10m"
+
+
+def test_a_native_canary_linear_and_all_at_once_are_valid():
+    assert problems(CANARY_NATIVE) == []
+    assert problems(NATIVE % "switch: {step: 10, every: 3m}, keep_previous: 1h") == []
+    assert problems(NATIVE % "switch: {step: 50, every: 3m}") == []
+    assert problems(NATIVE % "post_promotion: 10m, keep_previous: 30m") == []
+    assert problems(NATIVE % "preview: 50, pre_promotion: 1h") == []
+
+
+@pytest.mark.parametrize(
+    ("strategy", "path", "fragment"),
+    [
+        ("preview: 60, pre_promotion: 5m", "strategy.preview", "at most 50%"),
+        ("preview: 12.5, pre_promotion: 5m", "strategy.preview", "whole percent"),
+        ("switch: {step: 5, every: 3m}", "strategy.switch.step", "10-50%"),
+        ("switch: {step: 60, every: 3m}", "strategy.switch.step", "10-50%"),
+        (
+            "preview: 10, pre_promotion: 5m, switch: {step: 20, every: 3m}",
+            "strategy.switch",
+            "not both",
+        ),
+        ("preview: 10", "strategy.pre_promotion", "needs pre_promotion"),
+        ("preview: 10, pre_promotion: 2h", "strategy.pre_promotion", "at most 3600s"),
+        ("switch: {step: 20, every: 2h}", "strategy.switch.every", "at most 3600s"),
+        ("post_promotion: 90m", "strategy.post_promotion", "at most 3600s"),
+        ("post_promotion: 5m, keep_previous: 2h", "strategy.keep_previous", "at most 3600s"),
+        (
+            "preview: 10, pre_promotion: 5m, post_promotion: 20m",
+            "strategy.post_promotion",
+            "same WaitIntervalInSeconds",
+        ),
+        (
+            "switch: {step: 10, every: 1h}, keep_previous: 1h",
+            "strategy",
+            "MaximumExecutionTimeoutInSeconds",
+        ),
+    ],
+)
+def test_native_limits_name_the_key(strategy, path, fragment):
+    found = problems(NATIVE % strategy)
+    assert any(f"{path}:" in p and fragment in p for p in found), found
+
+
+def test_native_refuses_vs_baseline_gates_and_says_why():
+    gates = GATE + "    - {name: p99, metric: latency_p99, vs_baseline: {max_increase: 10%}}\n"
+    found = problems(CANARY_NATIVE, gates=gates)
+    [problem] = [p for p in found if "analysis.gates[1].vs_baseline:" in p]
+    assert "one variant's metrics for both fleets" in problem
+    assert problems(CANARY, gates=gates) == []  # fine when mlrollout drives
+
+
+def test_native_needs_at_most_ten_alarms_with_mlrollouts_own():
+    def gates(n: int) -> str:
+        return "".join(f"    - {{name: g{i}, metric: error_rate, max: 5%}}\n" for i in range(n))
+
+    assert problems(CANARY_NATIVE, gates=gates(9)) == []  # 9 + the force-rollback alarm
+    found = problems(CANARY_NATIVE, gates=gates(10))
+    assert any("analysis.gates:" in p and "at most 10" in p for p in found), found
+    # dry-run and requests gates make no alarm
+    extra = (
+        "    - {name: n, metric: requests, min: 10}\n"
+        "    - {name: d, metric: error_rate, max: 1%, dry_run: true}\n"
+    )
+    assert problems(CANARY_NATIVE, gates=gates(9) + extra) == []
+
+
+def test_native_describe_calls_and_the_deployment_config():
+    from mlrollout_aws.deployment import deployment_config
+
+    plan = parse_plan((REPO / "plans" / "sagemaker-native-blue-green.yaml").read_text(), "p").plan
+    calls = provider_spec("sagemaker").describe_calls(plan)
+    assert any("UpdateEndpoint with DeploymentConfig (CANARY" in c for c in calls["start_native"])
+    assert "SetAlarmState" in calls["roll_back_native"][0]
+    assert any("DeleteAlarms" in c for c in calls["end_native"])
+    config = deployment_config(plan, ["a", "b"])
+    assert config["BlueGreenUpdatePolicy"] == {
+        "TrafficRoutingConfiguration": {
+            "Type": "CANARY",
+            "WaitIntervalInSeconds": 600,
+            "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": 10},
+        },
+        "TerminationWaitInSeconds": 1800,
+        "MaximumExecutionTimeoutInSeconds": 4800,  # 30m to provision + 2 bakes + keep_previous
+    }
+    assert config["AutoRollbackConfiguration"] == {
+        "Alarms": [{"AlarmName": "a"}, {"AlarmName": "b"}]
+    }
+
+
+def test_native_iam_policy_adds_the_alarm_actions_on_mlrollouts_alarms_only(capsys):
+    from mlrollout.cli.app import main
+
+    plan = str(REPO / "plans" / "sagemaker-native-blue-green.yaml")
+    with pytest.raises(SystemExit) as exit_:
+        main(["providers", "aws", "iam-policy", plan])
+    assert exit_.value.code == 0
+    policy = json.loads(capsys.readouterr().out)
+    by_sid = {s["Sid"]: s for s in policy["Statement"]}
+    assert set(by_sid["MlrolloutAlarms"]["Action"]) == {
+        "cloudwatch:PutMetricAlarm",
+        "cloudwatch:SetAlarmState",
+        "cloudwatch:TagResource",
+        "cloudwatch:ListTagsForResource",
+    }
+    assert (
+        by_sid["MlrolloutAlarms"]["Resource"] == "arn:aws:cloudwatch:us-east-1:*:alarm:mlrollout-*"
+    )
+    delete = by_sid["DeleteOnlyMlrolloutAlarms"]
+    assert delete["Action"] == ["cloudwatch:DeleteAlarms"]
+    assert delete["Condition"] == {"StringLike": {"aws:ResourceTag/mlrollout-rollout": "*"}}
+    assert by_sid["ReadAlarms"]["Action"] == ["cloudwatch:DescribeAlarms"]
+    # a plan that is not native asks for no alarm action
+    main_plan = str(REPO / "plans" / "sagemaker-blue-green.yaml")
+    with pytest.raises(SystemExit):
+        main(["providers", "aws", "iam-policy", main_plan])
+    other = json.loads(capsys.readouterr().out)
+    assert not any("Alarm" in a for s in other["Statement"] for a in s["Action"])
+
+
+def test_the_preview_of_a_native_plan_shows_each_phases_calls():
+    from mlrollout.plan.preview import build_preview
+
+    loaded = parse_plan((REPO / "plans" / "sagemaker-native-blue-green.yaml").read_text(), "p.yaml")
+    preview = build_preview(loaded)
+    [step] = preview["steps"]
+    assert step["kind"] == "native" and step["gates"]
+    assert any("PendingDeploymentSummary" in c for c in step["api_calls"])
+    assert any("GetMetricData" in c for c in step["api_calls"])
+    before = " ".join(preview["before"]["api_calls"])
+    assert "UpdateEndpoint with DeploymentConfig" in before and "PutMetricAlarm" in before
+    assert preview["before"]["api_calls"].count("SageMaker.DescribeEndpoint") == 1
+    assert "SetAlarmState" in " ".join(preview["rollback"]["api_calls"])
+    assert "platform rolls back" in preview["rollback"]["how"]
+    assert "DeleteAlarms" in " ".join(preview["promotion"]["api_calls"])
+    assert preview["promotion"]["step"].startswith("promote: the platform has retired blue")
