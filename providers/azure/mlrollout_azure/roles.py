@@ -4,12 +4,15 @@ No network and no azure library. The actions are those of the calls the adapters
 (:mod:`mlrollout_azure.azureml`, :mod:`mlrollout_azure.monitor`; ``plan preview`` lists them,
 from :meth:`mlrollout_azure.spec.AzureMLProvider.describe_calls`). The JSON is a custom role
 definition as ``az role definition create --role-definition role.json`` reads it, assignable at
-the plan's workspace (and at the resources its custom gates read metrics of).
+the plan's workspace (and at the resources its custom gates read metrics of). With a Blob Storage
+state URL (``az://ACCOUNT/CONTAINER/...`` or its ``https://`` blob URL), the data actions of the
+state store (:mod:`mlrollout_azure.blobstate`) too, and the container as a scope.
 """
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from mlrollout.plan.model import Plan
 
@@ -43,6 +46,43 @@ POLL_ACTIONS = (
 )
 
 
+_BLOBS = "Microsoft.Storage/storageAccounts/blobServices/containers/blobs"
+#: What the Blob Storage state store does in its container: read a blob, list, write (a create
+#: is ``add/action``, a replacement ``write``). The built-in role with them: Storage Blob Data
+#: Contributor.
+STATE_DATA_ACTIONS = (f"{_BLOBS}/read", f"{_BLOBS}/write", f"{_BLOBS}/add/action")
+_BLOB_HOST = ".blob.core.windows.net"
+
+
+def state_container(state: str | None) -> tuple[str, str] | None:
+    """``(account, container)`` of a Blob Storage state URL (None for any other state)."""
+    if not state:
+        return None
+    parts = urlsplit(state)
+    if parts.scheme == "az":
+        account, path = parts.netloc, parts.path
+    elif parts.scheme == "https" and parts.netloc.endswith(_BLOB_HOST):
+        account, path = parts.netloc[: -len(_BLOB_HOST)], parts.path
+    else:
+        return None
+    container = path.strip("/").split("/", 1)[0]
+    return (account, container) if account and container else None
+
+
+def state_scope(plan: Plan, state: str | None) -> str | None:
+    """The ARM scope of the state container. The storage account's resource group is not in
+    the URL: ``STORAGE_RESOURCE_GROUP`` stands for it (the plan's subscription is assumed)."""
+    found = state_container(state)
+    if found is None:
+        return None
+    account, container = found
+    subscription = plan.target.setting("subscription_id") or "SUBSCRIPTION_ID"
+    return (
+        f"/subscriptions/{subscription}/resourceGroups/STORAGE_RESOURCE_GROUP/providers/"
+        f"Microsoft.Storage/storageAccounts/{account}/blobServices/default/containers/{container}"
+    )
+
+
 def actions(plan: Plan) -> list[str]:
     """Every action a rollout of ``plan`` needs, sorted."""
     return sorted({a for needed in CALL_ACTIONS.values() for a in needed} | set(POLL_ACTIONS))
@@ -59,11 +99,15 @@ def workspace_scope(plan: Plan) -> str:
     )
 
 
-def role_definition(plan: Plan) -> dict[str, Any]:
+def role_definition(plan: Plan, state: str | None = None) -> dict[str, Any]:
     """The role definition for running ``plan`` (``Name``, ``IsCustom``, ``Description``,
-    ``Actions``, ``NotActions``, ``AssignableScopes``)."""
+    ``Actions``, ``NotActions``, ``DataActions``, ``AssignableScopes``); ``state``: the
+    ``--state`` URL (on Blob Storage: its data actions, and its container as a scope)."""
     scope = workspace_scope(plan)
     scopes = [scope]
+    container = state_scope(plan, state)
+    if container is not None:
+        scopes.append(container)
     for gate in plan.analysis.gates:  # custom gates may read another resource's metrics
         resource = (gate.query or {}).get("resource_id") if gate.metric == "custom" else None
         if isinstance(resource, str) and resource.startswith("/") and resource not in scopes:
@@ -73,11 +117,12 @@ def role_definition(plan: Plan) -> dict[str, Any]:
         "IsCustom": True,
         "Description": (
             f"Staged rollouts of Azure ML online endpoint {plan.target.endpoint} by mlrollout: "
-            "deployments, traffic and mirror traffic, ownership tags, Azure Monitor metrics."
+            "deployments, traffic and mirror traffic, ownership tags, Azure Monitor metrics"
+            + ("; rollout state in Blob Storage." if container else ".")
         ),
         "Actions": actions(plan),
         "NotActions": [],
-        "DataActions": [],
+        "DataActions": sorted(STATE_DATA_ACTIONS) if container else [],
         "NotDataActions": [],
         "AssignableScopes": scopes,
     }

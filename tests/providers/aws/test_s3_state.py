@@ -1,5 +1,6 @@
-"""The S3 state store through boto3 against the emulator: the StateStore contract, conditional
-writes for the lease, fencing, concurrent appends, lost responses."""
+"""The S3 state store through boto3 against the emulator: the shared state-store contract
+(``mlrollout.testing.state_contract``: races, fencing, corrupt objects), then what is S3's own
+(lost responses, throttling, the URL, a missing bucket, the CLI)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,15 @@ import pytest
 from mlrollout_aws._aws import RetryPolicy
 from mlrollout_aws.s3state import S3StateStore, open_s3_store
 
-from mlrollout.errors import LeaseHeld, LeaseLost, StateUnavailable, UsageError
+from mlrollout.errors import StateUnavailable
 from mlrollout.state.base import RolloutRecord
 from mlrollout.state.open import open_store
+from mlrollout.testing.state_contract import (
+    Corrupted,
+    StateStoreContract,
+    object_store_forge_lease,
+    object_store_interleave,
+)
 
 BUCKET = "rollouts"
 
@@ -58,119 +65,33 @@ def record(
     )
 
 
-def test_rollouts_are_created_listed_and_found_by_prefix(store):
-    store.create_rollout(record("churn-aaa111", 1.0))
-    store.create_rollout(record("churn-bbb222", 2.0))
-    store.create_rollout(record("fraud-ccc333", 3.0))
-    assert [r.id for r in store.list_rollouts()] == ["fraud-ccc333", "churn-bbb222", "churn-aaa111"]
-    assert store.get_rollout("fraud").id == "fraud-ccc333"
-    assert store.get_rollout("churn-aaa111").plan == {"yaml": "version: 1"}
-    with pytest.raises(UsageError, match="ambiguous"):
-        store.get_rollout("churn")
-    with pytest.raises(UsageError, match="no rollout"):
-        store.get_rollout("nope")
-    with pytest.raises(UsageError, match="already exists"):
-        store.create_rollout(record("churn-aaa111"))
+class TestS3StateContract(StateStoreContract):
+    @pytest.fixture
+    def make_store(self, world, wall):
+        world.s3.create_bucket(Bucket=BUCKET)
+        return lambda: make_store(world, wall)
 
+    @pytest.fixture
+    def corrupt_event(self, world):
+        def corrupt(store, rollout_id):
+            keys = [o["Key"] for o in world.s3.list_objects_v2(Bucket=BUCKET)["Contents"]]
+            key = next(k for k in keys if rollout_id in k and "/events/" in k)
+            broken = Corrupted(
+                key[len(store.prefix) :],
+                lambda: world.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read(),
+            )
+            world.s3.put_object(Bucket=BUCKET, Key=key, Body=broken.garbage)
+            return broken
 
-def test_events_append_in_order_with_phase_and_snapshot(store):
-    store.create_rollout(record())
-    for i in range(3):
-        event = store.append_event(
-            "churn-abc123", f"k{i}", {"i": i}, at=10.0 + i, lease=None,
-            phase="progressing", snapshot={"step": i},
-        )  # fmt: skip
-        assert event.seq == i + 1
-    assert [e.kind for e in store.events("churn-abc123")] == ["k0", "k1", "k2"]
-    assert [e.seq for e in store.events("churn-abc123", after=1)] == [2, 3]
-    got = store.get_rollout("churn-abc123")
-    assert (got.phase, got.snapshot, got.last_seq) == ("progressing", {"step": 2}, 3)
-    assert [r.id for r in store.list_rollouts(active_only=True)] == ["churn-abc123"]
-    store.append_event("churn-abc123", "done", {}, at=20.0, lease=None, phase="succeeded")
-    assert store.list_rollouts(active_only=True) == []
+        return corrupt
 
+    @pytest.fixture
+    def interleave(self):
+        return object_store_interleave
 
-def test_values_round_trip(store):
-    assert store.get_value("sandbox", "churn/x") is None
-    store.put_value("sandbox", "churn/x", {"a": [1, 2]}, lease=None)
-    assert store.get_value("sandbox", "churn/x") == {"a": [1, 2]}
-
-
-def test_one_lease_per_endpoint_with_a_fencing_token(world, store, wall):
-    other = make_store(world, wall)  # another machine, same bucket
-    lease = store.acquire_lease("sagemaker:us-east-1/churn", "runner-a", ttl=60)
-    assert lease.token == 1
-    with pytest.raises(LeaseHeld, match="driven by runner-a"):
-        other.acquire_lease("sagemaker:us-east-1/churn", "runner-b", ttl=60)
-    assert other.current_lease("sagemaker:us-east-1/churn") == lease
-    # Renewed by its holder; re-acquired by its holder under the same token.
-    wall.now += 30
-    lease = store.renew_lease(lease, ttl=60)
-    assert store.acquire_lease("sagemaker:us-east-1/churn", "runner-a", ttl=60).token == 1
-    # Expired: another runner takes it over with a higher token.
-    wall.now += 120
-    assert other.current_lease("sagemaker:us-east-1/churn") is None
-    taken = other.acquire_lease("sagemaker:us-east-1/churn", "runner-b", ttl=60)
-    assert taken.token == 2
-    with pytest.raises(LeaseLost, match="now held by runner-b"):
-        store.renew_lease(lease, ttl=60)
-    # Released: free at once.
-    other.release_lease(taken)
-    assert store.current_lease("sagemaker:us-east-1/churn") is None
-
-
-def test_writes_of_a_runner_that_lost_its_lease_are_refused(world, store, wall):
-    store.create_rollout(record())
-    key = "sagemaker:e"
-    old = store.acquire_lease(key, "runner-a", ttl=60)
-    store.append_event("churn-abc123", "a", {}, at=1.0, lease=old)
-    wall.now += 120
-    other = make_store(world, wall)
-    new = other.acquire_lease(key, "runner-b", ttl=60)
-    other.append_event("churn-abc123", "b", {}, at=2.0, lease=new)
-    with pytest.raises(LeaseLost):
-        store.append_event("churn-abc123", "stale", {}, at=3.0, lease=old)
-    with pytest.raises(LeaseLost):
-        store.put_value("sandbox", "x", {}, lease=old)
-    assert [e.kind for e in other.events("churn-abc123")] == ["a", "b"]
-
-
-def test_the_record_refuses_a_lower_token_even_when_the_lease_check_raced(world, store, wall):
-    """Fencing in the record itself: token 2 wrote, so token 1 can no longer write there."""
-    store.create_rollout(record())
-    key = "sagemaker:e"
-    first = store.acquire_lease(key, "runner-a", ttl=60)
-    wall.now += 120
-    second = store.acquire_lease(key, "runner-b", ttl=60)
-    store.append_event("churn-abc123", "b", {}, at=1.0, lease=second)
-    # Pretend runner-a's lease check passed (its lease object says so), then it writes.
-    store._put(
-        store._lease_key(key), {"holder": "runner-a", "token": 1, "expires_at": wall.now + 60}
-    )
-    with pytest.raises(LeaseLost, match="token 2 has written since"):
-        store.append_event("churn-abc123", "stale", {}, at=2.0, lease=first)
-
-
-def test_concurrent_appends_from_two_stores_never_lose_or_duplicate_events(world, store, wall):
-    store.create_rollout(record())
-    other = make_store(world, wall)
-    original_put = store._put
-    raced = []
-
-    def racing_put(key, value, **kw):
-        # Just before runner A commits its record, runner B appends (a command from elsewhere).
-        if key.endswith("record.json") and not raced:
-            raced.append(True)
-            other.append_event("churn-abc123", "command.abort", {"by": "b"}, at=1.0, lease=None)
-        return original_put(key, value, **kw)
-
-    store._put = racing_put
-    event = store.append_event("churn-abc123", "look", {}, at=1.0, lease=None)
-    assert event.seq == 2
-    assert [(e.seq, e.kind) for e in store.events("churn-abc123")] == [
-        (1, "command.abort"),
-        (2, "look"),
-    ]
+    @pytest.fixture
+    def forge_lease(self):
+        return object_store_forge_lease
 
 
 def test_a_lost_put_response_is_not_applied_twice(world, store):
@@ -218,59 +139,3 @@ def test_the_cli_reads_rollouts_from_s3_state(world, store, capsys):
         main(["--state", url, "list", "--output", "json"])
     assert exit_.value.code == 0
     assert [r["id"] for r in json.loads(capsys.readouterr().out)] == ["churn-aaa111"]
-
-
-def test_a_corrupt_object_is_a_clear_error_and_the_rest_stays_readable(world, store):
-    from mlrollout.errors import ExitCode, StateCorrupt
-
-    store.create_rollout(record("churn-aaa111", 1.0))
-    store.create_rollout(record("fraud-bbb222", 2.0))
-    for rid in ("churn-aaa111", "fraud-bbb222"):
-        for kind in ("started", "look"):
-            store.append_event(rid, kind, {"n": 1}, at=1.0, lease=None)
-    keys = [o["Key"] for o in world.s3.list_objects_v2(Bucket=BUCKET)["Contents"]]
-    broken = next(k for k in keys if "churn-aaa111" in k and "/events/" in k)
-    world.s3.put_object(Bucket=BUCKET, Key=broken, Body=b"\x00{truncated")
-
-    with pytest.raises(StateCorrupt) as caught:
-        store.events("churn-aaa111")
-    assert caught.value.exit_code == ExitCode.NEEDS_HUMAN
-    assert "not JSON" in caught.value.message and caught.value.hint
-    # nothing was overwritten, and the other rollout's history is intact
-    body = world.s3.get_object(Bucket=BUCKET, Key=broken)["Body"].read()
-    assert body == b"\x00{truncated"
-    assert [e.kind for e in store.events("fraud-bbb222")] == ["started", "look"]
-    assert {r.id for r in store.list_rollouts()} == {"churn-aaa111", "fraud-bbb222"}
-
-
-def test_two_runs_starting_together_create_one_rollout_per_endpoint(world, store, wall):
-    import threading
-
-    from mlrollout.errors import RolloutActive
-
-    barrier = threading.Barrier(4)
-    created, refused = [], []
-
-    def start(n: int) -> None:
-        mine = make_store(world, wall)
-        barrier.wait()
-        try:
-            mine.create_rollout(record(f"churn-{n:06d}", endpoint="sagemaker:e"))
-            created.append(n)
-        except RolloutActive as exc:
-            refused.append(exc)
-
-    threads = [threading.Thread(target=start, args=(n,)) for n in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert len(created) == 1 and len(refused) == 3
-    # another endpoint is not blocked; once the active rollout ends, the endpoint is free again
-    store.create_rollout(record("other-000001", endpoint="sagemaker:other"))
-    winner = f"churn-{created[0]:06d}"
-    with pytest.raises(RolloutActive, match=winner):
-        store.create_rollout(record("churn-later1", endpoint="sagemaker:e"))
-    store.append_event(winner, "rolled_back", {}, at=2.0, lease=None, phase="rolled_back")
-    store.create_rollout(record("churn-later2", endpoint="sagemaker:e"))
-    assert store.get_rollout("churn-later2").phase == "pending"

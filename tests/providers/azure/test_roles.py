@@ -105,6 +105,14 @@ def test_the_role_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 2 and "not azureml" in err, err
 
 
+def test_the_role_command_adds_an_az_state_stores_data_actions(capsys) -> None:
+    state = "az://acct/rollouts/prod"
+    code, out, err = _main(capsys, "--state", state, "providers", "azure", "role", str(PLAN))
+    assert code == 0, err
+    assert json.loads(out) == roles.role_definition(load_plan(str(PLAN)).plan, state)
+    assert json.loads(out) != roles.role_definition(load_plan(str(PLAN)).plan)
+
+
 LIGHT = textwrap.dedent(
     """
     import sys

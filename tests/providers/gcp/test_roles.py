@@ -108,6 +108,14 @@ def test_the_role_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 2 and "not vertex" in err, err
 
 
+def test_the_role_command_adds_a_gs_state_buckets_permissions(capsys) -> None:
+    code, out, err = _main(capsys, "--state", "gs://team/p", "providers", "gcp", "role", str(PLAN))
+    assert code == 0, err
+    role = json.loads(out)
+    assert role == roles.custom_role(load_plan(str(PLAN)).plan, "gs://team/p")
+    assert any(p.startswith("storage.") for p in role["includedPermissions"])
+
+
 LIGHT = textwrap.dedent(
     """
     import sys
