@@ -7,7 +7,9 @@ each look one ``LocalMetrics.query`` for both variants over a cumulative window,
 - ``stage``: windows from the stage start (what the engine asks);
 - ``rollout``: windows from the rollout start (the worst case for cumulative windows);
 - ``rollout, new process per look``: no cache survives between looks (quadratic work);
-- ``rollout, 10k rps``: the same at 100x the traffic.
+- ``rollout, 10k rps``: the same at 100x the traffic;
+- ``rollout, 100 % mirrored``: v7 serves no one and gets a mirrored copy of all of v6's
+  requests for the 30 minutes (blue-green's ``preview: 0``; the mirror's own buckets).
 
 Then a week-long rehearsal end to end: a canary at 50 % analyzed for 7 days with a look every
 hour, 1,000 req/s on a daily profile, 50,000 sticky users, events (a traffic gap, a late
@@ -49,7 +51,9 @@ class MemoryStore:
         self.values[(namespace, key)] = value
 
 
-def run(*, rps: float, from_rollout_start: bool, fresh: bool) -> tuple[float, int, int, int]:
+def run(
+    *, rps: float, from_rollout_start: bool, fresh: bool, mirror: float = 0.0
+) -> tuple[float, int, int, int]:
     sandbox = Sandbox.model_validate(
         {
             "seed": 7,
@@ -64,9 +68,12 @@ def run(*, rps: float, from_rollout_start: bool, fresh: bool) -> tuple[float, in
     endpoint = LocalEndpoint("bench", sandbox, MemoryStore(), clock)
     metrics = LocalMetrics(endpoint)
     endpoint.prepare(Candidate(name="v7"), "v6")
+    if mirror:
+        endpoint.set_shadow("v7", mirror)
     looks = requests = generated = 0
     started = time.perf_counter()
     for weight, duration in STAGES:
+        weight = 0.0 if mirror else weight
         endpoint.set_traffic({"v6": 100.0 - weight, "v7": weight})
         stage_start = clock.now()
         for _ in range(int(duration // 60)):
@@ -151,13 +158,16 @@ def week() -> tuple[float, int, str, int]:
 def main() -> None:
     print("30-minute canary, a look every 60 s, 2 variants, cumulative windows")
     print(f"{'scenario':<36}{'total ms':>10}{'ms/look':>10}{'buckets':>10}{'last window':>14}")
-    for label, rps, whole, fresh in (
-        ("stage windows, 100 rps", 100.0, False, False),
-        ("rollout windows, 100 rps", 100.0, True, False),
-        ("rollout, new process per look", 100.0, True, True),
-        ("rollout windows, 10k rps", 10_000.0, True, False),
+    for label, rps, whole, fresh, mirror in (
+        ("stage windows, 100 rps", 100.0, False, False, 0.0),
+        ("rollout windows, 100 rps", 100.0, True, False, 0.0),
+        ("rollout, new process per look", 100.0, True, True, 0.0),
+        ("rollout windows, 10k rps", 10_000.0, True, False, 0.0),
+        ("rollout, 100 % mirrored, 100 rps", 100.0, True, False, 100.0),
     ):
-        best = min(run(rps=rps, from_rollout_start=whole, fresh=fresh) for _ in range(3))
+        best = min(
+            run(rps=rps, from_rollout_start=whole, fresh=fresh, mirror=mirror) for _ in range(3)
+        )
         elapsed, looks, requests, generated = best
         print(
             f"{label:<36}{elapsed * 1e3:>10.1f}{elapsed * 1e3 / looks:>10.2f}"

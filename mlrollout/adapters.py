@@ -27,11 +27,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Collection, Mapping
 from enum import Enum
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from mlrollout.clock import Clock
 from mlrollout.errors import ProviderAuthError, ProviderError, ProviderThrottled
 from mlrollout.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from mlrollout.plan.model import Candidate
 
 T = TypeVar("T")
 
@@ -41,6 +44,12 @@ WEIGHT_TOLERANCE = 0.01
 _SUM_TOLERANCE = 1e-6
 
 # ------------------------------------------------------------------------------------ traffic
+
+
+def candidate_capacity(candidate: Candidate, baseline: int | None) -> int:
+    """How many instances the candidate gets: the plan's ``instance_count``, else the baseline's
+    (green at full capacity beside blue), else 1."""
+    return int(candidate.instance_count or baseline or 1)
 
 
 def check_weights(

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlrollout.adapters import candidate_capacity
 from mlrollout.contracts import EndpointState, ProviderContext, VariantState
 from mlrollout.errors import MlrolloutError, StateUnavailable
 from mlrollout.units import format_duration
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from mlrollout.state.base import Event, Lease, RolloutRecord, StateStore
 
 #: The instance-hours key of a fleet whose type the platform does not report (the sandbox has
-#: none; SageMaker's DescribeEndpoint does not name it).
+#: none unless the plan names one).
 UNNAMED_TYPE = "unknown type"
 
 
@@ -247,20 +248,24 @@ def live_preview(
     assert baseline is not None
     existing = live.variant(candidate.name)
     if existing is None:
+        # What the plan leaves out the candidate takes from the baseline (green at full
+        # capacity), as each adapter's prepare does.
+        blue_now = live.variant(baseline)
+        count = candidate_capacity(candidate, blue_now.instance_count if blue_now else None)
+        kind = candidate.instance_type or (blue_now.instance_type if blue_now else None)
         created: dict[str, Any] = {
             "name": candidate.name,
             "weight": 0.0,
             "model": candidate.model,
-            "instance_type": candidate.instance_type,
-            "instance_count": candidate.instance_count,
+            "instance_type": kind,
+            "instance_count": count,
             "shadow_percent": 0.0,
             "status": "new",
         }
         first = [*now, created]
-        count = candidate.instance_count
         change = (
             f"create {candidate.name} at 0% ({count} instance{'s' if count != 1 else ''}"
-            f"{' of ' + candidate.instance_type if candidate.instance_type else ''})"
+            f"{' of ' + kind if kind else ''})"
         )
     else:
         created = variant_row(existing)

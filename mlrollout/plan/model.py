@@ -116,7 +116,12 @@ class Candidate(StrictModel):
     name: str = Field(min_length=1, max_length=63, description="Variant/deployment name.")
     model: str | None = Field(default=None, description="The platform's model reference.")
     instance_type: str | None = None
-    instance_count: int = Field(default=1, ge=1, le=1000)
+    instance_count: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="Instances (replicas) of the candidate; default: the baseline's count.",
+    )
 
 
 # ------------------------------------------------------------------------------------- strategy

@@ -8,6 +8,7 @@ runner sharing the store sees the same endpoint, and a new process resumes it::
                          "instance_count": 1}, ...},
      "history": [[t0, {"v6": 100.0}], [t1, {"v6": 90.0, "v7": 10.0}], ...],
      "shadow": {"v7": 100.0},
+     "shadow_history": [[t2, {"v7": 100.0}], ...],
      "owner": {"mlrollout-rollout": "churn-3f2a1b", "mlrollout-holder": "...",
                "mlrollout-expires": "1800000060"}}
 
@@ -27,7 +28,13 @@ seen. A window with no visible bucket has no data (``Window()``); a visible wind
 traffic has ``requests == 0``. A ``custom`` gate reads the sandbox metric its ``query.metric``
 names (else its own name): a variant's custom rate as (events, requests), ``feedback`` as
 (positive, rated), ``accuracy`` as (correct, labelled); a metric the variant does not simulate
-has no data. Mirrored (shadow) traffic is recorded on the endpoint but not simulated yet.
+has no data.
+
+Mirrored (shadow) traffic: ``set_shadow(variant, percent)`` records ``shadow`` (what mirrors now)
+and appends to ``shadow_history`` when it changes, as ``set_traffic`` does to ``history``. A
+mirrored variant's windows then hold its copy of ``percent`` % of the live requests, answered with
+its own behaviour (see :mod:`mlrollout.sandbox.traffic`); the live variants' windows and the
+weight history are untouched by it (a mirror serves no one).
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from mlrollout.adapters import check_finalize, check_weights
+from mlrollout.adapters import candidate_capacity, check_finalize, check_weights
 from mlrollout.clock import Clock
 from mlrollout.contracts import (
     Capabilities,
@@ -110,6 +117,7 @@ class LocalEndpoint:
                 "variants": {first: _variant(100.0, None, None, 1)},
                 "history": [[now, {first: 100.0}]],
                 "shadow": {},
+                "shadow_history": [],
             }
             self._save(record)
         return record
@@ -161,8 +169,10 @@ class LocalEndpoint:
                 f"baseline {baseline!r} is not deployed on sandbox endpoint {self.name!r} "
                 f"(deployed: {', '.join(record['order'])})"
             )
+        base = record["variants"][baseline]
+        count = candidate_capacity(candidate, base.get("instance_count"))
         record["variants"][candidate.name] = _variant(
-            0.0, candidate.model, candidate.instance_type, candidate.instance_count
+            0.0, candidate.model, candidate.instance_type or base.get("instance_type"), count
         )
         record["order"].append(candidate.name)
         record["started"] = self.clock.now()
@@ -195,9 +205,19 @@ class LocalEndpoint:
             raise ProviderError(f"a shadow percent is from 0 to 100, got {percent:g}")
         shadow = {variant: float(percent)} if variant is not None and percent > 0 else {}
         if shadow != record.get("shadow", {}):
-            record["shadow"] = shadow
+            self._mirror(record, shadow)
             self._save(record)
         return self._state(record)
+
+    def _mirror(self, record: dict[str, Any], shadow: dict[str, float]) -> None:
+        """Set what mirrors now, and when it started (the metrics simulate it from then on)."""
+        history: list[list[Any]] = record.setdefault("shadow_history", [])
+        last = record["history"][-1][0] if record.get("history") else self.clock.now()
+        if history:
+            last = max(last, history[-1][0])
+        at = max(self.clock.now(), last)
+        record["shadow"] = shadow
+        history.append([at, dict(shadow)])
 
     def finalize(self, keep: str, retire: str) -> EndpointState:
         record = self._load()
@@ -209,7 +229,9 @@ class LocalEndpoint:
             return self._state(record)  # already retired
         del deployed[retire]
         record["order"].remove(retire)
-        record["shadow"] = {n: p for n, p in record.get("shadow", {}).items() if n != retire}
+        shadow = record.get("shadow", {})
+        if retire in shadow:
+            self._mirror(record, {n: p for n, p in shadow.items() if n != retire})
         self._save(record)
         return self._state(record)
 
@@ -266,8 +288,9 @@ class LocalMetrics:
         started = float(record.get("started", record["origin"]))
         model = self.model(started)
         history: History = [(float(at), ws) for at, ws in record["history"]]
+        mirror = _mirror_history(record, started)
         order: list[str] = record["order"]
-        seen = set(record["variants"]).union(*(ws for _, ws in history))
+        seen = set(record["variants"]).union(*(ws for _, ws in history), *(ms for _, ms in mirror))
         # Only completed, published buckets are visible: cut the window at the last bucket
         # boundary at or before the publishing edge.
         edge = started + model.world.visible_until(self.endpoint.clock.now() - started)
@@ -281,9 +304,21 @@ class LocalMetrics:
         }
         out: dict[str, Window] = {}
         for v in query.variants:
-            records = model.records(v, query.start, end, history, order) if v in seen else None
+            records = (
+                model.records(v, query.start, end, history, order, mirror) if v in seen else None
+            )
             out[v] = Window() if records is None else _window(records, names)
         return out
+
+
+def _mirror_history(record: Mapping[str, Any], started: float) -> History:
+    """When what mirrored to which variant (a record written before mirroring was simulated
+    has only the current mirror: from the rollout's start)."""
+    if "shadow_history" in record:
+        return [(float(at), ms) for at, ms in record["shadow_history"]]
+    shadow = record.get("shadow") or {}
+    return [(started, shadow)] if shadow else []
+
 
 
 def _window(records: Records, customs: Mapping[str, str]) -> Window:

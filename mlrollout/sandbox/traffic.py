@@ -26,6 +26,18 @@ errors``:
   right with probability ``accuracy`` (a confusion matrix),
 - ``feedback``: positive ratings ~ Binomial(responses, feedback) out of ``responses`` rated.
 
+Mirrored (shadow) traffic: a mirror history ``(at, {variant: percent})`` (the platform copying
+``percent`` % of the endpoint's live requests to ``variant``, whose answers are dropped) gives the
+mirrored variant, in bucket ``k``, a copy of ``m`` % of the live requests, ``m`` the
+time-weighted mirrored percent over the bucket: requests ~ Poisson(world.requests(bucket) · m /
+100) (a uniform thinning of the live arrivals is Poisson again), answered with the variant's own
+behaviour in that bucket (errors with its bursts, latency, custom rates, accuracy) from a random
+stream of their own (seeded by ``(seed, v, "mirror", k)``), so mirroring changes no live
+variant's numbers. Nobody sees a mirrored answer, so none is rated (no ``feedback``), and the
+users' sticky assignment, which only live weights decide, never includes a mirror. The mirrored
+requests are published as the variant's metrics (added to whatever live traffic it serves) and
+counted apart in :attr:`Records.mirrored`.
+
 Everything is aggregated counts (:class:`Records`), never one object per request. Each bucket
 draws from its own ``random.Random`` seeded with a blake2b hash of ``(seed, v, k)``, so the
 same window gives the same numbers in every process, in any query order.
@@ -131,7 +143,7 @@ class Records:
     on :data:`LATENCY_BOUNDS` (one more for the overflow); ``custom`` maps a custom metric to
     ``(events, requests)`` over the buckets where the variant defines it; ``confusion`` and
     ``feedback`` (``(positive, rated)``) are ``None`` when the variant never simulates them in
-    the window."""
+    the window. ``mirrored`` of the ``requests`` were mirrored copies (served to no one)."""
 
     requests: int = 0
     errors: int = 0
@@ -139,6 +151,7 @@ class Records:
     custom: dict[str, tuple[int, int]] = field(default_factory=dict)
     confusion: Confusion | None = None
     feedback: tuple[int, int] | None = None
+    mirrored: int = 0
 
     @property
     def responses(self) -> int:
@@ -152,7 +165,30 @@ class Records:
             dict(self.custom),
             None if self.confusion is None else Confusion(**vars(self.confusion)),
             self.feedback,
+            self.mirrored,
         )
+
+    @property
+    def live(self) -> int:
+        """Requests of live traffic (served to users): ``requests`` less the mirrored copies."""
+        return self.requests - self.mirrored
+
+    def merge(self, other: Records) -> None:
+        """Add ``other``'s counts (in place)."""
+        self.requests += other.requests
+        self.errors += other.errors
+        self.latency = [a + b for a, b in zip(self.latency, other.latency, strict=True)]
+        for name, (events, requests) in other.custom.items():
+            old = self.custom.get(name, (0, 0))
+            self.custom[name] = (old[0] + events, old[1] + requests)
+        if other.confusion is not None:
+            if self.confusion is None:
+                self.confusion = Confusion()
+            self.confusion.add(other.confusion)
+        if other.feedback is not None:
+            old = self.feedback or (0, 0)
+            self.feedback = (old[0] + other.feedback[0], old[1] + other.feedback[1])
+        self.mirrored += other.mirrored
 
     def add(self, bucket: _Bucket) -> None:
         """Add one generated bucket (in place)."""
@@ -171,6 +207,8 @@ class Records:
         if bucket.feedback is not None:
             old = self.feedback or (0, 0)
             self.feedback = (old[0] + bucket.feedback[0], old[1] + bucket.feedback[1])
+        if bucket.mirrored:
+            self.mirrored += bucket.requests
 
     def window(self) -> Window:
         """The normalized window (custom metrics are filled by the metrics source, by gate)."""
@@ -190,6 +228,7 @@ class _Bucket:
     custom: tuple[tuple[str, int], ...] = ()
     confusion: Confusion | None = None
     feedback: tuple[int, int] | None = None
+    mirrored: bool = False  # mirrored copies, not live traffic
 
 
 def _poisson(rng: random.Random, lam: float) -> int:
@@ -258,9 +297,10 @@ class TrafficModel:
         self.world = World(sandbox)
         self.users = None if sandbox.users is None else UserBase(sandbox.users, sandbox.seed)
         self._latency: dict[tuple[float, float], tuple[int, list[float]]] = {}
-        self._buckets: dict[tuple[str, int, float], _Bucket] = {}
-        # (variant, first bucket) -> (weights used, records so far)
+        self._buckets: dict[tuple[str, int, float, bool], _Bucket] = {}
+        # (variant, first bucket) -> (weights used, records so far); live and mirrored apart
         self._runs: dict[tuple[str, int], tuple[list[float], Records]] = {}
+        self._mirror_runs: dict[tuple[str, int], tuple[list[float], Records]] = {}
 
     @property
     def generated(self) -> int:
@@ -309,11 +349,22 @@ class TrafficModel:
     ) -> list[float]:
         """The time-weighted live weight (percent) of ``variant`` in each bucket of the window
         (with ``sandbox.users``: its share of the users, see :meth:`user_weights`)."""
-        history = self.user_weights(history, order)
+        return self._per_bucket(
+            variant, self.buckets(start, end), self.user_weights(history, order)
+        )
+
+    def mirror_weights(
+        self, variant: str, start: float, end: float, mirror: History
+    ) -> list[float]:
+        """The time-weighted mirrored percent of ``variant`` in each bucket of the window: the
+        share of the endpoint's live requests copied to it (whoever sent them: no users)."""
+        return self._per_bucket(variant, self.buckets(start, end), mirror)
+
+    def _per_bucket(self, variant: str, ks: range, history: History) -> list[float]:
+        """``variant``'s value in ``history``, time-weighted over each bucket of ``ks``."""
         times = [at for at, _ in history]
         values = [float(ws.get(variant, 0.0)) for _, ws in history]
         out: list[float] = []
-        ks = self.buckets(start, end)
         size = self.bucket
         i = bisect.bisect_right(times, self.bucket_start(ks.start)) - 1 if ks else -1
         for k in ks:
@@ -338,14 +389,15 @@ class TrafficModel:
             cached = self._latency[key] = _latency_conditionals(*key)
         return cached
 
-    def _bucket(self, variant: str, k: int, weight: float) -> _Bucket:
-        key = (variant, k, weight)
+    def _bucket(self, variant: str, k: int, weight: float, mirrored: bool = False) -> _Bucket:
+        key = (variant, k, weight, mirrored)
         cached = self._buckets.get(key)
         if cached is not None:
             return cached
         t = k * self.bucket  # world time: seconds since the rollout started
         behaviour = self.world.behaviour(variant, t)
-        rng = random.Random(_seed(self.sandbox.seed, variant, k))
+        stream = f"{variant}\x1fmirror" if mirrored else variant
+        rng = random.Random(_seed(self.sandbox.seed, stream, k))
         expected = self.world.requests(t, t + self.bucket) * weight / 100.0 if weight else 0.0
         requests = _poisson(rng, expected)
         rate = behaviour.error_rate
@@ -377,37 +429,70 @@ class TrafficModel:
                 tp = _binomial(rng, positives, behaviour.accuracy)
                 tn = _binomial(rng, negatives, behaviour.accuracy)
                 confusion = Confusion(tp=tp, fp=negatives - tn, tn=tn, fn=positives - tp)
-            if behaviour.feedback is not None:
+            if behaviour.feedback is not None and not mirrored:  # nobody rates a mirror
                 feedback = (_binomial(rng, responses, behaviour.feedback), responses)
         self._buckets[key] = result = _Bucket(
-            requests, errors, lo, counts, custom, confusion, feedback
+            requests, errors, lo, counts, custom, confusion, feedback, mirrored
         )
         return result
 
     def records(
-        self, variant: str, start: float, end: float, history: History, order: Sequence[str] = ()
+        self,
+        variant: str,
+        start: float,
+        end: float,
+        history: History,
+        order: Sequence[str] = (),
+        mirror: History = (),
     ) -> Records | None:
         """What ``variant``'s requests did over ``[start, end)`` (whole buckets whose start lies
-        in it); ``None`` for a variant the sandbox does not describe (no data)."""
+        in it): its live traffic by the weight ``history``, plus its mirrored copies by the
+        ``mirror`` history; ``None`` for a variant the sandbox does not describe (no data)."""
         if variant not in self.sandbox.variants:
             return None
         ks = self.buckets(start, end)
         ws = self.weights(variant, start, end, history, order)
-        run = self._runs.get((variant, ks.start))
+        records = self._accumulate(self._runs, variant, ks, ws, mirrored=False)
+        if mirror:
+            ms = self.mirror_weights(variant, start, end, mirror)
+            if any(ms):
+                records.merge(self._accumulate(self._mirror_runs, variant, ks, ms, mirrored=True))
+        return records
+
+    def _accumulate(
+        self,
+        runs: dict[tuple[str, int], tuple[list[float], Records]],
+        variant: str,
+        ks: range,
+        ws: list[float],
+        *,
+        mirrored: bool,
+    ) -> Records:
+        """The buckets ``ks`` at weights ``ws`` added up, extending the cached run of the same
+        variant and first bucket when its weights are a prefix of ``ws``."""
+        run = runs.get((variant, ks.start))
         if run is not None and ws[: len(run[0])] == run[0]:
             done, records = len(run[0]), run[1].copy()
         else:
             done, records = 0, Records()
         for k, w in zip(ks[done:], ws[done:], strict=True):
-            records.add(self._bucket(variant, k, w))
+            if w or not mirrored:  # a bucket nothing was mirrored in adds nothing
+                records.add(self._bucket(variant, k, w, mirrored))
         if ks and (run is None or len(ws) >= len(run[0])):
-            self._runs[(variant, ks.start)] = (ws, records.copy())
+            runs[(variant, ks.start)] = (ws, records.copy())
         return records
 
     def window(
-        self, variant: str, start: float, end: float, history: History, order: Sequence[str] = ()
+        self,
+        variant: str,
+        start: float,
+        end: float,
+        history: History,
+        order: Sequence[str] = (),
+        mirror: History = (),
     ) -> Window:
         """Requests, errors and latency histogram of ``variant`` over ``[start, end)`` (whole
-        buckets whose start lies in it). A variant the sandbox does not describe has no data."""
-        records = self.records(variant, start, end, history, order)
+        buckets whose start lies in it), mirrored copies included. A variant the sandbox does not
+        describe has no data."""
+        records = self.records(variant, start, end, history, order, mirror)
         return Window() if records is None else records.window()

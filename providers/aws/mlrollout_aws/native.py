@@ -44,6 +44,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from mlrollout.adapters import candidate_capacity
 from mlrollout.contracts import OWNER_ROLLOUT_KEY, EndpointState, NativeDeployment
 from mlrollout.errors import ProviderError, ProviderRefused
 from mlrollout.plan.model import Candidate, Plan
@@ -183,8 +184,7 @@ class NativeBlueGreen:
         for variant in _carried_variants(current, raw):
             if variant["VariantName"] == baseline:
                 count = variant.get("InitialInstanceCount")
-                if "instance_count" in candidate.model_fields_set or count is None:
-                    count = candidate.instance_count
+                count = candidate_capacity(candidate, count)
                 variant = {
                     "VariantName": baseline,  # SageMaker: the same variant name as before
                     "ModelName": candidate.model,

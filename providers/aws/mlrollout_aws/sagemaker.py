@@ -34,7 +34,13 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from mlrollout.adapters import WEIGHT_TOLERANCE, check_finalize, check_weights, wait_until
+from mlrollout.adapters import (
+    WEIGHT_TOLERANCE,
+    candidate_capacity,
+    check_finalize,
+    check_weights,
+    wait_until,
+)
 from mlrollout.clock import Clock
 from mlrollout.contracts import (
     OWNER_KEYS,
@@ -310,12 +316,13 @@ class SageMakerEndpoint:
                 f"(at most {naming.MAX_VARIANTS})",
                 hint="remove unused variants first",
             )
+        blue_count = _count(_variant(raw, baseline) or {})
         variants.append(
             {
                 "VariantName": candidate.name,
                 "ModelName": candidate.model,
                 "InstanceType": candidate.instance_type,
-                "InitialInstanceCount": _capacity(candidate, _count(_variant(raw, baseline) or {})),
+                "InitialInstanceCount": candidate_capacity(candidate, blue_count),
                 "InitialVariantWeight": 0.0,
             }
         )
@@ -604,13 +611,6 @@ def _weight(variant: Mapping[str, Any]) -> float:
         if variant.get(key) is not None:
             return float(variant[key])
     return 0.0
-
-
-def _capacity(candidate: Candidate, baseline: int | None) -> int:
-    """The candidate's instance count: the plan's, else the baseline's (green at full
-    capacity beside blue)."""
-    count = candidate.instance_count if "instance_count" in candidate.model_fields_set else None
-    return int(count or baseline or 1)
 
 
 def _count(variant: Mapping[str, Any]) -> int | None:

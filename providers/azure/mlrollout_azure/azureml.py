@@ -39,7 +39,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from mlrollout.adapters import check_finalize, check_weights, wait_until, whole_percents
+from mlrollout.adapters import (
+    candidate_capacity,
+    check_finalize,
+    check_weights,
+    wait_until,
+    whole_percents,
+)
 from mlrollout.clock import Clock
 from mlrollout.contracts import (
     OWNER_KEYS,
@@ -286,7 +292,7 @@ class AzureMLEndpoint:
             endpoint_name=t.endpoint,
             model=model,
             instance_type=candidate.instance_type or base.instance_type,
-            instance_count=candidate.instance_count,
+            instance_count=candidate_capacity(candidate, base.instance_count),
             environment=base.environment,
             code_configuration=base.code_configuration,
             environment_variables=dict(base.environment_variables or {}) or None,

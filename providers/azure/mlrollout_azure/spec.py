@@ -16,9 +16,11 @@ from mlrollout.plan.model import CanaryStrategy, LinearStrategy, Plan, ShadowStr
 if TYPE_CHECKING:
     from mlrollout.contracts import EndpointAdapter, MetricsSource, ProviderContext
 
-CAPABILITIES = Capabilities(weights=True, shadow=True, native_blue_green=False)
 #: Azure ML mirrors at most this share of live traffic, to one deployment.
 MAX_MIRROR_PERCENT = 50.0
+CAPABILITIES = Capabilities(
+    weights=True, shadow=True, native_blue_green=False, max_mirror_percent=MAX_MIRROR_PERCENT
+)
 #: Online endpoint names: 3-32 characters, a letter first, letters, digits and hyphens.
 ENDPOINT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,30}[A-Za-z0-9]$")
 #: Deployment names: 3-32 characters, a letter first, letters, digits and hyphens.
@@ -113,6 +115,10 @@ class AzureMLProvider:
                 f"AzureML PUT deployment {plan.candidate.name} (0 %) + poll its operation",
             ],
             "set_traffic": ["AzureML PUT onlineEndpoint traffic (whole %) + poll its operation"],
+            "set_shadow": [
+                "AzureML PUT onlineEndpoint mirror_traffic (one deployment, whole %, at most "
+                f"{MAX_MIRROR_PERCENT:g} %) + poll its operation"
+            ],
             "finalize": ["AzureML DELETE deployment (the loser, at 0 %) + poll its operation"],
             "metrics": [
                 "Azure Monitor metrics:getBatch RequestsPerMinute by deployment, statusCodeClass",

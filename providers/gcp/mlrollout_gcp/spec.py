@@ -78,15 +78,8 @@ class VertexProvider:
                     "id@version or projects/P/locations/L/models/ID)",
                 )
             )
-        if not candidate.instance_type:
-            problems.append(
-                PlanProblem(
-                    ("candidate", "instance_type"),
-                    "Vertex AI needs the candidate's instance_type, a machine type "
-                    "(e.g. n1-standard-4)",
-                )
-            )
-        elif candidate.instance_type.startswith("ml."):
+        # Without an instance_type the candidate takes the baseline's machine type.
+        if candidate.instance_type and candidate.instance_type.startswith("ml."):
             problems.append(
                 PlanProblem(
                     ("candidate", "instance_type"),

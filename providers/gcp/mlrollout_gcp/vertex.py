@@ -38,7 +38,13 @@ from google.api_core.client_options import ClientOptions
 from google.cloud import aiplatform_v1
 from google.protobuf import field_mask_pb2
 
-from mlrollout.adapters import check_finalize, check_weights, wait_until, whole_percents
+from mlrollout.adapters import (
+    candidate_capacity,
+    check_finalize,
+    check_weights,
+    wait_until,
+    whole_percents,
+)
 from mlrollout.clock import Clock
 from mlrollout.contracts import (
     OWNER_KEYS,
@@ -72,7 +78,8 @@ class DeployedModel:
     name: str  # display name (the variant's name); the id when it has none
     model: str
     machine_type: str | None
-    replicas: int | None
+    replicas: int | None  # minReplicaCount: the capacity always running
+    max_replicas: int | None = None  # maxReplicaCount (autoscaling's ceiling)
 
 
 def _owner_labels(labels: Mapping[str, str]) -> dict[str, str]:
@@ -223,6 +230,7 @@ class VertexEndpoint:
             resources = dm.dedicated_resources
             machine = resources.machine_spec.machine_type if resources else ""
             replicas = resources.min_replica_count if resources else 0
+            ceiling = resources.max_replica_count if resources else 0
             models.append(
                 DeployedModel(
                     id=str(dm.id),
@@ -230,6 +238,7 @@ class VertexEndpoint:
                     model=str(dm.model),
                     machine_type=machine or None,
                     replicas=int(replicas) or None,
+                    max_replicas=int(ceiling) or None,
                 )
             )
         names = [m.name for m in models]
@@ -301,14 +310,19 @@ class VertexEndpoint:
         state = self._state(raw)
         if state.variant(candidate.name) is not None:
             return state
-        if state.variant(baseline) is None:
+        blue = state.variant(baseline)
+        if blue is None:
             raise ProviderError(
                 f"baseline {baseline!r} is not deployed on Vertex AI endpoint "
                 f"{self.endpoint!r} (deployed: {', '.join(state.weights()) or 'nothing'})"
             )
-        if not candidate.model or not candidate.instance_type:
+        # Green at full capacity: what the plan leaves out is the baseline's.
+        machine = candidate.instance_type or blue.instance_type
+        replicas = candidate_capacity(candidate, blue.instance_count)
+        if not candidate.model or not machine:
             raise ProviderError(
-                "Vertex AI needs candidate.model and candidate.instance_type to deploy",
+                "Vertex AI needs candidate.model and a machine type (candidate.instance_type, "
+                f"or the baseline's: {baseline!r} reports none) to deploy",
                 hint="run `mlrollout plan validate` for details",
             )
         if self._await_running():  # a deployment in flight (a lost response, a crashed runner)
@@ -323,9 +337,9 @@ class VertexEndpoint:
             model=self.model_resource(candidate.model),
             display_name=candidate.name,
             dedicated_resources=aiplatform_v1.DedicatedResources(
-                machine_spec=aiplatform_v1.MachineSpec(machine_type=candidate.instance_type),
-                min_replica_count=candidate.instance_count,
-                max_replica_count=candidate.instance_count,
+                machine_spec=aiplatform_v1.MachineSpec(machine_type=machine),
+                min_replica_count=replicas,
+                max_replica_count=replicas,
             ),
         )
 

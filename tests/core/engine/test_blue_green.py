@@ -200,3 +200,81 @@ def test_the_live_view_shows_both_fleets_their_capacity_and_the_time_left(tmp_pa
     assert "v6 (blue)" in text and "v7 (green)" in text
     assert "2 instances" in text  # green at its own capacity; blue as the sandbox made it
     assert "left in keep blue" in text
+
+
+# ------------------------------------------------------------------ preview 0: mirrored traffic
+
+MIRROR = (Path(__file__).parents[3] / "plans" / "local-blue-green-mirror.yaml").read_text()
+
+
+def live_weights_of(run: Run, name: str) -> list[float]:
+    """Every live weight ``name`` was given: the journal's applied changes and the sandbox's
+    own weight history."""
+    journal = [
+        float(e.data["weights"].get(name, 0.0))
+        for e in run.events()
+        if e.kind.endswith(".applied") and "weights" in e.data
+    ]
+    history = [float(ws.get(name, 0.0)) for _, ws in run.endpoint()["history"]]
+    return journal + history
+
+
+def test_a_healthy_mirrored_green_passes_pre_promotion_and_is_switched_to(tmp_path):
+    run = Run(tmp_path, MIRROR)
+    assert run.drive() == Phase.SUCCEEDED
+    assert run.weights() == {"v7": 100.0}
+    shadows = [
+        (e.at - START, e.data["variant"], e.data["percent"])
+        for e in run.events()
+        if e.kind == EventKind.SET_SHADOW_APPLIED
+    ]
+    [(started, green, percent), (stopped, none, zero)] = shadows
+    assert (green, percent, none, zero) == ("v7", 100.0, None, 0.0)  # the sandbox mirrors 100 %
+    switch = run.at(EventKind.SET_TRAFFIC_APPLIED)[0]
+    assert started < stopped <= switch  # the mirror stops before the switch
+    assert stopped - started >= 600  # pre_promotion judged on the mirror
+    # Before the switch green served no user: its only live weight is the switch's 100 %.
+    assert [w for w in live_weights_of(run, "v7") if w > 0] == [100.0, 100.0, 100.0]
+    looks = [e for e in run.events() if e.kind in LOOK_KINDS and started < e.at - START < stopped]
+    assert looks
+    for look in looks:  # judged on the mirrored requests against blue's live ones
+        errors = next(g for g in look.data["verdict"]["gates"] if g["gate"] == "errors")
+        assert errors["numbers"]["candidate_requests"] > 0
+        assert "historical" not in errors["reason"]
+    assert run.endpoint()["shadow"] == {}
+    # green took blue's capacity (the plan names no instance_count)
+    assert run.endpoint()["variants"]["v7"]["instance_count"] == 1
+
+
+def test_a_bad_green_fails_on_mirrored_traffic_without_ever_serving_a_user(tmp_path):
+    text = variant(MIRROR, **{"v7: {error_rate: 0.01": "v7: {error_rate: 0.06"})
+    run = Run(tmp_path, text)
+    assert run.drive() == Phase.ROLLED_BACK
+    assert run.weights() == {"v6": 100.0}  # green removed
+    assert all(w == 0.0 for w in live_weights_of(run, "v7"))  # never one live request
+    [failed] = run.at(EventKind.ANALYSIS_FAILED)
+    shadows = [
+        (e.at - START, e.data["variant"])
+        for e in run.events()
+        if e.kind == EventKind.SET_SHADOW_APPLIED
+    ]
+    assert shadows[0][1] == "v7" and shadows[0][0] < failed
+    assert shadows[-1][1] is None and shadows[-1][0] >= failed  # the mirror stopped first
+    finalized = run.at(EventKind.FINALIZE_APPLIED)
+    assert finalized and finalized[0] >= shadows[-1][0]
+    assert run.endpoint()["shadow"] == {}
+    history = run.endpoint()["shadow_history"]
+    assert history[-1][1] == {}
+
+
+def test_the_mirrored_steps_frame_pre_promotion():
+    steps = expand_steps(parse_plan(MIRROR, "plan.yaml").plan)
+    assert [(s.kind, s.phase) for s in steps] == [
+        ("mirror", "pre-promotion"),
+        ("analyze", "pre-promotion"),
+        ("mirror", "pre-promotion"),
+        ("weight", "switch"),
+        ("analyze", "post-promotion"),
+        ("pause", "keep blue"),
+    ]
+    assert "mirror" in steps[0].describe() and "stop mirroring" in steps[2].describe()

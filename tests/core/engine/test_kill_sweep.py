@@ -59,7 +59,10 @@ BLUE_GREEN = PLAN.replace(
   keep_previous: 2m
 """,
 )
-PLANS = {"canary": PLAN, "blue_green": BLUE_GREEN}
+#: Blue-green with ``preview: 0``: green judged on a mirrored copy of live traffic (the sandbox
+#: mirrors 100 %) during pre-promotion, the mirror stopped before the switch.
+MIRRORED = BLUE_GREEN.replace("  preview: 10\n", "  preview: 0\n")
+PLANS = {"canary": PLAN, "blue_green": BLUE_GREEN, "blue_green_mirror": MIRRORED}
 START = 1_800_000_000.0
 
 
@@ -150,6 +153,15 @@ def _check_consistent(path: Path, rollout_id: str, expected: Phase) -> None:
     # no traffic change applied twice: consecutive history entries always differ
     history = [entry[1] for entry in _endpoint(path)["history"]]
     assert all(a != b for a, b in itertools.pairwise(history)), history
+    # nor a mirror change, and no mirror is left running
+    mirrors = [entry[1] for entry in _endpoint(path).get("shadow_history", [])]
+    assert all(a != b for a, b in itertools.pairwise(mirrors)), mirrors
+    assert _endpoint(path)["shadow"] == {}
+    if "set_shadow.applied" in kinds:  # mirrored: green served no one before the switch
+        first_live = next((i for i, ws in enumerate(history) if ws.get("v2", 0.0) > 0), None)
+        if first_live is not None:
+            assert history[first_live]["v2"] == 100.0, history
+        assert mirrors and mirrors[0] == {"v2": 100.0} and mirrors[-1] == {}
 
 
 @pytest.mark.slow

@@ -108,6 +108,25 @@ def test_lifecycle(world) -> None:
     assert set(store.leases) == {LEASE}
 
 
+def test_a_candidate_without_a_capacity_gets_the_baselines(world) -> None:
+    """Green is provisioned at full capacity: a plan naming no instance_count (or type) gets
+    the baseline's, here v7 at 3 instances of ml.m5.large left serving by an earlier rollout."""
+    _, _, endpoint, _ = world
+    endpoint.describe()
+    three = Candidate(name="v7", model="models/v7", instance_type="ml.m5.large", instance_count=3)
+    endpoint.prepare(three, "v6")
+    endpoint.set_traffic({"v7": 100})
+    endpoint.finalize("v7", "v6")
+    green = endpoint.prepare(Candidate.model_validate({"name": "v8"}), "v7").variant("v8")
+    assert green is not None
+    assert (green.instance_count, green.instance_type) == (3, "ml.m5.large")
+    endpoint.set_traffic({"v8": 100})
+    endpoint.finalize("v8", "v7")
+    named = Candidate(name="v7", instance_type="ml.c5.xlarge", instance_count=1)
+    again = endpoint.prepare(named, "v8").variant("v7")
+    assert again is not None and (again.instance_count, again.instance_type) == (1, "ml.c5.xlarge")
+
+
 def test_bad_changes_are_refused(world) -> None:
     _, _, endpoint, _ = world
     with pytest.raises(ProviderError, match="not a sandbox variant"):
@@ -179,10 +198,18 @@ def test_provider_declarations() -> None:
     assert LocalProviderSpec.name == "local"
     assert LocalProviderSpec.capabilities.weights and LocalProviderSpec.capabilities.shadow
     assert not LocalProviderSpec.capabilities.native_blue_green
-    assert LocalProviderSpec.strategies == {"canary", "linear", "blue_green"}
+    assert LocalProviderSpec.strategies == {"canary", "linear", "blue_green", "shadow"}
     calls = LocalProviderSpec.describe_calls(plan())
     assert calls["prepare"] == ["sandbox: add variant v7 at 0%"]
-    assert set(calls) == {"describe", "prepare", "set_traffic", "finalize", "metrics", "owner"}
+    assert set(calls) == {
+        "describe",
+        "prepare",
+        "set_traffic",
+        "set_shadow",
+        "finalize",
+        "metrics",
+        "owner",
+    }
 
 
 def test_check_plan() -> None:

@@ -1,6 +1,7 @@
 """`mlrollout plan preview PLAN --live` against the emulated SageMaker: the provider is opened as a
 rollout opens it and the endpoint read once — only Describe*/List* calls, no Create/Update/Delete,
-no tag (ownership mark) written — and the diff shows the real variants (instance type, count)."""
+no tag (ownership mark) written — and the diff shows the real variants (instance type, count):
+DescribeEndpoint reports counts, the type comes from the live endpoint config (read once)."""
 
 from __future__ import annotations
 
@@ -65,20 +66,41 @@ def test_live_preview_reads_only(world, cli, tmp_path):
     live = data["live"]
     assert live["baseline"] == "v1"
     now, first, end = live["stages"]
-    # DescribeEndpoint reports each variant's instance count, not its type
-    assert [(v["name"], v["weight"], v["instance_count"]) for v in now["variants"]] == [
-        ("v1", 100.0, 2)
-    ]
+    # DescribeEndpoint reports each variant's instance count; its config names the type.
+    assert [
+        (v["name"], v["weight"], v["instance_type"], v["instance_count"]) for v in now["variants"]
+    ] == [("v1", 100.0, "ml.m5.large", 2)]
+    assert calls.get("DescribeEndpointConfig") == 1
     assert [
         (v["name"], v["weight"], v["instance_type"], v["instance_count"]) for v in first["variants"]
-    ] == [("v1", 100.0, None, 2), ("v2", 0.0, "ml.m5.large", 2)]
+    ] == [("v1", 100.0, "ml.m5.large", 2), ("v2", 0.0, "ml.m5.large", 2)]
     assert [(v["name"], v["weight"]) for v in end["variants"]] == [("v2", 100.0)]
     overlap = live["overlap"]
     assert overlap["instances"] == 4
     hours = overlap["instance_hours"]
-    assert hours["ml.m5.large"]["max"] == pytest.approx(2 * data["max_seconds"] / 3600)
-    assert hours["unknown type"]["max"] == pytest.approx(2 * data["max_seconds"] / 3600)
+    assert set(hours) == {"ml.m5.large"}  # both fleets' types are known
+    assert hours["ml.m5.large"]["max"] == pytest.approx(4 * data["max_seconds"] / 3600)
     print("calls:", calls)
+
+
+def test_live_preview_shows_green_at_blues_count_when_the_plan_names_none(world, cli, tmp_path):
+    world.endpoint(instance_count=3)
+    plan = blue_green_plan(world)
+    plan.write_text(plan.read_text().replace("  instance_count: 2\n", ""))
+    assert "instance_count" not in plan.read_text()
+    code, out, err = cli("plan", "preview", "--live", "-o", "json", plan, "--state", tmp_path / "s")
+    assert code == 0, err
+    live = json.loads(out)["live"]
+    _, first, _ = live["stages"]
+    assert [(v["name"], v["instance_type"], v["instance_count"]) for v in first["variants"]] == [
+        ("v1", "ml.m5.large", 3),
+        ("v2", "ml.m5.large", 3),
+    ]
+    assert "create v2 at 0% (3 instances of ml.m5.large)" in first["change"]
+    assert live["overlap"]["instances"] == 6
+    code, out, err = cli("plan", "preview", "--live", plan, "--state", tmp_path / "s")
+    assert code == 0, err
+    assert "ml.m5.large" in out and "unknown type" not in out
 
 
 def test_a_missing_endpoint_is_one_line_and_the_offline_preview(world, cli):

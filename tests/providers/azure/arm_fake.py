@@ -26,7 +26,11 @@ twice.
 
 ``POST /subscriptions/{s}/metrics:getBatch`` serves Azure Monitor metrics from a
 :class:`~mlrollout.sandbox.traffic.TrafficModel` driven by the traffic history the fake recorded
-on the same clock (one-minute points; only minutes completed by ``now`` are returned).
+on the same clock (one-minute points; only minutes completed by ``now`` are returned). A deployment
+that ``mirrorTraffic`` names gets its copy of that share of the endpoint's requests (answered with
+its own profile, the answers dropped), published under its own ``deployment`` dimension as Azure
+Monitor does, so gates can judge a mirrored deployment; the live deployments' points are the same
+with or without the mirror.
 """
 
 from __future__ import annotations
@@ -188,6 +192,8 @@ class ArmFake:
         self.faults = Faults()
         #: (at, {deployment: percent}) per endpoint, as the change took effect.
         self.history: dict[str, list[tuple[float, dict[str, float]]]] = {}
+        #: (at, {deployment: percent mirrored}) per endpoint, as the change took effect.
+        self.mirror_history: dict[str, list[tuple[float, dict[str, float]]]] = {}
         self.traffic_models: dict[str, TrafficModel] = {}
         #: custom metric name -> window -> (total, count) per deployment and minute
         self.custom_metrics: dict[str, Any] = {}
@@ -266,6 +272,7 @@ class ArmFake:
         traffic: dict[str, int],
         *,
         instance_type: str = "Standard_DS3_v2",
+        capacity: int = 1,
         origin: float | None = None,
         profiles: dict[str, dict[str, Any]] | None = None,
         rps: float = 20.0,
@@ -288,7 +295,7 @@ class ArmFake:
                 "name": dep,
                 "model": f"{ws.id}/models/{model_name}/versions/{version}",
                 "instanceType": instance_type,
-                "capacity": 1,
+                "capacity": capacity,
                 "provisioningState": "Succeeded",
                 "environmentId": f"{ws.id}/environments/serve/versions/3",
                 "codeConfiguration": {
@@ -298,6 +305,7 @@ class ArmFake:
             }
         at = self.clock.now() if origin is None else origin
         self.history[name] = [(at, {k: float(v) for k, v in traffic.items()})]
+        self.mirror_history[name] = []
         if profiles is not None:
             sandbox = Sandbox.model_validate({"seed": seed, "rps": rps, "variants": profiles})
             self.traffic_models[name] = TrafficModel(sandbox, at)
@@ -498,6 +506,9 @@ class ArmFake:
                 )
             if new_mirror != {k: v for k, v in endpoint["mirrorTraffic"].items() if v}:
                 self.applied.append(("mirror", name, new_mirror))
+                self.mirror_history.setdefault(name, []).append(
+                    (self.clock.now(), {k: float(v) for k, v in new_mirror.items()})
+                )
             endpoint["traffic"], endpoint["mirrorTraffic"] = new_traffic, new_mirror
             endpoint["provisioningState"] = "Succeeded"
 
@@ -631,12 +642,14 @@ class ArmFake:
     ) -> dict[str, Any]:
         model = self.traffic_models.get(ep)
         history = self.history.get(ep, [])
+        mirror = self.mirror_history.get(ep, [])
         timeseries: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         now = self.clock.now()
         t = MINUTE * -(-start // MINUTE)  # points stamped at whole minutes in [start, end)
         while model is not None and t < end and t + MINUTE <= now:
             for variant in model.sandbox.variants:
-                window = model.window(variant, t, t + MINUTE, history)
+                # A mirrored deployment's copies are published as its own metrics.
+                window = model.window(variant, t, t + MINUTE, history, mirror=mirror)
                 if not window.requests:
                     continue  # no traffic, no point (as Azure Monitor)
                 stamp = dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

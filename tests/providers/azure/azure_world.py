@@ -61,6 +61,7 @@ class World:
         fake.requests.clear()
         fake.applied.clear()
         fake.history.clear()
+        fake.mirror_history.clear()
         fake.traffic_models.clear()
         fake.custom_metrics.clear()
         fake.metric_queries.clear()
@@ -75,9 +76,11 @@ class World:
         *,
         candidate: dict[str, Any] | None = None,
         rps: float = 20.0,
+        capacity: int = 1,
     ) -> None:
-        """``churn`` serving ``blue`` (churn-model:1) at 100 %; model churn-model:2 registered;
-        traffic from the sandbox profiles (blue good, green = ``candidate``)."""
+        """``churn`` serving ``blue`` (churn-model:1, ``capacity`` instances) at 100 %; model
+        churn-model:2 registered; traffic from the sandbox profiles (blue good, green =
+        ``candidate``)."""
         self.fake.add_endpoint(
             self.ws,
             name,
@@ -86,6 +89,7 @@ class World:
             origin=START,
             profiles={"blue": GOOD, "green": candidate or GOOD},
             rps=rps,
+            capacity=capacity,
         )
         self.ws.models.add(("churn-model", "2"))
 

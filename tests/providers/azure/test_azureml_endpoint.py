@@ -297,3 +297,21 @@ def test_a_traffic_update_refused_before_it_applied_is_sent_again(world):
     assert state.weights() == {"blue": 90.0, "green": 10.0}
     sent = [s for m, p, s in world.fake.requests if m == "PUT" and p.endswith("/churn")]
     assert sent == [503, 201]
+
+
+def test_instance_counts_are_reported_and_a_candidate_without_one_gets_the_baselines(world):
+    """The deployment's ``sku.capacity`` is its instance count (azure-ai-ml's instance_count);
+    a candidate whose plan names none is deployed at the baseline's (green at full capacity)."""
+    from mlrollout.plan.model import Candidate
+
+    world.endpoint(capacity=3)
+    endpoint, _ = adapter(world)
+    blue = endpoint.describe().variant("blue")
+    assert blue is not None and blue.instance_count == 3
+    green = Candidate.model_validate({"name": "green", "model": "churn-model:2"})
+    state = endpoint.prepare(green, "blue")
+    assert [(v.name, v.instance_type, v.instance_count) for v in state.variants] == [
+        ("blue", "Standard_DS3_v2", 3),
+        ("green", "Standard_DS3_v2", 3),
+    ]
+    assert world.ws.deployments["churn"]["green"]["capacity"] == 3

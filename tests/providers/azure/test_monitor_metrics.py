@@ -150,3 +150,35 @@ def test_an_unreachable_metrics_host_is_a_provider_error_after_retries(world):
             MetricsQuery(START, START + 300, ("green", "blue"), tuple(plan.analysis.gates), 60)
         )
     assert world.clock.now() > before  # the retries slept on the rollout's clock
+
+
+def test_a_mirrored_deployment_publishes_its_copy_of_the_requests(world):
+    """mirror_traffic set through azure-ai-ml: green's per-deployment metrics hold its copy of
+    50 % of the endpoint's requests, answered with its own (bad) profile; blue's are unchanged."""
+    world.endpoint(candidate=BAD, rps=50)
+    from mlrollout_azure.azureml import AzureMLEndpoint
+
+    metrics, plan = source(world)
+    context = ProviderContext(plan=plan, clock=world.clock, store=None)  # type: ignore[arg-type]
+    endpoint = AzureMLEndpoint.from_context(context, FakeCredential())
+    endpoint.prepare(plan.candidate, "blue")
+    world.clock.set(START + 60)
+    endpoint.set_shadow("green", 50)
+    assert world.live()["mirrorTraffic"] == {"green": 50}
+    world.clock.set(START + 11 * 60)
+    endpoint.set_shadow(None, 0)
+    world.clock.set(START + 21 * 60)
+    gates = tuple(plan.analysis.gates)
+    during = metrics.query(MetricsQuery(START + 60, START + 11 * 60, ("green", "blue"), gates, 60))
+    after = metrics.query(MetricsQuery(START + 11 * 60, START + 21 * 60, ("green",), gates, 60))
+    green, blue = during["green"], during["blue"]
+    assert green.requests is not None and blue.requests is not None
+    assert 0.4 * blue.requests < green.requests < 0.6 * blue.requests
+    assert green.error_rate > 0.05 > blue.error_rate  # green's own behaviour
+    assert green.latency_percentiles[0.99] > 0.25 > blue.latency_percentiles[0.99]
+    assert after["green"].requests is None  # the mirror stopped: no point, no data
+    # Blue's numbers are those of an endpoint without any mirror; green serves no live request.
+    model, history = world.fake.traffic_models["churn"], world.fake.history["churn"]
+    assert blue.requests == model.window("blue", START + 60, START + 11 * 60, history).requests
+    assert all(w.get("green", 0) == 0 for _, w in history)
+    assert world.fake.mirror_history["churn"] == [(START + 60, {"green": 50.0}), (START + 660, {})]

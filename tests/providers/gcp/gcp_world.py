@@ -36,9 +36,18 @@ class World:
         display_name: str = "churn",
         endpoint_id: str = ENDPOINT_ID,
         candidate_models: tuple[str, ...] = ("churn-v2",),
+        replicas: int = 1,
+        machine: str = "n1-standard-4",
     ) -> Any:
-        """An endpoint whose first deployed model takes all traffic."""
-        ep = self.vertex.add_endpoint(endpoint_id, display_name, deployed or {"v1": "churn-v1"})
+        """An endpoint whose first deployed model takes all traffic (each deployed model on
+        ``replicas`` machines of type ``machine``)."""
+        ep = self.vertex.add_endpoint(
+            endpoint_id,
+            display_name,
+            deployed or {"v1": "churn-v1"},
+            replicas=replicas,
+            machine=machine,
+        )
         for model in candidate_models:
             self.vertex.add_model(model)
         return ep

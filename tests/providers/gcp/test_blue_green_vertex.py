@@ -50,3 +50,45 @@ def test_a_green_that_fails_its_preview_is_undeployed(world):
         "UpdateEndpoint",
         "UndeployModel",
     ]
+
+
+def test_green_without_a_capacity_gets_blues_replicas_and_machine_type(world):
+    """Green at full capacity: blue runs 3 replicas of n1-highmem-8; a plan naming neither
+    instance_count nor instance_type deploys green with 3 (min = max) of the same machine, and
+    the adapter reports each fleet's replica count (``status`` shows capacity from it)."""
+    from mlrollout_gcp.spec import VertexProviderSpec
+
+    from mlrollout.contracts import ProviderContext
+    from mlrollout.engine.runner import Runner
+    from mlrollout.plan.loader import load_plan
+    from mlrollout.state.sqlite import SqliteStateStore
+
+    world.endpoint(replicas=3, machine="n1-highmem-8")
+    world.traffic(v1=GOOD, v2=GOOD)
+    text = plan(world).read_text().replace("  instance_type: n1-standard-4\n", "")
+    text = text.replace("  instance_count: 1\n", "")
+    path = world.tmp_path / "no-capacity.yaml"
+    path.write_text(text)
+    loaded = load_plan(str(path))
+    assert "instance_count" not in loaded.plan.candidate.model_fields_set
+    endpoint, _ = VertexProviderSpec.open(
+        ProviderContext(plan=loaded.plan, clock=world.clock, store=None)  # type: ignore[arg-type]
+    )
+    state = endpoint.prepare(loaded.plan.candidate, "v1")
+    assert [(v.name, v.instance_type, v.instance_count) for v in state.variants] == [
+        ("v1", "n1-highmem-8", 3),
+        ("v2", "n1-highmem-8", 3),
+    ]
+    [(_, body, _)] = [b for b in world.vertex.bodies if b[0] == "DeployModel"]
+    assert body["deployedModel"]["dedicatedResources"] == {
+        "machineSpec": {"machineType": "n1-highmem-8"},
+        "minReplicaCount": 3,
+        "maxReplicaCount": 3,
+    }
+    store = SqliteStateStore(world.tmp_path / "state.db")
+    runner = Runner(store, holder="runner-a")
+    record = runner.create(loaded)
+    outcome = runner.drive(record.id, clock=world.clock)
+    assert outcome.exit_code == ExitCode.OK, outcome.state.reason
+    assert world.live() == {"v2": 100.0}
+    assert outcome.state.capacity == {"v2": 3}

@@ -123,3 +123,17 @@ def test_preview_lists_the_calls_and_one_metrics_call_per_metric_type():
         "Vertex.UpdateEndpoint",
     ]
     assert all("updateMask labels" in c for c in calls["owner"][1:])
+
+
+def test_blue_green_without_a_preview_is_refused_and_no_instance_type_is_fine():
+    """Vertex AI cannot mirror: a blue-green with preview 0 and a pre_promotion has nothing to
+    judge green on before the switch. A candidate without instance_type takes the baseline's
+    machine type (green at blue's capacity), so that is no finding."""
+    blue_green = "strategy: {type: blue_green, preview: 0, pre_promotion: 10m}"
+    text = BASE.replace(
+        "strategy: {type: canary, steps: [{weight: 5}, {analyze: 10m}, {weight: 100}]}", blue_green
+    )
+    found = "\n".join(findings(text))
+    assert "cannot mirror" in found and "preview" in found
+    assert findings(text.replace("preview: 0", "preview: 5")) == []
+    assert findings(BASE.replace(", instance_type: n1-standard-4", "")) == []

@@ -247,3 +247,38 @@ def test_a_deployment_left_running_by_a_crashed_runner_is_waited_for(world):
     state = open_endpoint(world).prepare(candidate(world), "v1")  # `mlrollout resume`
     assert state.weights() == {"v1": 100.0, "v2": 0.0}
     assert world.vertex.count("DeployModel") == 1
+
+
+def test_the_fake_keeps_min_and_max_replicas_and_the_adapter_reports_the_minimum(world):
+    """A deployed model's dedicatedResources keep minReplicaCount and maxReplicaCount as sent
+    (here through the real client, autoscaling 2..5); instance_count is the minimum, the
+    capacity always running."""
+    from google.cloud import aiplatform_v1
+
+    world.endpoint()
+    endpoint = open_endpoint(world)
+    endpoint.describe()
+    operation = endpoint.client.deploy_model(
+        endpoint=endpoint.resource(),
+        deployed_model=aiplatform_v1.DeployedModel(
+            model=endpoint.model_resource("churn-v2"),
+            display_name="v2",
+            dedicated_resources=aiplatform_v1.DedicatedResources(
+                machine_spec=aiplatform_v1.MachineSpec(machine_type="n1-standard-8"),
+                min_replica_count=2,
+                max_replica_count=5,
+            ),
+        ),
+        traffic_split={"1001": 100, "0": 0},
+    )
+    operation.result(timeout=5)
+    raw = endpoint.client.get_endpoint(name=endpoint.resource())
+    [v2] = [dm for dm in raw.deployed_models if dm.display_name == "v2"]
+    assert (v2.dedicated_resources.min_replica_count, v2.dedicated_resources.max_replica_count) == (
+        2,
+        5,
+    )
+    models, _ = endpoint.deployed(raw)
+    assert [(m.name, m.replicas, m.max_replicas) for m in models] == [("v1", 1, 1), ("v2", 2, 5)]
+    green = endpoint.describe().variant("v2")
+    assert green is not None and (green.instance_type, green.instance_count) == ("n1-standard-8", 2)

@@ -14,7 +14,9 @@ A small HTTP server on 127.0.0.1 (port 0) in a thread, keeping state:
 - ``GET .../models/M`` answers for the models :meth:`add_model` made.
 
 Validation as Vertex does it: a split is whole percents summing to 100 over deployed models; the
-model to undeploy takes no traffic after the undeploy; labels as GCP allows them (at most 64; keys
+model to undeploy takes no traffic after the undeploy; a deployment names a machine type and a
+``maxReplicaCount`` (default: the minimum) no lower than its ``minReplicaCount``, and the deployed
+model keeps both in its ``dedicatedResources``; labels as GCP allows them (at most 64; keys
 1-63 characters starting with a lowercase letter, values at most 63, both of lowercase letters,
 digits, ``_`` and ``-``: ASCII only, stricter than GCP's international lowercase). Errors are
 ``{"error": {code, message, status}}`` with the HTTP code. Faults: ``fault_rate`` answers that
@@ -179,15 +181,22 @@ class VertexFake:
         return name
 
     def add_endpoint(
-        self, endpoint_id: str, display_name: str, deployed: dict[str, str] | None = None
+        self,
+        endpoint_id: str,
+        display_name: str,
+        deployed: dict[str, str] | None = None,
+        *,
+        replicas: int = 1,
+        machine: str = "n1-standard-4",
     ) -> Endpoint:
-        """An endpoint with ``deployed`` ({display name: model id}); the first takes 100 %."""
+        """An endpoint with ``deployed`` ({display name: model id}), each on ``replicas`` machines
+        of type ``machine``; the first takes 100 %."""
         with self.lock:
             ep = Endpoint(f"{self.parent}/endpoints/{endpoint_id}", display_name)
             for i, (name, model) in enumerate((deployed or {}).items()):
                 model_name = self.add_model(model)
                 dm_id = str(next(self.ids))
-                ep.deployed.append(self._deployed(dm_id, name, model_name, "n1-standard-4", 1))
+                ep.deployed.append(self._deployed(dm_id, name, model_name, machine, replicas))
                 self.names[dm_id] = name
                 if i == 0:
                     ep.split[dm_id] = 100
@@ -209,7 +218,9 @@ class VertexFake:
     # --------------------------------------------------------------------------------- state
 
     @staticmethod
-    def _deployed(dm_id: str, name: str, model: str, machine: str, replicas: int) -> dict[str, Any]:
+    def _deployed(
+        dm_id: str, name: str, model: str, machine: str, replicas: int, most: int | None = None
+    ) -> dict[str, Any]:
         return {
             "id": dm_id,
             "displayName": name,
@@ -217,7 +228,7 @@ class VertexFake:
             "dedicatedResources": {
                 "machineSpec": {"machineType": machine},
                 "minReplicaCount": replicas,
-                "maxReplicaCount": replicas,
+                "maxReplicaCount": replicas if most is None else most,
             },
         }
 
@@ -278,11 +289,17 @@ class VertexFake:
         self._check_split(ep, split, "0")
         resources = dm.get("dedicatedResources") or {}
         machine = (resources.get("machineSpec") or {}).get("machineType", "")
+        if not machine:
+            raise ApiError(400, "dedicatedResources.machineSpec.machineType is required")
         replicas = int(resources.get("minReplicaCount") or 1)
+        most = int(resources.get("maxReplicaCount") or replicas)
+        if most < replicas:
+            raise ApiError(400, f"maxReplicaCount {most} is less than minReplicaCount {replicas}")
 
         def apply(at: float) -> dict[str, Any]:
             dm_id = str(next(self.ids))
-            record = self._deployed(dm_id, dm.get("displayName", ""), model, machine, replicas)
+            name = dm.get("displayName", "")
+            record = self._deployed(dm_id, name, model, machine, replicas, most)
             ep.deployed.append(record)
             self.names[dm_id] = record["displayName"]
             if split:
