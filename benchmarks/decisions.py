@@ -28,6 +28,12 @@ first PASS), ``bound`` (the information lower bound on the mean detection time: 
 Kullback-Leibler information between the candidate's per-request outcome distribution and the
 closest "no difference" null, the two arms' mixture), and ``ratio`` = mean detection / bound.
 
+Late onsets (``errors x2 from minute 10`` / ``17``): detection times count from the onset, beside
+``errors x2`` (from the stage's start). The historical cell judges a candidate serving all the
+traffic after a switch at a random time of day against the baseline's window of the same length
+just before it (as ``Engine._historical_look`` does: no split, no intervals), under a daily
+traffic cycle with a x3 swing and no true effect.
+
 Run: ``python benchmarks/decisions.py [--runs N] [--only SUBSTRING] [--json PATH]``
 (``make bench``). Needs numpy (``pip install -e ".[bench]"``); the core never imports it.
 """
@@ -82,8 +88,14 @@ class Cell:
     latency: str | None = None  # None | "median" | "p99" | "ar"
     sigma: float = 0.5
     shift: float = 1.0  # candidate latency multiplier (median), or of the tail beyond p95 ("p99")
+    tail_from: float = 0.95  # "p99": the quantile beyond which the candidate's tail is stretched
     drift: float = 0.0  # "ar": sd of each arm's own AR(1) latency drift (log scale)
     bursts: float | None = None  # negative-binomial shape k of each arm's errors per interval
+    # a historical baseline under a daily traffic cycle (max / min requests per second): the
+    # candidate serves everything after a switch at a random time of day and is judged, as the
+    # engine's historical look does, against the baseline's window of the same length just
+    # before the switch (no split, no intervals)
+    historical: float | None = None
     gates: tuple[dict[str, Any], ...] = (ERRORS_25,)
     duration: float = 1800.0
     stages: tuple[tuple[float, float], ...] = ()  # (share, seconds): a whole rollout
@@ -139,7 +151,10 @@ def cells() -> list[Cell]:
              shift=1.1, gates=(P50_5,), expect="fail"),
         Cell("latency p99-only +30%", "latency", latency="p99", shift=1.3, gates=(P99_10,),
              expect="fail"),
+        Cell("latency p99-only +30%, tail on 2%", "latency", latency="p99", shift=1.3,
+             tail_from=0.98, gates=(P99_10,), expect="fail"),
         Cell("errors x2 from minute 10", "data", ratio=2.0, start=600.0, expect="fail"),
+        Cell("errors x2 from minute 17", "data", ratio=2.0, start=1020.0, expect="fail"),
         Cell("errors x2, 30% looks missing", "data", ratio=2.0, missing=0.3, expect="fail"),
         Cell("candidate reports nothing", "data", silent=True, expect="hold", comparators=False),
         Cell("SRM: configured 10%, observed 8%", "srm", observed_share=0.08, expect="hold",
@@ -160,6 +175,17 @@ def cells() -> list[Cell]:
         for k in (1.0, 2.0, 10.0)
     ]
     out.append(Cell("errors x2, bursts k=2", "bursts", ratio=2.0, bursts=2.0, expect="fail"))
+    out.append(
+        Cell(
+            "A/A historical baseline, daily cycle x3",
+            "historical",
+            historical=3.0,
+            share=1.0,
+            latency="median",
+            gates=(ERRORS_25, P50_5, P99_10),
+            comparators=False,
+        )
+    )
     return out
 
 
@@ -218,6 +244,8 @@ class Stage:
 def simulate(
     cell: Cell, runs: int, rng: np.random.Generator, share: float, seconds: float
 ) -> Stage:
+    if cell.historical is not None:
+        return simulate_historical(cell, runs, rng, seconds)
     looks = int(seconds // LOOK)
     t = (np.arange(looks) * LOOK)[None, :]
     total = rng.poisson(cell.rps * LOOK, size=(runs, looks))
@@ -252,6 +280,30 @@ def simulate(
     return stage
 
 
+def simulate_historical(cell: Cell, runs: int, rng: np.random.Generator, seconds: float) -> Stage:
+    """The candidate's intervals after a switch at a random time of day (all the traffic) and the
+    baseline's going back from it (so that their cumulative sums are the windows of the same
+    length before the switch), under ``rps (1 + a sin(2 pi t / day))`` with ``(1 + a) / (1 - a)``
+    the cycle's swing; per-request error rates and latencies do not depend on the load."""
+    assert cell.historical is not None
+    looks = int(seconds // LOOK)
+    swing = cell.historical
+    a = (swing - 1) / (swing + 1)
+    switch = rng.uniform(0, 86400.0, size=(runs, 1))
+    mid = (np.arange(looks) + 0.5) * LOOK
+    after = cell.rps * (1 + a * np.sin(2 * math.pi * (switch + mid[None, :]) / 86400.0))
+    before = cell.rps * (1 + a * np.sin(2 * math.pi * (switch - mid[None, :]) / 86400.0))
+    n_c = rng.poisson(after * LOOK)
+    n_b = rng.poisson(before * LOOK)
+    x_c = rng.binomial(n_c, cell.p0 * cell.ratio)
+    x_b = rng.binomial(n_b, cell.p0)
+    stage = Stage(1.0, looks, n_c, n_b, x_c, x_b)
+    if cell.latency is not None:
+        stage.h_c, stage.h_b = latency_counts(cell, rng, n_c, n_b)
+    stage.present = np.ones((runs, looks), bool)
+    return stage
+
+
 def bursty(rng: np.random.Generator, n: np.ndarray, p: np.ndarray, k: float) -> np.ndarray:
     """Negative-binomial counts per interval (mean ``n p``, shape ``k``), capped at ``n``."""
     mu = np.broadcast_to(n * p, n.shape).astype(float)
@@ -282,7 +334,7 @@ def latency_counts(
     if cell.latency == "median":
         cand = bin_probs(cell.sigma, MEDIAN * cell.shift)
     else:
-        cand = bin_probs(cell.sigma, MEDIAN, tail_shift=cell.shift)
+        cand = bin_probs(cell.sigma, MEDIAN, tail_shift=cell.shift, q_tail=cell.tail_from)
     for j in range(looks):
         h_c[:, j] = rng.multinomial(n_c[:, j], cand)
         h_b[:, j] = rng.multinomial(n_b[:, j], base)
@@ -361,10 +413,10 @@ def run_ours(cell: Cell, stages: list[Stage]) -> list[RunResult]:
                 verdict = gs.look(
                     cand,
                     base,
-                    candidate_share=st.share,
+                    candidate_share=None if cell.historical else st.share,
                     look=j + 1,
                     horizon=st.looks,
-                    intervals=intervals,
+                    intervals=() if cell.historical else intervals,
                 )
                 outcome = verdict.outcome
                 if outcome is Outcome.PASS and (cand is None or not cand.requests):
@@ -493,7 +545,8 @@ def info_per_second(cell: Cell) -> float | None:
     p1 = cell.p_candidate if cell.p_candidate is not None else cell.p0 * cell.ratio
     if cell.latency in ("median", "p99"):
         pc = bin_probs(cell.sigma, MEDIAN * (cell.shift if cell.latency == "median" else 1.0),
-                       tail_shift=cell.shift if cell.latency == "p99" else 1.0)  # fmt: skip
+                       tail_shift=cell.shift if cell.latency == "p99" else 1.0,
+                       q_tail=cell.tail_from)  # fmt: skip
         pb = bin_probs(cell.sigma, MEDIAN)
         if cell.latency == "median":  # the continuous bound (the buckets lose a little)
             return cell.rps * w * (1 - w) * (math.log(cell.shift) / cell.sigma) ** 2 / 2
@@ -695,10 +748,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=2000, help="runs per cell (default 2000)")
     parser.add_argument("--only", default="", help="only the cells whose name contains this")
+    parser.add_argument("--skip", default="", help="leave out the cells whose name contains this")
     parser.add_argument("--json", default="", help="also write the JSON here")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args(argv)
-    chosen = [c for c in cells() if args.only.lower() in c.name.lower()]
+    chosen = [
+        c
+        for c in cells()
+        if args.only.lower() in c.name.lower()
+        and not (args.skip and args.skip.lower() in c.name.lower())
+    ]
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
     timings: dict[str, float] = {}

@@ -55,8 +55,12 @@ from mlrollout.analysis.verdict import Numbers
 from mlrollout.contracts import Window
 from mlrollout.plan.model import Gate
 
-#: How many standard deviations of an estimate's null noise are taken off before it counts.
+#: How many standard deviations of an estimate's null noise are taken off before it counts: the
+#: baseline's own counts (carried over to the split) ...
 NOISE_SD = 0.5
+#: ... and the split's own estimate (noisier where it matters: few events per interval; the
+#: baseline's bursts show sooner, so the split's own estimate can wait for more evidence).
+SPLIT_NOISE_SD = 0.5
 #: The early guard: bursts this strong (shape ``k``; per interval, the dispersion they would give
 #: at these counts is ``1 + 2 v / k``) are assumed while few intervals are in ...
 GUARD_SHAPE = 0.01
@@ -158,15 +162,15 @@ class _Fit:
             return None
         return self.squares / (self.v * (1.0 - 1.0 / self.k_eff))
 
-    @property
-    def excess(self) -> float:
-        """The estimate's excess over 1 after its null noise is taken off, inflated for its
-        degrees of freedom: ``T(df) max(0, estimate - 1 - NOISE_SD sd0)``."""
+    def excess(self, noise_sd: float) -> float:
+        """The estimate's excess over 1 after ``noise_sd`` standard deviations of its null noise
+        are taken off, inflated for its degrees of freedom:
+        ``T(df) max(0, estimate - 1 - noise_sd sd0)``."""
         estimate = self.estimate
         if estimate is None:
             return 0.0
         sd0 = math.sqrt(max(self.noise, 0.0)) / (self.v * (1.0 - 1.0 / self.k_eff))
-        return t_factor(self.df) * max(0.0, estimate - 1.0 - NOISE_SD * sd0)
+        return t_factor(self.df) * max(0.0, estimate - 1.0 - noise_sd * sd0)
 
     def bursts_weight(self) -> float:
         """How likely, against no bursts (even prior odds), bursts of ``GUARD_TEST_SHAPE`` are in
@@ -233,10 +237,10 @@ def two_sample(rows: Sequence[tuple[float, float, float, float]]) -> Dispersion:
     if split.used == 0 or split.v <= 0:
         return Dispersion(1.0, None, split.used, True)
     # the baseline's own bursts, as a shape, carried over to the split: 1 + 2 v / k
-    shape = alone.excess / alone.per_interval if alone.per_interval > 0 else 0.0
+    shape = alone.excess(NOISE_SD) / alone.per_interval if alone.per_interval > 0 else 0.0
     factor = max(
         1.0,
-        1.0 + split.excess,
+        1.0 + split.excess(SPLIT_NOISE_SD),
         1.0 + 2.0 * split.per_interval * shape,
         split.guard(2.0, alone.bursts_weight()),
     )
@@ -270,7 +274,7 @@ def one_sample(rows: Sequence[tuple[float, float]]) -> Dispersion:
     fit = _Fit(sq, v, v2, noise, used)
     if fit.v <= 0:
         return Dispersion(1.0, None, fit.used, True)
-    factor = max(1.0, 1.0 + fit.excess, fit.guard(1.0, fit.bursts_weight()))
+    factor = max(1.0, 1.0 + fit.excess(NOISE_SD), fit.guard(1.0, fit.bursts_weight()))
     return Dispersion(factor, fit.estimate, fit.used, True)
 
 
@@ -291,11 +295,13 @@ def _count(gate: Gate, window: Window) -> tuple[float, float] | None:
     return total, count
 
 
-def two_sample_of(gate: Gate, intervals: Sequence[tuple[Window, Window]]) -> Dispersion:
-    """:func:`two_sample` on ``gate``'s counts in each (candidate, baseline) interval (an
-    interval that lacks them is left out; none at all: :data:`NONE`)."""
+def two_sample_rows(
+    gate: Gate, intervals: Sequence[tuple[Window, Window]]
+) -> list[tuple[float, float, float, float]]:
+    """``gate``'s counts ``(x_c, n_c, x_b, n_b)`` in each (candidate, baseline) interval (an
+    interval that lacks them is left out)."""
     if gate.metric == "error_rate":  # the common case, inline
-        plain = [
+        return [
             (c.errors, c.requests, b.errors, b.requests)
             for c, b in intervals
             if c.errors is not None
@@ -305,16 +311,27 @@ def two_sample_of(gate: Gate, intervals: Sequence[tuple[Window, Window]]) -> Dis
             and 0 <= c.errors <= c.requests
             and 0 <= b.errors <= b.requests
         ]
-        return two_sample(plain)
     rows = []
     for cand, base in intervals:
         c, b = _count(gate, cand), _count(gate, base)
         if c is not None and b is not None:
             rows.append((c[0], c[1], b[0], b[1]))
-    return two_sample(rows)
+    return rows
+
+
+def one_sample_rows(
+    gate: Gate, intervals: Sequence[tuple[Window, Window]]
+) -> list[tuple[float, float]]:
+    """``gate``'s counts ``(x, n)`` in each interval of the candidate."""
+    return [c for c in (_count(gate, cand) for cand, _ in intervals) if c is not None]
+
+
+def two_sample_of(gate: Gate, intervals: Sequence[tuple[Window, Window]]) -> Dispersion:
+    """:func:`two_sample` on ``gate``'s counts in each (candidate, baseline) interval (an
+    interval that lacks them is left out; none at all: :data:`NONE`)."""
+    return two_sample(two_sample_rows(gate, intervals))
 
 
 def one_sample_of(gate: Gate, intervals: Sequence[tuple[Window, Window]]) -> Dispersion:
     """:func:`one_sample` on ``gate``'s counts in each interval of the candidate."""
-    rows = [c for c in (_count(gate, cand) for cand, _ in intervals) if c is not None]
-    return one_sample(rows)
+    return one_sample(one_sample_rows(gate, intervals))

@@ -24,8 +24,10 @@ Per metric:
 - **Latency p50 vs baseline**: the Mann-Whitney rank statistic on the two histograms (bucket
   midpoints, ties counted half), as a Gaussian path in its information; the pass test compares
   the candidate with the baseline scaled by the margin (``x (1 + m)`` or ``x + m``).
-- **Latency p90/p99 vs baseline**: the requests slower than the baseline's quantile (a bucket
-  bound) are events; the rollback test is the conditional binomial on them; the pass test counts
+- **Latency p90/p99 vs baseline**: the requests slower than a threshold (a bucket bound) are
+  events; the rollback test is the conditional binomial on them at several thresholds at once
+  (the baseline's quantiles around the gate's, :mod:`~mlrollout.analysis.tail`: the weighted
+  average of their likelihood ratios, one always-valid test); the pass test counts
   the candidate's requests possibly slower than the limit (``threshold x (1 + m)``, whole buckets
   rounded against passing).
 - **Absolute bounds**: the one-sample binomial (``errors / requests`` against ``max``; the share
@@ -37,6 +39,10 @@ Per metric:
   ``sqrt(phi)`` wider) and the calibrated lowering of the rollback boundary shrinks as
   ``1 / phi^2``. The reason says so ("errors arrive in bursts: evidence discounted ×1.8") and the
   numbers carry ``dispersion``. No intervals: ``phi = 1``, the verdicts as before.
+- **Late onsets** (rates only, with intervals): the rollback test is also run again on the counts
+  since each of a few restart points fixed in advance (:mod:`~mlrollout.analysis.onset`), each
+  with its own calibrated boundary at a share of the budget (the whole-stage test keeps
+  ``1 - onset.SHARE``); any crossing rolls back, and the reason says "a late onset".
 - **Provider percentiles and custom means** carry no sample information: their point values are
   compared once ``min_requests`` (and, for a percentile, at least 10 requests in its tail) are in,
   and the verdict says that this guarantee is weaker.
@@ -52,11 +58,19 @@ from __future__ import annotations
 import bisect
 import functools
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
+from mlrollout.analysis import onset
 from mlrollout.analysis.calibration import Pace
-from mlrollout.analysis.dispersion import NONE, Dispersion, one_sample_of, two_sample_of
+from mlrollout.analysis.dispersion import (
+    NONE,
+    Dispersion,
+    one_sample,
+    one_sample_rows,
+    two_sample,
+    two_sample_rows,
+)
 from mlrollout.analysis.measures import (
     MEAN_NOTE,
     PERCENTILE_NOTE,
@@ -88,6 +102,8 @@ from mlrollout.analysis.mixture import (
     pass_grid,
 )
 from mlrollout.analysis.rule import LookContext, RuleBase, combine
+from mlrollout.analysis.tail import describe as describe_tail
+from mlrollout.analysis.tail import tail_evidence, tail_numbers
 from mlrollout.analysis.verdict import Numbers, Outcome
 from mlrollout.contracts import LatencyHistogram, Window
 from mlrollout.plan.model import LATENCY_METRICS, Gate, Margin
@@ -251,6 +267,120 @@ def _needed_more(
     return None if best is None else math.ceil(best)
 
 
+def _fail_share(
+    ev: _Evidence, alpha: float, information: float, pace: Pace | None, scale: float
+) -> _Evidence:
+    """``ev`` with its rollback boundary for the whole-stage test's share of ``alpha`` when
+    restarted tests take the rest (:mod:`~mlrollout.analysis.onset`); the pass test keeps
+    ``alpha``."""
+    return replace(ev, **_fail_boundary(alpha * (1.0 - onset.SHARE), information, pace, scale))
+
+
+def _fail_boundary(
+    alpha: float, information: float, pace: Pace | None, scale: float
+) -> dict[str, float]:
+    """A rollback test's calibrated boundary at ``alpha`` (as :func:`_evidence` makes it)."""
+    top = math.log(1.0 / alpha)
+    if pace is None:
+        return {"fail_boundary": top, "lowered": 0.0}
+    at, down = pace.boundary("fail", alpha, information)
+    if scale > 1.0:
+        down /= scale * scale
+        at = top - down
+    return {"fail_boundary": at, "lowered": down}
+
+
+@dataclass(frozen=True)
+class _Restart:
+    """The strongest of the restarted rollback tests (late onsets): it judges the counts of the
+    last ``looks`` intervals (``c``, and ``b`` vs the baseline), ``fail`` its evidence against
+    ``fail_at`` (its own calibrated boundary, ``lowered`` below Ville's)."""
+
+    looks: int
+    c: Counts
+    b: Counts | None
+    fail: float
+    fail_at: float
+    lowered: float
+
+    @property
+    def crossed(self) -> bool:
+        return self.fail >= self.fail_at
+
+    def evidence(self, whole: _Evidence) -> _Evidence:
+        """The deciding evidence when this test rolls back (the pass side stays the stage's)."""
+        return replace(whole, fail=self.fail, fail_boundary=self.fail_at, lowered=self.lowered)
+
+    def numbers(self) -> Numbers:
+        return {
+            "evidence_onset": self.fail,
+            "boundary_onset": self.fail_at,
+            "onset_looks": float(self.looks),
+        }
+
+    def text(self, fmt: Callable[[float], str], noun: str) -> str:
+        c = self.c
+        if self.b is None:
+            what = f"{fmt(c.rate)} ({c.events:.0f} of {c.trials:.0f})"
+        else:
+            b = self.b
+            what = (
+                f"{fmt(c.rate)} vs {fmt(b.rate)} ({noun} {c.events:.0f}/{c.trials:.0f} vs "
+                f"{b.events:.0f}/{b.trials:.0f})"
+            )
+        return (
+            f"a late onset: over the last {self.looks} looks {what}, evidence {nats(self.fail)} "
+            f"≥ {self.fail_at:.1f} needed (restarted test)"
+        )
+
+
+def _restarted(
+    rows: Sequence[Sequence[float]],
+    worse: Direction,
+    alpha: float,
+    pace: Pace | None,
+    scale: float,
+    theta0: float | None = None,
+) -> _Restart | None:
+    """The restarted rollback tests at this look (:mod:`~mlrollout.analysis.onset`), each at its
+    share of ``alpha``: the conditional binomial on ``(x_c, n_c, x_b, n_b)`` rows, or (with
+    ``theta0``, one sample) ``(x, n)`` rows against ``theta0``. The one closest to (or furthest
+    past) its boundary, ``None`` when none has begun."""
+    horizon = pace.horizon if pace is not None else None
+    look = pace.look if pace is not None else 0
+    points = onset.restarts(horizon, len(rows))
+    if not points:
+        return None
+    sums = onset.suffixes(rows, [start for start, _ in points])
+    up = worse == "increase"
+    best: _Restart | None = None
+    for (start, weight), counts in zip(points, sums, strict=True):
+        looks = len(rows) - start
+        own = Pace(looks if look > 0 else 0, horizon - start if horizon else None)
+        budget = alpha * onset.SHARE * weight
+        if theta0 is None:
+            x_c, n_c, x_b, n_b = counts
+            events = x_c + x_b
+            if events <= 0 or n_c <= 0 or n_b <= 0:
+                continue
+            t0 = n_c / (n_c + n_b)
+            fail = bernoulli_log_lr(x_c, events, t0, FAIL_GRID, up=up, scale=scale)
+            info = events * t0 * (1.0 - t0) / scale
+            c, b = Counts(x_c, n_c), Counts(x_b, n_b)
+        else:
+            x, n = counts
+            if n <= 0:
+                continue
+            fail = bernoulli_log_lr(x, n, theta0, FAIL_GRID, up=up, scale=scale)
+            info = n * theta0 * (1.0 - theta0) / scale
+            c, b = Counts(x, n), None
+        edge = _fail_boundary(budget, info, own, scale)
+        found = _Restart(looks, c, b, fail, edge["fail_boundary"], edge["lowered"])
+        if best is None or found.fail - found.fail_at > best.fail - best.fail_at:
+            best = found
+    return best
+
+
 def _rates_vs_baseline(
     label: str,
     kind: Kind,
@@ -261,7 +391,10 @@ def _rates_vs_baseline(
     alpha: float,
     pace: Pace | None = None,
     disp: Dispersion = NONE,
+    rows: Sequence[tuple[float, float, float, float]] = (),
 ) -> Result:
+    """A rate vs the baseline's; ``rows`` (the stage's per-interval counts, ``(x_c, n_c, x_b,
+    n_b)``) turn on the restarted tests for late onsets (:mod:`~mlrollout.analysis.onset`)."""
     fmt = formatter(kind)
     phi = disp.factor
     limit_ratio = _limit_ratio(margin, worse, b.rate, b.trials)
@@ -300,11 +433,27 @@ def _rates_vs_baseline(
     ev = conditional_evidence(
         c.events, c.trials, b.events, b.trials, limit_ratio, worse, alpha, pace=pace, scale=phi
     )
+    late: _Restart | None = None
+    if rows:  # the whole-stage test's share; the restarted tests have the rest
+        t0 = c.trials / (c.trials + b.trials)
+        ev = _fail_share(ev, alpha, (c.events + b.events) * t0 * (1 - t0) / phi, pace, phi)
+        late = _restarted(rows, worse, alpha, pace, phi)
     numbers |= ev.numbers()
     outcome = ev.outcome
+    on_c, on_b = c, b  # the counts of the deciding test
+    if late is not None:
+        numbers |= late.numbers()
+        if late.crossed and outcome is not Outcome.FAIL:
+            ev = late.evidence(ev)
+            numbers |= ev.numbers()
+            outcome = Outcome.FAIL
+            assert late.b is not None
+            on_c, on_b = late.c, late.b
+        else:
+            late = None
     if outcome is not Outcome.CONTINUE:  # the decided side's bound, from the test itself
         boundary = ev.fail_at if outcome is Outcome.FAIL else ev.boundary
-        edge = _ratio_edge(c, b, limit_ratio, worse, outcome, boundary, phi)
+        edge = _ratio_edge(on_c, on_b, limit_ratio, worse, outcome, boundary, phi)
         high_side = (outcome is Outcome.PASS) == (worse == "increase")
         side = "upper" if high_side else "lower"
         r_low, r_high = (r_low, edge) if high_side else (edge, r_high)
@@ -334,8 +483,9 @@ def _rates_vs_baseline(
             verdict += f"; about {more} more candidate requests at these rates"
     noun = "errors" if label == "error rate" else "events"
     bursts = f" ({disp.note(noun)})" if disp.discounted else ""
+    found = late.text(fmt, noun) if late is not None else ev.text()
     reason = (
-        f"{head} ({change}; {interval}): {verdict}, {ev.text()}{bursts}, {noun} {samples}, "
+        f"{head} ({change}; {interval}): {verdict}, {found}{bursts}, {noun} {samples}, "
         f"at {confidence(alpha)}: {_VERDICT[outcome]}"
     )
     return Result(outcome, reason, numbers)
@@ -418,20 +568,34 @@ def _rate_bound(
     alpha: float,
     pace: Pace | None = None,
     disp: Dispersion = NONE,
+    rows: Sequence[tuple[float, float]] = (),
 ) -> Result:
+    """A rate against a bound; ``rows`` (the stage's per-interval ``(x, n)``) turn on the
+    restarted tests for late onsets (:mod:`~mlrollout.analysis.onset`)."""
     fmt = formatter(kind)
     phi = disp.factor
     ev = _one_sample(c.events, c.events, c.trials, bound, is_max, alpha, pace, phi)
+    late: _Restart | None = None
+    if rows and 0.0 < bound < 1.0:  # the whole-stage test's share; the restarts have the rest
+        ev = _fail_share(ev, alpha, c.trials * bound * (1 - bound) / phi, pace, phi)
+        worse: Direction = "increase" if is_max else "decrease"
+        late = _restarted(rows, worse, alpha, pace, phi, theta0=bound)
+    noun = "errors" if label == "error rate" else "events"
     info = c.trials * max(c.rate * (1 - c.rate), 1 / c.trials)
     z = normal_cs_z(info / phi, alpha) * math.sqrt(phi)  # the interval sqrt(phi) wider
     interval = wilson(c, z)
     samples = f"{c.events:.0f} of {c.trials:.0f}"
     if disp.discounted:
-        samples += f" ({disp.note('errors' if label == 'error rate' else 'events')})"
+        samples += f" ({disp.note(noun)})"
+    if late is not None and late.crossed and ev.outcome is not Outcome.FAIL:
+        ev = late.evidence(ev)
+        samples += f"; {late.text(fmt, noun)}"
     result = _bound_result(
         label, fmt, c.rate, interval.lower, interval.upper, bound, is_max, ev, alpha, samples
     )
     result.numbers |= disp.numbers()
+    if late is not None:
+        result.numbers |= late.numbers()
     return result
 
 
@@ -638,16 +802,31 @@ def _tail_vs_baseline(
         return Result(Outcome.CONTINUE, reason, numbers)
     ratio = limit(t) / t if t > 0 else 1.0
     ev = conditional_evidence(x_c, n_c, x_b, n_b, 1.0, worse, alpha, x_c_pass, pace)
+    share_c, share_b = x_c / n_c, x_b / n_b
+    samples = f"{format_rate(share_c)} of {n_c} vs {format_rate(share_b)} of {n_b} requests"
+    tested = f"slower than {fmt(t)}: {samples}"
+    tail = tail_evidence(c, b, q) if worse == "increase" else None
+    if tail is not None:  # several thresholds, one test (mlrollout/analysis/tail.py)
+        info = tail.information(n_c, n_b)
+        ev = _evidence(tail.fail, ev.passing, alpha, "fail", info, pace)
+        numbers |= tail_numbers(tail, n_c, n_b)
+        tested = f"{describe_tail(tail, n_c, n_b, fmt)}, {c.total} vs {b.total} requests"
+    tested += f", {x_c_pass} beyond {fmt(t * ratio)}"
+    if tail is not None and tail.coarse:
+        tested += (
+            "; coarse buckets: only the gate's own quantile can be tested"
+            if len(tail.levels) == 1
+            else f"; coarse buckets: {len(tail.levels)} of {tail.asked} thresholds apart"
+        )
+    if tail is not None and tail.waiting > 0:
+        tested += "; further thresholds once the baseline has more requests"
     numbers |= ev.numbers()
     outcome = ev.outcome
-    share_c, share_b = x_c / n_c, x_b / n_b
     verdict = _latency_words(outcome, margin, worse, fmt(limit(qb)))
     change = f"{(qc / qb - 1) * 100:+.3g}%" if qb > 0 else "n/a"
     reason = (
-        f"candidate {label} {fmt(qc)} vs baseline {fmt(qb)} ({change}; slower than "
-        f"{fmt(t)}: {format_rate(share_c)} of {n_c} vs {format_rate(share_b)} of {n_b} requests, "
-        f"{x_c_pass} beyond {fmt(t * ratio)}): {verdict}, {ev.text()}, at {confidence(alpha)}: "
-        f"{_VERDICT[outcome]}"
+        f"candidate {label} {fmt(qc)} vs baseline {fmt(qb)} ({change}; {tested}): {verdict}, "
+        f"{ev.text()}, at {confidence(alpha)}: {_VERDICT[outcome]}"
     )
     return Result(outcome, reason, numbers)
 
@@ -778,8 +957,9 @@ class MixtureSPRT(RuleBase):
                 return Result(Outcome.HOLD, m)
             kind = kind_of(gate, m)
             if isinstance(m, Counts):
-                disp = one_sample_of(gate, ctx.intervals) if ctx.intervals else NONE
-                checks.append(_rate_bound(label, kind, m, bound, is_max, alpha, pace, disp))
+                one = one_sample_rows(gate, ctx.intervals) if ctx.intervals else []
+                disp = one_sample(one) if ctx.intervals else NONE
+                checks.append(_rate_bound(label, kind, m, bound, is_max, alpha, pace, disp, one))
                 continue
             short = _tail_short(gate, candidate)
             if short is not None:
@@ -805,9 +985,12 @@ class MixtureSPRT(RuleBase):
                 mc, mb = pair
                 kind = kind_of(gate, mc)
                 if isinstance(mc, Counts) and isinstance(mb, Counts):
-                    disp = two_sample_of(gate, ctx.intervals) if ctx.intervals else NONE
+                    rows = two_sample_rows(gate, ctx.intervals) if ctx.intervals else []
+                    disp = two_sample(rows) if ctx.intervals else NONE
                     checks.append(
-                        _rates_vs_baseline(label, kind, mc, mb, margin, worse, alpha, pace, disp)
+                        _rates_vs_baseline(
+                            label, kind, mc, mb, margin, worse, alpha, pace, disp, rows
+                        )
                     )
                 else:
                     assert isinstance(mc, Estimate) and isinstance(mb, Estimate)
