@@ -3,10 +3,12 @@ shared backends (Google Cloud Storage in ``mlrollout-gcp``, Azure Blob Storage i
 ``mlrollout-azure``), which differ only in how one object is read, written on a condition and
 listed. No cloud library is imported here: a backend subclasses :class:`ObjectStateStore` and
 implements :meth:`~ObjectStateStore._get_object`, :meth:`~ObjectStateStore._put_object` and
-:meth:`~ObjectStateStore._list_keys`.
+:meth:`~ObjectStateStore._list_keys` (a backend whose library calls go through the core's retry
+loop also :meth:`~ObjectStateStore._retryable` and :meth:`~ObjectStateStore._failed`).
 
-The layout and the semantics are those of the S3 store (``mlrollout_aws.s3state``), so a rollout
-reads the same on every cloud. Under ``prefix/``::
+The layout and the semantics are the same on every cloud (S3 in ``mlrollout-aws``, GCS, Azure
+Blob), so a rollout reads the same everywhere; they are those of the first of them, the S3 store,
+and existing stores are read as they are. Under ``prefix/``::
 
     rollouts/<id>/record.json                 RolloutRecord + the journal's index (commit point)
     rollouts/<id>/events/<seq>-<nonce>.json   one event
@@ -46,15 +48,18 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
+from mlrollout.adapters import is_programming_error
 from mlrollout.engine.phases import TERMINAL
 from mlrollout.errors import (
     LeaseHeld,
     LeaseLost,
+    MlrolloutError,
     RolloutActive,
     StateCorrupt,
     StateUnavailable,
     UsageError,
 )
+from mlrollout.retry import RetryPolicy
 from mlrollout.state.base import Event, Lease, RolloutRecord
 
 TERMINAL_PHASES = frozenset(phase.value for phase in TERMINAL)
@@ -73,18 +78,62 @@ def dumps(value: Any) -> bytes:
 class ObjectStateStore:
     """:class:`~mlrollout.state.base.StateStore` on a bucket-like namespace of objects.
 
-    ``location`` is the store's URL ending in ``/`` (``gs://bucket/prefix/``); object keys are
-    ``prefix`` + a relative path. ``wall`` is the wall clock leases expire on (injected by tests).
+    ``root`` is the URL of the bucket (or container) ending in ``/`` (``gs://bucket/``); the
+    store's ``location`` is it + ``prefix/``, and object keys are ``prefix`` + a relative path.
+    ``wall`` is the wall clock leases expire on (injected by tests); ``retry`` the policy of the
+    backend's calls.
     """
 
     location: str
     #: the hint of a corrupt object's error (where its earlier versions are)
     restore_hint = "restore it from the bucket's versions, or remove it"
 
-    def __init__(self, location: str, prefix: str, *, wall: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        root: str,
+        prefix: str,
+        *,
+        wall: Callable[[], float],
+        retry: RetryPolicy | None = None,
+    ) -> None:
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
-        self.location = location
+        self.location = root + self.prefix
         self._wall = wall
+        self.retry = retry or RetryPolicy(base=0.2, cap=5.0)
+
+    # ------------------------------------------------------------------ a backend's calls
+
+    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+        """``fn()`` (one call of the backend's library, ``what`` in words: "reading a blob")
+        under ``retry``; an error that ends it is raised as :meth:`_failed` maps it, unless it is
+        mlrollout's own or a bug."""
+
+        def failed(exc: BaseException, attempts: int) -> BaseException:
+            if isinstance(exc, MlrolloutError) or is_programming_error(exc):
+                return exc
+            return self._failed(what, exc, attempts)
+
+        return self.retry.call(fn, retryable=self._retryable, failed=failed)
+
+    def _retryable(self, exc: BaseException) -> bool:
+        """Whether an error of a :meth:`_call` is worth another attempt."""
+        raise NotImplementedError
+
+    def _failed(self, what: str, exc: BaseException, attempts: int) -> BaseException:
+        """The error to raise for the library's error ``exc`` that ended a :meth:`_call` (``exc``
+        itself to raise it as it is)."""
+        return exc
+
+    def _missing(self, kind: str, name: str) -> StateUnavailable:
+        """The error of a bucket (``kind``: "bucket", "container") that does not exist."""
+        return StateUnavailable(
+            f"state {kind} {name!r} does not exist ({self.location})",
+            hint=f"create the {kind}, or point --state at another one",
+        )
+
+    def _unavailable(self, what: str, hint: str | None) -> StateUnavailable:
+        """The error of a store that cannot be used: "state store LOCATION: ``what``"."""
+        return StateUnavailable(f"state store {self.location}: {what}", hint=hint)
 
     # ------------------------------------------------------------------ a backend's objects
 

@@ -24,6 +24,9 @@ Optional fixtures (each check that needs one skips without it):
   endpoint's lease record as if a stale holder's lease check had just passed
   (:func:`object_store_forge_lease` for object stores).
 
+A store on :class:`~mlrollout.state.objects.ObjectStateStore` subclasses
+:class:`ObjectStoreContract` instead, which has ``interleave`` and ``forge_lease`` already.
+
 What the checks hold every store to: rollouts are created once, found by id or unique prefix and
 listed newest first; events append gapless in order with the phase and snapshot, never lost or
 duplicated when writers race (the loser of a race is refused by the store's condition, re-reads
@@ -56,6 +59,7 @@ from mlrollout.state.base import RolloutRecord, StateStore
 
 __all__ = [
     "Corrupted",
+    "ObjectStoreContract",
     "StateStoreContract",
     "Wall",
     "object_store_forge_lease",
@@ -424,3 +428,17 @@ class StateStoreContract:
         for s in stores:
             s.close()
         return won, refused
+
+
+class ObjectStoreContract(StateStoreContract):
+    """The checks for a store on :class:`~mlrollout.state.objects.ObjectStateStore` (S3, GCS,
+    Azure Blob): ``interleave`` and ``forge_lease`` are the object stores'; define
+    ``make_store`` (and ``corrupt_event``)."""
+
+    @pytest.fixture
+    def interleave(self) -> Callable[[StateStore, Callable[[], None]], list[bool]] | None:
+        return object_store_interleave
+
+    @pytest.fixture
+    def forge_lease(self) -> Callable[..., None] | None:
+        return object_store_forge_lease

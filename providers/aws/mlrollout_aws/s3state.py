@@ -1,31 +1,11 @@
 """A shared state store on S3: ``--state s3://bucket/prefix`` (or ``MLROLLOUT_STATE``).
 
-Layout under ``prefix/``::
-
-    rollouts/<id>/record.json            RolloutRecord + the journal's index (commit point)
-    rollouts/<id>/events/<seq>-<nonce>.json   one event
-    kv/<namespace>/<key>.json
-    leases/<endpoint key, url-quoted>.json    {"holder", "token", "expires_at"}
-    active/<endpoint key, url-quoted>.json    {"rollout", "at"}: the endpoint's newest rollout
-
-S3 has no transactions; conditional writes are the building block (``If-None-Match: *`` creates
-only if absent, ``If-Match: <etag>`` replaces only what was read):
-
-- **append**: write the event under a fresh nonce, then replace ``record.json`` ``If-Match`` the
-  etag read — the commit point; the record lists the nonce of every committed event, so an event
-  written by a writer that then lost the race is never read. A lost race re-reads and retries.
-- **create**: the endpoint's ``active/`` object is written first — ``If-None-Match: *`` when
-  there is none, ``If-Match`` over one whose rollout has ended — so of two runs starting
-  together exactly one creates a rollout on the endpoint; the other is ``RolloutActive``.
-- **lease**: taken with ``If-None-Match: *`` (no lease object yet) or ``If-Match`` (an expired or
-  our own lease), renewed ``If-Match``; two runners never both succeed.
-- **fencing**: a write passing a lease first checks that the lease object still names it (holder
-  and token, not expired), and the record keeps the highest token that ever wrote to it: a
-  writer whose token is lower is refused (``LeaseLost``) even if its check raced a takeover.
-
-A retried conditional write whose first attempt succeeded but whose response was lost fails its
-precondition against its own write; the store re-reads and recognises it (same nonce, same lease),
-so no retry is ever applied twice.
+The layout and the semantics (journal objects committed through the record, snapshots, leases
+with fencing tokens, atomic create, lost responses, corrupt objects) are the object stores' own:
+see :mod:`mlrollout.state.objects`. What is S3's here is how one object is written on a
+condition: ``If-None-Match: *`` creates only if absent, ``If-Match: <etag>`` replaces only what
+was read; a condition that does not hold is ``412 PreconditionFailed`` (or ``409
+ConditionalRequestConflict`` when two conditional writes race) and writes nothing.
 
 Options in the URL's query: ``?region=eu-west-1&profile=ops&endpoint_url=http://...`` (boto3's
 own ``AWS_ENDPOINT_URL_S3`` and ``AWS_REGION`` work too).
@@ -33,38 +13,21 @@ own ``AWS_ENDPOINT_URL_S3`` and ``AWS_REGION`` work too).
 
 from __future__ import annotations
 
-import json
-import secrets
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
-from mlrollout.engine.phases import TERMINAL
-from mlrollout.errors import (
-    LeaseHeld,
-    LeaseLost,
-    RolloutActive,
-    StateCorrupt,
-    StateUnavailable,
-    UsageError,
-)
-from mlrollout.state.base import Event, Lease, RolloutRecord
+from mlrollout.errors import LeaseHeld, LeaseLost, MlrolloutError, StateUnavailable
+from mlrollout.state.objects import ObjectStateStore
 from mlrollout_aws._aws import AwsCallError, RetryPolicy, call, make_client
 
-TERMINAL_PHASES = frozenset(phase.value for phase in TERMINAL)
-_MAX_RACES = 50
-#: Seconds an endpoint's claim counts although its rollout's record is not written yet (a run
-#: creating it right now); past it, a claim without a record is a crash's leftover.
-_CLAIM_GRACE = 60.0
-_LEASE_HINT = "another runner may be driving the endpoint; check `mlrollout status` before resuming"
+#: the error codes of a conditional write whose condition did not hold (moto answers some as
+#: bare status codes)
+_CONDITION_FAILED = ("PreconditionFailed", "ConditionalRequestConflict", "412", "409")
 
 
-def _dumps(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
-
-
-class S3StateStore:
+class S3StateStore(ObjectStateStore):
     """:class:`~mlrollout.state.base.StateStore` on one S3 bucket and prefix."""
 
     def __init__(
@@ -79,91 +42,58 @@ class S3StateStore:
         wall: Callable[[], float] = time.time,
         retry: RetryPolicy | None = None,
     ) -> None:
+        super().__init__(f"s3://{bucket}/", prefix, wall=wall, retry=retry)
         self.bucket = bucket
-        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
-        self.location = f"s3://{bucket}/{self.prefix}"
         self.client = client or make_client(
             "s3", region=region, profile=profile, endpoint_url=endpoint_url
         )
-        self._wall = wall
-        self.retry = retry or RetryPolicy(base=0.2, cap=5.0)
 
-    # ------------------------------------------------------------------------------ objects
+    # ------------------------------------------------------------------------------ calls
 
-    def _key(self, *parts: str) -> str:
-        return self.prefix + "/".join(parts)
-
-    def _call(self, operation: str, **params: Any) -> Any:
+    def _request(self, operation: str, **params: Any) -> Any:
+        """One S3 call on the bucket, through the provider's boto3 seam (its retries, its error
+        mapping)."""
         try:
             return call(self.client, operation, retry=self.retry, Bucket=self.bucket, **params)
         except AwsCallError as exc:
             if exc.code in ("NoSuchBucket",):
-                raise StateUnavailable(
-                    f"state bucket {self.bucket!r} does not exist ({self.location})",
-                    hint="create the bucket, or point --state at another one",
-                ) from exc
+                raise self._missing("bucket", self.bucket) from exc
             raise
         except StateUnavailable:
             raise
         except Exception as exc:
-            from mlrollout.errors import MlrolloutError
-
             if isinstance(exc, MlrolloutError) and not isinstance(exc, LeaseLost | LeaseHeld):
-                raise StateUnavailable(
-                    f"state store {self.location}: {exc.message}", hint=exc.hint
-                ) from exc
+                raise self._unavailable(exc.message, exc.hint) from exc
             raise
 
-    def _get(self, key: str) -> tuple[dict[str, Any], str] | None:
-        """The JSON object at ``key`` and its etag, or None."""
+    # --------------------------------------------------------------------------- objects
+
+    def _get_object(self, key: str) -> tuple[bytes, str] | None:
         try:
-            response = self._call("get_object", Key=key)
+            response = self._request("get_object", Key=key)
         except AwsCallError as exc:
             if exc.code in ("NoSuchKey", "404", "NotFound"):
                 return None
             raise
-        body = response["Body"].read()
-        try:
-            data = json.loads(body)
-        except ValueError as exc:
-            raise StateCorrupt(
-                f"state object {self.location}{key[len(self.prefix) :]} is not JSON",
-                hint="restore it from the bucket's versions, or remove it",
-            ) from exc
-        return data, str(response["ETag"])
+        return bytes(response["Body"].read()), str(response["ETag"])
 
-    def _put(
-        self,
-        key: str,
-        value: Any,
-        *,
-        if_match: str | None = None,
-        if_none_match: bool = False,
-        mine: Callable[[], bool] | None = None,
+    def _put_object(
+        self, key: str, body: bytes, *, if_match: str | None, if_none_match: bool
     ) -> bool:
-        """Write ``value``; False when the condition failed (someone else wrote first).
-
-        ``mine``: after a failed condition, whether the object already holds *this* write
-        (its first attempt succeeded, the response was lost): then it counts as done.
-        """
-        params: dict[str, Any] = {
-            "Key": key,
-            "Body": _dumps(value),
-            "ContentType": "application/json",
-        }
+        params: dict[str, Any] = {"Key": key, "Body": body, "ContentType": "application/json"}
         if if_match is not None:
             params["IfMatch"] = if_match
         if if_none_match:
             params["IfNoneMatch"] = "*"
         try:
-            self._call("put_object", **params)
+            self._request("put_object", **params)
         except AwsCallError as exc:
-            if exc.code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
-                return mine is not None and mine()
+            if exc.code in _CONDITION_FAILED:
+                return False
             raise
         return True
 
-    def _list(self, prefix: str, *, delimiter: str | None = None) -> list[str]:
+    def _list_keys(self, prefix: str, *, delimiter: str | None) -> list[str]:
         keys: list[str] = []
         token: str | None = None
         while True:
@@ -172,308 +102,12 @@ class S3StateStore:
                 params["Delimiter"] = delimiter
             if token:
                 params["ContinuationToken"] = token
-            page = self._call("list_objects_v2", **params)
+            page = self._request("list_objects_v2", **params)
             keys += [o["Key"] for o in page.get("Contents", [])]
             keys += [p["Prefix"] for p in page.get("CommonPrefixes", [])]
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
                 return keys
-
-    # ------------------------------------------------------------------------------ records
-
-    def _record_key(self, rollout_id: str) -> str:
-        return self._key("rollouts", rollout_id, "record.json")
-
-    @staticmethod
-    def _record(data: dict[str, Any]) -> RolloutRecord:
-        return RolloutRecord(
-            id=data["id"],
-            name=data["name"],
-            endpoint_key=data["endpoint_key"],
-            plan=data["plan"],
-            plan_path=data["plan_path"],
-            created_at=data["created_at"],
-            phase=data["phase"],
-            snapshot=data["snapshot"],
-            updated_at=data["updated_at"],
-            last_seq=data["last_seq"],
-        )
-
-    def create_rollout(self, record: RolloutRecord) -> None:
-        r = record
-        data = {
-            "id": r.id,
-            "name": r.name,
-            "endpoint_key": r.endpoint_key,
-            "plan": r.plan,
-            "plan_path": r.plan_path,
-            "created_at": r.created_at,
-            "phase": r.phase,
-            "snapshot": r.snapshot,
-            "updated_at": r.updated_at or r.created_at,
-            "last_seq": r.last_seq,
-            "events": [],
-            "fence": 0,
-            "nonce": secrets.token_hex(6),  # tells this write from an equal one by someone else
-        }
-        key = self._record_key(r.id)
-        if self._get(key) is not None:
-            raise UsageError(f"rollout {r.id!r} already exists in {self.location}")
-        self._claim_endpoint(r)
-        if not self._put(key, data, if_none_match=True, mine=lambda: self._is(key, data)):
-            raise UsageError(f"rollout {r.id!r} already exists in {self.location}")
-
-    def _claim_endpoint(self, record: RolloutRecord) -> None:
-        """Make ``record`` the endpoint's active rollout, atomically, unless another is."""
-        key = self._key("active", quote(record.endpoint_key, safe="") + ".json")
-        claim = {"rollout": record.id, "at": self._wall()}
-        for _ in range(_MAX_RACES):
-            found = self._get(key)
-            if found is not None:
-                other = str(found[0].get("rollout", ""))
-                phase = self._active_phase(other, float(found[0].get("at") or 0))
-                if other != record.id and phase is not None:
-                    raise RolloutActive(
-                        f"rollout {other} is still active on {record.endpoint_key} (phase {phase})",
-                        hint=f"finish it with `mlrollout resume {other}` or "
-                        f"`mlrollout abort {other}`",
-                    )
-            written = self._put(
-                key,
-                claim,
-                if_match=found[1] if found is not None else None,
-                if_none_match=found is None,
-                mine=lambda: self._is(key, claim),
-            )
-            if written:
-                return
-        raise StateUnavailable(
-            f"state store {self.location}: could not claim {record.endpoint_key} after "
-            f"{_MAX_RACES} races with other writers",
-            hint="try again",
-        )
-
-    def _active_phase(self, rollout_id: str, claimed_at: float) -> str | None:
-        """The phase of the rollout an endpoint's claim names, if it is still active."""
-        found = self._get(self._record_key(rollout_id)) if rollout_id else None
-        if found is None:
-            return "being created" if self._wall() - claimed_at < _CLAIM_GRACE else None
-        phase = str(found[0].get("phase"))
-        return None if phase in TERMINAL_PHASES else phase
-
-    def _is(self, key: str, data: dict[str, Any]) -> bool:
-        found = self._get(key)
-        return found is not None and found[0] == json.loads(_dumps(data))
-
-    def get_rollout(self, rollout_id: str) -> RolloutRecord:
-        found = self._get(self._record_key(rollout_id)) if rollout_id else None
-        if found is not None:
-            return self._record(found[0])
-        ids = sorted(
-            k[len(self._key("rollouts")) + 1 :].rstrip("/")
-            for k in self._list(self._key("rollouts", rollout_id), delimiter="/")
-        )
-        hint = "`mlrollout list` shows the rollouts"
-        matches = [i for i in ids if i.startswith(rollout_id)]
-        if not matches:
-            raise UsageError(f"no rollout {rollout_id!r} in {self.location}", hint=hint)
-        if len(matches) > 1:
-            names = ", ".join(matches[:10]) + (", ..." if len(matches) > 10 else "")
-            raise UsageError(
-                f"rollout id {rollout_id!r} is ambiguous: it matches {names}",
-                hint="give more characters of the id",
-            )
-        found = self._get(self._record_key(matches[0]))
-        if found is None:
-            raise UsageError(f"no rollout {rollout_id!r} in {self.location}", hint=hint)
-        return self._record(found[0])
-
-    def list_rollouts(self, *, active_only: bool = False, limit: int = 100) -> list[RolloutRecord]:
-        base = self._key("rollouts") + "/"
-        records = []
-        for prefix in self._list(base, delimiter="/"):
-            found = self._get(prefix + "record.json")
-            if found is not None:
-                record = self._record(found[0])
-                if not active_only or record.phase not in TERMINAL_PHASES:
-                    records.append(record)
-        records.sort(key=lambda r: (r.created_at, r.id), reverse=True)
-        return records[:limit]
-
-    # ------------------------------------------------------------------------------ journal
-
-    def append_event(
-        self,
-        rollout_id: str,
-        kind: str,
-        data: dict[str, Any],
-        *,
-        at: float,
-        lease: Lease | None,
-        phase: str | None = None,
-        snapshot: dict[str, Any] | None = None,
-    ) -> Event:
-        key = self._record_key(rollout_id)
-        nonce = secrets.token_hex(6)
-        data = json.loads(_dumps(data))
-        for _ in range(_MAX_RACES):
-            found = self._get(key)
-            if found is None:
-                raise UsageError(f"no rollout {rollout_id!r} in {self.location}")
-            record, etag = found
-            if lease is not None:
-                self._check_fence(lease)
-                if int(record.get("fence", 0)) > lease.token:
-                    raise LeaseLost(
-                        f"lost the lease on endpoint {lease.endpoint_key} (token {lease.token}): "
-                        f"a runner with token {record['fence']} has written since",
-                        hint=_LEASE_HINT,
-                    )
-            seq, now = int(record["last_seq"]) + 1, self._wall()
-            event = {"seq": seq, "at": at, "recorded_at": now, "kind": kind, "data": data}
-            self._put(self._key("rollouts", rollout_id, "events", f"{seq:08d}-{nonce}.json"), event)
-            record["events"] = [*record.get("events", []), nonce]
-            record["last_seq"], record["updated_at"] = seq, now
-            if phase is not None:
-                record["phase"] = phase
-            if snapshot is not None:
-                record["snapshot"] = snapshot
-            if lease is not None:
-                record["fence"] = max(int(record.get("fence", 0)), lease.token)
-
-            def mine(seq: int = seq) -> bool:
-                again = self._get(key)
-                events = again[0].get("events", []) if again else []
-                return len(events) >= seq and events[seq - 1] == nonce
-
-            if self._put(key, record, if_match=etag, mine=mine):
-                return Event(rollout_id, seq, at, kind, data, recorded_at=now)
-        raise StateUnavailable(
-            f"could not append to rollout {rollout_id} in {self.location}: "
-            f"{_MAX_RACES} concurrent writers won in a row"
-        )
-
-    def events(self, rollout_id: str, *, after: int = 0) -> list[Event]:
-        found = self._get(self._record_key(rollout_id))
-        if found is None:
-            raise UsageError(f"no rollout {rollout_id!r} in {self.location}")
-        nonces: list[str] = found[0].get("events", [])
-        out = []
-        for seq in range(after + 1, len(nonces) + 1):
-            key = self._key("rollouts", rollout_id, "events", f"{seq:08d}-{nonces[seq - 1]}.json")
-            got = self._get(key)
-            if got is None:
-                raise StateCorrupt(
-                    f"event {seq} of rollout {rollout_id} is missing from {self.location}",
-                    hint="restore it from the bucket's versions",
-                )
-            e = got[0]
-            out.append(Event(rollout_id, e["seq"], e["at"], e["kind"], e["data"], e["recorded_at"]))
-        return out
-
-    # ------------------------------------------------------------------------------ key/value
-
-    def get_value(self, namespace: str, key: str) -> dict[str, Any] | None:
-        found = self._get(self._key("kv", quote(namespace, safe=""), quote(key, safe="") + ".json"))
-        return None if found is None else dict(found[0])
-
-    def put_value(
-        self, namespace: str, key: str, value: dict[str, Any], *, lease: Lease | None
-    ) -> None:
-        if lease is not None:
-            self._check_fence(lease)
-        self._put(self._key("kv", quote(namespace, safe=""), quote(key, safe="") + ".json"), value)
-
-    # ------------------------------------------------------------------------------- leases
-
-    def _lease_key(self, endpoint_key: str) -> str:
-        return self._key("leases", quote(endpoint_key, safe="") + ".json")
-
-    def _check_fence(self, lease: Lease, *, allow_expired: bool = False) -> dict[str, Any]:
-        found = self._get(self._lease_key(lease.endpoint_key))
-        row = found[0] if found else None
-        if row is None or (row["holder"], row["token"]) != (lease.holder, lease.token):
-            now_holder = f"{row['holder']} (token {row['token']})" if row else "nobody"
-            raise LeaseLost(
-                f"lost the lease on endpoint {lease.endpoint_key} (token {lease.token}):"
-                f" it is now held by {now_holder}",
-                hint=_LEASE_HINT,
-            )
-        if not allow_expired and row["expires_at"] <= self._wall():
-            raise LeaseLost(
-                f"the lease on endpoint {lease.endpoint_key} (token {lease.token}) expired"
-                f" {self._wall() - row['expires_at']:.0f}s ago; nobody holds it now",
-                hint=_LEASE_HINT,
-            )
-        return row
-
-    def acquire_lease(self, endpoint_key: str, holder: str, ttl: float) -> Lease:
-        key = self._lease_key(endpoint_key)
-        found = self._get(key)
-        now = self._wall()
-        if found is not None:
-            row, etag = found
-            if row["expires_at"] > now and row["holder"] != holder:
-                raise LeaseHeld(
-                    f"endpoint {endpoint_key} is driven by {row['holder']}"
-                    f" (lease expires in {row['expires_at'] - now:.0f}s)",
-                    hint="wait for it, or stop that runner; its lease lapses if it stops renewing",
-                )
-            live_ours = row["expires_at"] > now
-            token = int(row["token"]) if live_ours else int(row["token"]) + 1
-        else:
-            etag, token = None, 1
-        lease = Lease(endpoint_key, holder, token, now + ttl)
-        value = {"holder": holder, "token": token, "expires_at": lease.expires_at}
-        ok = self._put(
-            key,
-            value,
-            if_match=etag,
-            if_none_match=etag is None,
-            mine=lambda: self._is(key, value),
-        )
-        if not ok:
-            again = self._get(key)
-            who = again[0]["holder"] if again else "another runner"
-            raise LeaseHeld(
-                f"endpoint {endpoint_key} was just taken by {who}",
-                hint="wait for it, or stop that runner; its lease lapses if it stops renewing",
-            )
-        return lease
-
-    def renew_lease(self, lease: Lease, ttl: float) -> Lease:
-        key = self._lease_key(lease.endpoint_key)
-        found = self._get(key)
-        if found is None:
-            self._check_fence(lease)  # raises LeaseLost
-        assert found is not None
-        self._check_fence(lease, allow_expired=True)
-        renewed = Lease(lease.endpoint_key, lease.holder, lease.token, self._wall() + ttl)
-        value = {"holder": lease.holder, "token": lease.token, "expires_at": renewed.expires_at}
-        if not self._put(key, value, if_match=found[1], mine=lambda: self._is(key, value)):
-            self._check_fence(lease, allow_expired=True)  # raises LeaseLost if taken over
-            return self.renew_lease(lease, ttl)
-        return renewed
-
-    def release_lease(self, lease: Lease) -> None:
-        key = self._lease_key(lease.endpoint_key)
-        found = self._get(key)
-        if found is None:
-            return
-        row, etag = found
-        if (row["holder"], row["token"]) != (lease.holder, lease.token):
-            return
-        self._put(key, {**row, "expires_at": 0}, if_match=etag)
-
-    def current_lease(self, endpoint_key: str) -> Lease | None:
-        found = self._get(self._lease_key(endpoint_key))
-        if found is None or found[0]["expires_at"] <= self._wall():
-            return None
-        row = found[0]
-        return Lease(endpoint_key, row["holder"], int(row["token"]), float(row["expires_at"]))
-
-    def close(self) -> None:
-        pass
 
 
 def open_s3_store(location: str) -> S3StateStore:

@@ -31,7 +31,7 @@ from azure.core.exceptions import (
 
 from mlrollout.adapters import ErrorKind, call_mapped, classify, retryable_kind
 from mlrollout.clock import Clock
-from mlrollout.errors import ProviderAuthError, ProviderError, ProviderThrottled
+from mlrollout.errors import MlrolloutError, ProviderAuthError, ProviderError, ProviderThrottled
 from mlrollout.retry import RetryPolicy
 
 T = TypeVar("T")
@@ -44,6 +44,8 @@ PERMISSIONS = {
     "delete": "Microsoft.MachineLearningServices/workspaces/onlineEndpoints/deployments/delete",
     "model": "Microsoft.MachineLearningServices/workspaces/models/read",
     "metrics": "Microsoft.Insights/metrics/read (role 'Monitoring Reader')",
+    "capture": "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/read on the "
+    "data collector's container (role 'Storage Blob Data Reader')",
 }
 
 
@@ -192,7 +194,9 @@ def quiet_sdk_loggers() -> None:
         if name.startswith("azure.ai.ml"):
             logger = logging.getLogger(name)
             # Its activity telemetry logs an expected 404 (a probe) at ERROR: not an error here.
-            floor = max(parent, logging.CRITICAL if "_telemetry" in name else logging.WARNING)
+            # Its notices that a class (DataCollector) is experimental are not the user's.
+            noisy = "_telemetry" in name or "_experimental" in name
+            floor = max(parent, logging.CRITICAL if noisy else logging.WARNING)
             if logger.level < floor:
                 logger.setLevel(floor)
 
@@ -219,3 +223,57 @@ def client_kwargs(endpoint_url: str | None) -> dict[str, Any]:
         "cloud_metadata": metadata,
         "polling_interval": 0,
     }
+
+
+def ml_client(target: Any, credential: Any) -> Any:
+    """The ``MLClient`` of the workspace that ``target`` (an
+    :class:`~mlrollout_azure.azureml.AzureTarget`) names; azure-ai-ml's import and construction
+    warn (deprecations, experimental notices): quietly."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from azure.ai.ml import MLClient
+
+        return MLClient(
+            credential,
+            target.subscription_id,
+            target.resource_group,
+            target.workspace,
+            **client_kwargs(target.endpoint_url),
+        )
+
+
+def blob_service_from_secret(
+    env: str,
+    secret: str,
+    account: str,
+    options: dict[str, Any],
+    *,
+    error: type[MlrolloutError],
+    where: str,
+    of: str,
+    fix: str,
+) -> Any:
+    """A ``BlobServiceClient`` from the connection string ``secret`` (read from the variable
+    ``env``), which must be for the storage account ``account``, else ``error``. The string is a
+    secret: neither it nor the SDK's message (which may quote it) is ever put into an error.
+    In the errors: ``where`` follows "is not valid" (" for az://..." or nothing), ``of`` says whose
+    account ``account`` is, ``fix`` what to give instead of the string."""
+    from azure.core.exceptions import AzureError
+    from azure.storage.blob import BlobServiceClient
+
+    try:
+        service = BlobServiceClient.from_connection_string(secret, **options)
+    except (ValueError, AzureError):
+        # never the string itself, nor the SDK's message (which may quote it): no chain
+        raise error(
+            f"the connection string in {env} is not valid{where}",
+            hint="copy it again from the storage account's access keys (or Azurite's docs)",
+        ) from None
+    if service.account_name != account:
+        service.close()
+        raise error(
+            f"the connection string in {env} is for account "
+            f"{service.account_name!r}, not {account!r} of {of}",
+            hint=f"unset {env}, or {fix}",
+        )
+    return service

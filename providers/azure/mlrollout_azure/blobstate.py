@@ -37,10 +37,11 @@ from urllib.parse import urlsplit
 from azure.core import MatchConditions
 from azure.core import exceptions as aexc
 
-from mlrollout.adapters import classify, is_programming_error, retryable_kind
-from mlrollout.errors import MlrolloutError, StateUnavailable
+from mlrollout.adapters import classify, retryable_kind
+from mlrollout.errors import StateUnavailable
 from mlrollout.retry import RetryPolicy
 from mlrollout.state.objects import ObjectStateStore
+from mlrollout_azure._azure import blob_service_from_secret
 
 CONNECTION_STRING_ENV = "MLROLLOUT_AZURE_STORAGE_CONNECTION_STRING"
 _BLOB_HOST = ".blob.core.windows.net"
@@ -69,10 +70,8 @@ class BlobStateStore(ObjectStateStore):
         wall: Callable[[], float] = time.time,
         retry: RetryPolicy | None = None,
     ) -> None:
-        super().__init__("", prefix, wall=wall)
+        super().__init__(f"az://{account}/{container}/", prefix, wall=wall, retry=retry)
         self.account, self.container_name = account, container
-        self.location = f"az://{account}/{container}/{self.prefix}"
-        self.retry = retry or RetryPolicy(base=0.2, cap=5.0)
         self._owns_service = service is None
         self.service = service or _make_service(
             self.location, account, account_url, connection_string
@@ -85,44 +84,36 @@ class BlobStateStore(ObjectStateStore):
 
     # ------------------------------------------------------------------------------ calls
 
-    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
-        return self.retry.call(
-            fn, retryable=_retryable, failed=lambda e, n: self._failed(what, e, n)
-        )
+    def _retryable(self, exc: BaseException) -> bool:
+        if isinstance(exc, aexc.ServiceRequestError | aexc.ServiceResponseError):
+            return True
+        if isinstance(exc, aexc.HttpResponseError) and exc.status_code:
+            return retryable_kind(classify(int(exc.status_code)))
+        return False
 
     def _failed(self, what: str, exc: BaseException, attempts: int) -> BaseException:
-        if isinstance(exc, MlrolloutError) or is_programming_error(exc):
-            return exc
         code = _error_code(exc)
         if code == "ContainerNotFound":
-            return StateUnavailable(
-                f"state container {self.container_name!r} does not exist ({self.location})",
-                hint="create the container, or point --state at another one",
-            )
+            return self._missing("container", self.container_name)
         status = getattr(exc, "status_code", None)
         if isinstance(exc, aexc.ClientAuthenticationError) or status in (401, 403):
             why = " ".join(str(part) for part in (status, code) if part) or "no access"
-            return StateUnavailable(
-                f"state store {self.location}: {what} was denied ({why})",
-                hint=_PERMISSION_HINT,
-            )
+            return self._unavailable(f"{what} was denied ({why})", _PERMISSION_HINT)
         if isinstance(exc, aexc.ServiceRequestError | aexc.ServiceResponseError):
-            return StateUnavailable(
-                f"state store {self.location}: could not reach Blob Storage for {what} after "
+            return self._unavailable(
+                f"could not reach Blob Storage for {what} after "
                 f"{attempts} attempts ({type(exc).__name__})",
-                hint="check the network and the account name",
+                "check the network and the account name",
             )
         if isinstance(exc, aexc.HttpResponseError):
             # only the status and the service's error code: a message could quote a request
-            return StateUnavailable(
-                f"state store {self.location}: {what} failed after {attempts} attempts "
-                f"({status} {code or 'error'})",
-                hint="try again; if it persists, check the storage account in the Azure portal",
+            return self._unavailable(
+                f"{what} failed after {attempts} attempts ({status} {code or 'error'})",
+                "try again; if it persists, check the storage account in the Azure portal",
             )
         if isinstance(exc, aexc.AzureError):
-            return StateUnavailable(
-                f"state store {self.location}: {what} failed ({type(exc).__name__})",
-                hint="check the credentials and the account",
+            return self._unavailable(
+                f"{what} failed ({type(exc).__name__})", "check the credentials and the account"
             )
         return exc
 
@@ -193,14 +184,6 @@ def _error_code(exc: BaseException) -> str | None:
     return str(code) if code else None
 
 
-def _retryable(exc: BaseException) -> bool:
-    if isinstance(exc, aexc.ServiceRequestError | aexc.ServiceResponseError):
-        return True
-    if isinstance(exc, aexc.HttpResponseError) and exc.status_code:
-        return retryable_kind(classify(int(exc.status_code)))
-    return False
-
-
 def _make_service(
     location: str, account: str, account_url: str | None, connection_string: str | None
 ) -> Any:
@@ -210,22 +193,16 @@ def _make_service(
     options: dict[str, Any] = {"retry_total": 0}
     secret = connection_string or os.environ.get(CONNECTION_STRING_ENV)
     if secret:
-        try:
-            service = BlobServiceClient.from_connection_string(secret, **options)
-        except (ValueError, aexc.AzureError):
-            # never the string itself, nor the SDK's message (which may quote it): no chain
-            raise StateUnavailable(
-                f"the connection string in {CONNECTION_STRING_ENV} is not valid for {location}",
-                hint="copy it again from the storage account's access keys (or Azurite's docs)",
-            ) from None
-        if service.account_name != account:
-            service.close()
-            raise StateUnavailable(
-                f"the connection string in {CONNECTION_STRING_ENV} is for account "
-                f"{service.account_name!r}, not {account!r} of {location}",
-                hint=f"unset {CONNECTION_STRING_ENV}, or give the state URL of its account",
-            )
-        return service
+        return blob_service_from_secret(
+            CONNECTION_STRING_ENV,
+            secret,
+            account,
+            options,
+            error=StateUnavailable,
+            where=f" for {location}",
+            of=location,
+            fix="give the state URL of its account",
+        )
     from mlrollout_azure.auth import default_credential
 
     url = account_url or f"https://{account}{_BLOB_HOST}"

@@ -36,8 +36,8 @@ from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage  # type: ignore[import-untyped]
 
-from mlrollout.adapters import classify, is_programming_error, retryable_kind
-from mlrollout.errors import MlrolloutError, StateUnavailable
+from mlrollout.adapters import classify, retryable_kind
+from mlrollout.errors import StateUnavailable
 from mlrollout.retry import RetryPolicy
 from mlrollout.state.objects import ObjectStateStore
 
@@ -69,10 +69,8 @@ class GcsStateStore(ObjectStateStore):
         wall: Callable[[], float] = time.time,
         retry: RetryPolicy | None = None,
     ) -> None:
-        super().__init__("", prefix, wall=wall)
+        super().__init__(f"gs://{bucket}/", prefix, wall=wall, retry=retry)
         self.bucket_name = bucket
-        self.location = f"gs://{bucket}/{self.prefix}"
-        self.retry = retry or RetryPolicy(base=0.2, cap=5.0)
         self._owns_client = client is None
         self.client = client or _make_client(self.location, project, endpoint_url)
         self._bucket = self.client.bucket(bucket)
@@ -83,41 +81,32 @@ class GcsStateStore(ObjectStateStore):
 
     # ------------------------------------------------------------------------------ calls
 
-    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
-        return self.retry.call(
-            fn, retryable=_retryable, failed=lambda e, n: self._failed(what, e, n)
+    def _retryable(self, exc: BaseException) -> bool:
+        if isinstance(exc, _CONNECTION_ERRORS):
+            return True
+        return isinstance(exc, gexc.GoogleAPICallError) and retryable_kind(
+            classify(int(exc.code or 0))
         )
 
     def _failed(self, what: str, exc: BaseException, attempts: int) -> BaseException:
-        if isinstance(exc, MlrolloutError) or is_programming_error(exc):
-            return exc
         if isinstance(exc, gexc.NotFound) and _bucket_missing(exc):
-            return StateUnavailable(
-                f"state bucket {self.bucket_name!r} does not exist ({self.location})",
-                hint="create the bucket, or point --state at another one",
-            )
+            return self._missing("bucket", self.bucket_name)
         if isinstance(exc, gexc.Unauthorized | gexc.Forbidden):
-            return StateUnavailable(
-                f"state store {self.location}: {what} was denied ({exc.code})",
-                hint=_PERMISSION_HINT,
-            )
+            return self._unavailable(f"{what} was denied ({exc.code})", _PERMISSION_HINT)
         if isinstance(exc, google.auth.exceptions.GoogleAuthError):
-            return StateUnavailable(
-                f"state store {self.location}: Google Cloud credentials could not be used "
-                f"({type(exc).__name__})",
-                hint="refresh them: `gcloud auth application-default login`",
+            return self._unavailable(
+                f"Google Cloud credentials could not be used ({type(exc).__name__})",
+                "refresh them: `gcloud auth application-default login`",
             )
         if isinstance(exc, _CONNECTION_ERRORS):
-            return StateUnavailable(
-                f"state store {self.location}: could not reach Cloud Storage for {what} "
-                f"after {attempts} attempts",
-                hint="check the network (and ?endpoint_url= if you gave one)",
+            return self._unavailable(
+                f"could not reach Cloud Storage for {what} after {attempts} attempts",
+                "check the network (and ?endpoint_url= if you gave one)",
             )
         if isinstance(exc, gexc.GoogleAPICallError):
-            return StateUnavailable(
-                f"state store {self.location}: {what} failed after {attempts} attempts "
-                f"({exc.code}: {exc.message})",
-                hint="try again; if it persists, check the bucket in the Cloud console",
+            return self._unavailable(
+                f"{what} failed after {attempts} attempts ({exc.code}: {exc.message})",
+                "try again; if it persists, check the bucket in the Cloud console",
             )
         return exc
 
@@ -169,12 +158,6 @@ class GcsStateStore(ObjectStateStore):
 
 def _bucket_missing(exc: gexc.GoogleAPICallError) -> bool:
     return "bucket does not exist" in str(exc.message).lower()
-
-
-def _retryable(exc: BaseException) -> bool:
-    if isinstance(exc, _CONNECTION_ERRORS):
-        return True
-    return isinstance(exc, gexc.GoogleAPICallError) and retryable_kind(classify(int(exc.code or 0)))
 
 
 def _make_client(location: str, project: str | None, endpoint_url: str | None) -> Any:

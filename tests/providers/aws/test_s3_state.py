@@ -9,24 +9,15 @@ from mlrollout_aws._aws import RetryPolicy
 from mlrollout_aws.s3state import S3StateStore, open_s3_store
 
 from mlrollout.errors import StateUnavailable
-from mlrollout.state.base import RolloutRecord
 from mlrollout.state.open import open_store
 from mlrollout.testing.state_contract import (
     Corrupted,
-    StateStoreContract,
-    object_store_forge_lease,
-    object_store_interleave,
+    ObjectStoreContract,
+    Wall,
+    record,
 )
 
 BUCKET = "rollouts"
-
-
-class Wall:
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -51,21 +42,7 @@ def make_store(world, wall, prefix: str = "team/prod") -> S3StateStore:
     )
 
 
-def record(
-    rid: str = "churn-abc123", created: float = 1.0, endpoint: str | None = None
-) -> RolloutRecord:
-    return RolloutRecord(
-        id=rid,
-        name="churn",
-        endpoint_key=endpoint or f"sagemaker:{rid}",
-        plan={"yaml": "version: 1"},
-        plan_path="plans/p.yaml",
-        created_at=created,
-        snapshot={"phase": "pending"},
-    )
-
-
-class TestS3StateContract(StateStoreContract):
+class TestS3StateContract(ObjectStoreContract):
     @pytest.fixture
     def make_store(self, world, wall):
         world.s3.create_bucket(Bucket=BUCKET)
@@ -84,14 +61,6 @@ class TestS3StateContract(StateStoreContract):
             return broken
 
         return corrupt
-
-    @pytest.fixture
-    def interleave(self):
-        return object_store_interleave
-
-    @pytest.fixture
-    def forge_lease(self):
-        return object_store_forge_lease
 
 
 def test_a_lost_put_response_is_not_applied_twice(world, store):

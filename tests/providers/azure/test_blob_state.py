@@ -24,10 +24,8 @@ from mlrollout.state.open import open_store
 from mlrollout.testing.peers import free_port, local_server, missing_peer
 from mlrollout.testing.state_contract import (
     Corrupted,
-    StateStoreContract,
+    ObjectStoreContract,
     Wall,
-    object_store_forge_lease,
-    object_store_interleave,
     record,
 )
 
@@ -103,7 +101,7 @@ def make(
     )
 
 
-class TestBlobStateContract(StateStoreContract):
+class TestBlobStateContract(ObjectStoreContract):
     @pytest.fixture
     def make_store(self, service: Any, azurite: str, wall: Wall) -> Callable[[], BlobStateStore]:
         return lambda: make(service, azurite, wall)
@@ -121,14 +119,6 @@ class TestBlobStateContract(StateStoreContract):
             return broken
 
         return corrupt
-
-    @pytest.fixture
-    def interleave(self) -> Callable[..., list[bool]]:
-        return object_store_interleave
-
-    @pytest.fixture
-    def forge_lease(self) -> Callable[..., None]:
-        return object_store_forge_lease
 
 
 # ---------------------------------------------------------------------------- Azure's own

@@ -17,10 +17,8 @@ from mlrollout.retry import RetryPolicy
 from mlrollout.state.open import open_store
 from mlrollout.testing.state_contract import (
     Corrupted,
-    StateStoreContract,
+    ObjectStoreContract,
     Wall,
-    object_store_forge_lease,
-    object_store_interleave,
     record,
 )
 
@@ -46,7 +44,7 @@ def make(fake: GcsFake, wall: Callable[[], float], prefix: str = "team/prod") ->
     return GcsStateStore(BUCKET, prefix, endpoint_url=fake.url, wall=wall, retry=FAST)
 
 
-class TestGcsStateContract(StateStoreContract):
+class TestGcsStateContract(ObjectStoreContract):
     @pytest.fixture
     def make_store(self, fake: GcsFake, wall: Wall) -> Callable[[], GcsStateStore]:
         return lambda: make(fake, wall)
@@ -73,14 +71,6 @@ class TestGcsStateContract(StateStoreContract):
             return broken
 
         return corrupt
-
-    @pytest.fixture
-    def interleave(self) -> Callable[..., list[bool]]:
-        return object_store_interleave
-
-    @pytest.fixture
-    def forge_lease(self) -> Callable[..., None]:
-        return object_store_forge_lease
 
 
 # ------------------------------------------------------------------------------ GCS's own
