@@ -416,7 +416,7 @@ class MetricsSourceSpec(Protocol):
 
 #: Strategies the engine executes today. The plan format has more (shadow, ab_test): they parse
 #: and validate, and a provider may declare them, but ``plan validate`` refuses them.
-ENGINE_STRATEGIES = frozenset({"canary", "linear", "blue_green", "shadow"})
+ENGINE_STRATEGIES = frozenset({"canary", "linear", "blue_green", "shadow", "ab_test"})
 
 
 def runnable_strategies(spec: ProviderSpec) -> frozenset[str]:

@@ -20,7 +20,7 @@ from mlrollout.analysis.measures import Criteria
 from mlrollout.analysis.mixture import kl_bernoulli
 from mlrollout.analysis.onset import METHOD as ONSET_METHOD
 from mlrollout.analysis.tail import METHOD as TAIL_METHOD
-from mlrollout.plan.model import LATENCY_METRICS, Gate
+from mlrollout.plan.model import LATENCY_METRICS, PREDICTION_METRICS, Gate
 from mlrollout.units import format_duration, format_rate
 
 #: Nats a mixture and the overshoot at 10 s looks cost over a test told the effect (passing).
@@ -78,12 +78,28 @@ def _conditional(
     return _events_needed(kl_bernoulli(theta, theta0), alpha, extra) / events_per_request
 
 
-def expect(gate: Gate, alpha: float, share: float, baseline_rate: float = 0.01) -> Expectation:
-    """The method of ``gate`` and its reference decision sizes at candidate ``share`` (0-1)."""
+def expect(
+    gate: Gate,
+    alpha: float,
+    share: float,
+    baseline_rate: float = 0.01,
+    *,
+    min_effect: float | None = None,
+) -> Expectation:
+    """The method of ``gate`` and its reference decision sizes at candidate ``share`` (0-1);
+    ``min_effect`` given: ``gate`` is an A/B test's winner gate (:mod:`~.winner`)."""
+    if min_effect is not None:
+        from mlrollout.analysis.winner import expectation as winner_expectation
+
+        return winner_expectation(gate, alpha, share, min_effect, baseline_rate)
     share = min(max(share, 1e-3), 0.999)
     q = LATENCY_METRICS.get(gate.metric)
     if gate.metric == "requests":
         return Expectation("request count (exact)", None, None, note="decides on the count")
+    if gate.metric in PREDICTION_METRICS:
+        from mlrollout.analysis.prediction import expectation
+
+        return expectation(gate, alpha)
     criteria = Criteria.of(gate)
     margin = criteria.margin
     alpha /= criteria.split

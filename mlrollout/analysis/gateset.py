@@ -31,10 +31,13 @@ from dataclasses import dataclass, field, replace
 from mlrollout.analysis.calibration import Pace
 from mlrollout.analysis.fixed_horizon import FixedHorizonBonferroni
 from mlrollout.analysis.measures import Criteria
+from mlrollout.analysis.prediction import PREDICTION_METRICS
+from mlrollout.analysis.prediction import evaluate as evaluate_prediction
 from mlrollout.analysis.rule import DecisionRule, LookContext
 from mlrollout.analysis.sequential import MixtureSPRT
 from mlrollout.analysis.srm import held_by_mismatch, srm_verdict
 from mlrollout.analysis.verdict import GateVerdict, Outcome, Verdict
+from mlrollout.analysis.winner import evaluate as evaluate_winner
 from mlrollout.contracts import Window
 from mlrollout.plan.model import Analysis, Gate, Plan
 from mlrollout.plan.timeline import timeline
@@ -82,6 +85,9 @@ class GateSet:
     min_requests: int = 100
     rule: DecisionRule = field(default_factory=MixtureSPRT)
     stages: int = 1
+    #: ab_test: ``(gate name, min_effect)`` of the gate the winner test judges
+    #: (:mod:`mlrollout.analysis.winner`); one deciding gate of the budget like any other.
+    winner: tuple[str, float] | None = None
     _parsed: tuple[tuple[Gate, ...], tuple[Criteria | None, ...]] = field(
         init=False, repr=False, compare=False
     )
@@ -97,10 +103,12 @@ class GateSet:
         rule: DecisionRule | None = None,
         *,
         stages: int = 1,
+        winner: tuple[str, float] | None = None,
     ) -> GateSet:
         """The plan's ``analysis`` section as a gate set. ``stages`` is how many analysis stages
         (each with fresh cumulative windows) share ``alpha``; ``planned_looks`` only matters to
-        the fixed-horizon rule."""
+        the fixed-horizon rule; ``winner`` (an A/B test's ``(metric gate name, min_effect)``)
+        sends that gate to the winner test."""
         return cls(
             gates=tuple(analysis.gates),
             alpha=analysis.alpha,
@@ -108,6 +116,7 @@ class GateSet:
             min_requests=analysis.min_requests,
             rule=rule if rule is not None else MixtureSPRT(),
             stages=stages,
+            winner=winner,
         )
 
     @property
@@ -173,7 +182,14 @@ class GateSet:
         for gate, criteria in zip(self.gates, self.criteria, strict=True):
             try:
                 gate_ctx = replace(ctx, criteria=criteria)
-                verdicts.append(self.rule.evaluate(gate, cand, base, gate_ctx))
+                if gate.metric in PREDICTION_METRICS:  # they judge the capture, in any rule
+                    verdicts.append(evaluate_prediction(gate, cand, base, gate_ctx))
+                elif self.winner is not None and gate.name == self.winner[0]:  # an A/B test
+                    verdicts.append(
+                        evaluate_winner(gate, cand, base, gate_ctx, min_effect=self.winner[1])
+                    )
+                else:
+                    verdicts.append(self.rule.evaluate(gate, cand, base, gate_ctx))
             except Exception as exc:  # a bad gate or a rule bug must not crash the rollout
                 message = f"could not evaluate the gate: {type(exc).__name__}: {exc}"
                 verdicts.append(
@@ -181,7 +197,8 @@ class GateSet:
                         gate.name, gate.metric, Outcome.HOLD, message, {}, gate.dry_run, message
                     )
                 )
-        comparing = [g.vs_baseline is not None for g in self.gates]
+        winner = self.winner[0] if self.winner is not None else None
+        comparing = [g.vs_baseline is not None or g.name == winner for g in self.gates]
         if (
             candidate_share is not None
             and 0.0 < candidate_share < 1.0
@@ -212,7 +229,7 @@ def judged_stages(plan: Plan) -> int:
         1
         for row in timeline(plan)
         if row.step.kind in ("analyze", "native")
-        or (row.step.kind == "approve" and watching and row.candidate_weight > 0)
+        or (row.step.kind == "approve" and watching and row.candidate_weight + row.mirror > 0)
     )
     return max(1, count)
 

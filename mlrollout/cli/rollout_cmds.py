@@ -226,7 +226,9 @@ def _summary(outcome: RunOutcome, output: Output) -> None:
     rid = outcome.rollout_id
     state = outcome.state
     weights = ", ".join(f"{k} {v:g}%" for k, v in state.weights.items())
-    if outcome.exit_code == 0 and state.reason:  # nothing to do (already promoted)
+    if outcome.exit_code == 0 and state.evaluated:
+        out.print(f"[green]evaluated[/]: {state.reason}; {weights} ({rid})")
+    elif outcome.exit_code == 0 and state.reason:  # nothing to do (already promoted)
         out.print(f"[green]nothing to do[/]: {state.reason} ({rid})")
     elif outcome.exit_code == 0:
         out.print(f"[green]promoted[/]: {state.candidate} serves 100% ({rid})")

@@ -13,11 +13,18 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from mlrollout.analysis import GateSet, Outcome, Verdict
 from mlrollout.analysis.gateset import judged_stages
+from mlrollout.capture import (
+    Bins,
+    CaptureSource,
+    PredictionSummary,
+    capture_query,
+    capture_record,
+)
 from mlrollout.clock import Clock
 from mlrollout.contracts import (
     CustomValue,
@@ -40,7 +47,7 @@ from mlrollout.errors import (
     RollbackFailed,
     UsageError,
 )
-from mlrollout.plan.model import Plan
+from mlrollout.plan.model import PREDICTION_METRICS, Gate, Plan
 from mlrollout.plan.timeline import planned_looks
 from mlrollout.state.base import Event, Lease, StateStore
 from mlrollout.units import format_duration
@@ -84,6 +91,10 @@ class RolloutState:
     #: The platform's own deployment (``strategy.native``), as last seen: ``status``,
     #: ``green_percent``, ``detail``; ``ended`` once what it made is cleaned up.
     native: dict[str, Any] | None = None
+    evaluated: bool = False  # it passed and ended with the candidate removed (shadow evaluation)
+    #: The bins ``prediction_drift`` uses, fixed from the baseline's outputs at the first look
+    #: that had any (:meth:`mlrollout.capture.Bins.to_dict`).
+    capture_bins: dict[str, Any] | None = None
     #: This stage's cumulative counts at each look, for the per-interval increments the
     #: analysis estimates burstiness from: ``[candidate, baseline]`` of ``[requests, errors,
     #: {custom gate: [total, count]}]`` per look.
@@ -132,6 +143,7 @@ class Engine:
         state: RolloutState | None = None,
         holder: str = "mlrollout",
         wall: Callable[[], float] = time.time,
+        capture: CaptureSource | None = None,
     ) -> None:
         self.rollout_id = rollout_id
         self.plan = plan
@@ -143,6 +155,9 @@ class Engine:
         self.listeners = list(listeners or [])
         self.holder = holder
         self.wall = wall
+        #: Where the prediction gates' paired predictions come from (None: no such gate).
+        self.capture = capture
+        self._captured: PredictionSummary | None = None  # the last look's, until journalled
         self._failed_listeners: set[int] = set()
         strategy = strategy_for(plan)
         if strategy is None:  # `plan validate` refuses such a plan before anything is recorded
@@ -158,14 +173,28 @@ class Engine:
         # windows: the sequential rule spends the plan's alpha over them (and over the gates),
         # whatever the number of looks.
         stages = judged_stages(plan)
-        self.gates = GateSet.from_plan(plan.analysis, planned_looks=looks, stages=stages)
-        self.absolute_gates = GateSet.from_plan(
-            plan.analysis.model_copy(
-                update={"gates": [g for g in plan.analysis.gates if g.vs_baseline is None]}
-            ),
-            planned_looks=looks,
-            stages=stages,
+        #: ab_test: the gate whose verdict alone ends the judged stage (the winner test).
+        self.winner = strategy.winner(plan)
+        self.gates = GateSet.from_plan(
+            plan.analysis, planned_looks=looks, stages=stages, winner=self.winner
         )
+        # With no traffic on the baseline only the absolute bounds judge; the prediction gates
+        # judge only while traffic is mirrored (they need requests both answered). Each subset
+        # keeps each gate's share of alpha: it is a part of the same budget, not a new one.
+        winner = self.winner[0] if self.winner else None
+        self.absolute_gates = self._subset(
+            lambda g: (
+                g.vs_baseline is None and g.metric not in PREDICTION_METRICS and g.name != winner
+            )
+        )
+        self.unmirrored_gates = self._subset(lambda g: g.metric not in PREDICTION_METRICS)
+
+    def _subset(self, keep: Callable[[Gate], bool]) -> GateSet:
+        gates = self.gates
+        kept = tuple(g for g in gates.gates if keep(g))
+        deciding = sum(1 for g in kept if not g.dry_run)
+        share = deciding / gates.deciding if gates.deciding else 1.0
+        return replace(gates, gates=kept, alpha=gates.alpha * share)
 
     # ------------------------------------------------------------------------------ recording
 
@@ -453,8 +482,7 @@ class Engine:
 
     def _tick_progressing(self, live: EndpointState, now: float) -> TickResult:
         state = self.state
-        if state.step >= len(self.steps):
-            assert self.strategy.ending(self.plan) == "promote"
+        if state.step >= len(self.steps):  # PROMOTING ends it as the strategy says
             self._move(Phase.PROMOTING)
             return self._result(now, self.record(EventKind.STEPS_COMPLETED, {}))
         step = self.steps[state.step]
@@ -483,7 +511,8 @@ class Engine:
             timeout = step.approve.timeout
             # The gates keep watching the candidate's live traffic while a human decides: a
             # failure rolls back at once (a `pause` step, by contrast, does not judge).
-            watch = bool(self.plan.analysis.gates) and state.weights.get(state.candidate, 0) > 0
+            served = state.weights.get(state.candidate, 0) or state.mirror.get(state.candidate, 0)
+            watch = bool(self.plan.analysis.gates) and served > 0
             state.waiting = {
                 "reason": "approval",
                 "since": now,
@@ -524,11 +553,22 @@ class Engine:
         state.last_verdict = verdict.to_dict()
         elapsed = now - start
         outcome = verdict.outcome
-        look = {"step": step.index, "elapsed": elapsed, "verdict": state.last_verdict}
+        look = self._look_data(
+            {"step": step.index, "elapsed": elapsed, "verdict": state.last_verdict}
+        )
         if outcome == Outcome.FAIL:
             return self._on_failure(_why(verdict), look)
         decided = None
-        if window.adaptive:
+        if self.winner is not None:  # the winner test alone ends the stage; guardrails only fail
+            won = any(g.gate == self.winner[0] and g.outcome == Outcome.PASS for g in verdict.gates)
+            if won:
+                decided = "passed"
+            elif elapsed >= window.max:
+                return self._on_failure(
+                    f"no winner after {format_duration(elapsed)} (max_duration): " + _why(verdict),
+                    look,
+                )
+        elif window.adaptive:
             if elapsed >= window.min and outcome == Outcome.PASS:
                 decided = "passed"
             elif elapsed >= window.max:
@@ -622,6 +662,7 @@ class Engine:
             windows = {name: Window(error=str(exc)) for name in variants}
         candidate = windows.get(state.candidate, Window())
         baseline = windows.get(state.baseline, Window())
+        candidate.predictions = self._predictions(start, now)
         number = max(1, round((now - start) / self.plan.analysis.interval))
         if historical:
             return self._historical_look(start, now, candidate, number, horizon)
@@ -637,7 +678,9 @@ class Engine:
             state.candidate, 0.0
         )
         share = cand_weight / (cand_weight + base_weight)
-        return self.gates.look(
+        mirrored = state.mirror.get(state.candidate, 0.0) > 0
+        gates = self.gates if mirrored else self.unmirrored_gates
+        return gates.look(
             candidate,
             baseline,
             candidate_share=share,
@@ -645,6 +688,33 @@ class Engine:
             horizon=horizon,
             intervals=intervals,
         )
+
+    def _predictions(self, start: float, now: float) -> PredictionSummary | None:
+        """The two variants' paired predictions over the window, for the prediction gates; the
+        drift bins are fixed at the first look that sees the baseline's outputs."""
+        gates = [g for g in self.plan.analysis.gates if g.metric in PREDICTION_METRICS]
+        if not gates or self.capture is None:
+            return None
+        state = self.state
+        assert state.baseline is not None
+        bins = None if state.capture_bins is None else Bins.from_dict(state.capture_bins)
+        query = capture_query(self.plan, start, now, state.baseline, state.candidate, bins)
+        try:
+            summary = self.capture.read(query)
+        except ProviderError as exc:
+            return PredictionSummary(error=str(exc))
+        if state.capture_bins is None and summary.bins is not None:
+            state.capture_bins = summary.bins.to_dict()  # in this look's snapshot
+        self._captured = summary
+        return summary
+
+    def _look_data(self, look: dict[str, Any]) -> dict[str, Any]:
+        """A look's journal entry, with what the capture paired at it (counts, and at most
+        :data:`~mlrollout.capture.MAX_EXAMPLES` disagreeing examples) for the report."""
+        summary, self._captured = self._captured, None
+        if summary is not None:
+            look["capture"] = capture_record(summary)
+        return look
 
     def _native_look(self, start: float, now: float, *, horizon: int | None) -> Verdict:
         """The absolute gates on the baseline variant's metrics: during the platform's own
@@ -686,7 +756,7 @@ class Engine:
             baseline = self.metrics.query(query).get(state.baseline, Window())
         except ProviderError as exc:
             baseline = Window(error=str(exc))
-        verdict = self.gates.look(candidate, baseline, look=number, horizon=horizon)
+        verdict = self.unmirrored_gates.look(candidate, baseline, look=number, horizon=horizon)
         note = (
             f" [historical baseline: {state.baseline}'s {format_duration(now - start)} before "
             "the switch; what changed since (time of day, traffic mix) counts as the candidate's]"
@@ -758,12 +828,14 @@ class Engine:
             state.looks += 1
             state.next_look_at = now + self.plan.analysis.interval
             state.last_verdict = verdict.to_dict()
-            look = {
-                "step": state.step,
-                "elapsed": now - watch_from,
-                "verdict": state.last_verdict,
-                "waiting": True,
-            }
+            look = self._look_data(
+                {
+                    "step": state.step,
+                    "elapsed": now - watch_from,
+                    "verdict": state.last_verdict,
+                    "waiting": True,
+                }
+            )
             if verdict.outcome == Outcome.FAIL:
                 return self._on_failure(_why(verdict), look)
             event = self.record(EventKind.LOOK, look)
@@ -794,6 +866,8 @@ class Engine:
             return self._result(None, self.record(EventKind.PROMOTED, {"weights": live.weights()}))
         if any(v.shadow_percent > 0 for v in live.variants):
             return self._result(now, self._mutate("set_shadow", {"variant": None, "percent": 0.0}))
+        if self.strategy.ending(self.plan) == "remove":
+            return self._tick_removing(live, now)
         target = {state.candidate: 100.0}
         if live.variant(state.baseline) is not None:
             target[state.baseline] = 0.0
@@ -805,6 +879,37 @@ class Engine:
         self._release_owner()
         self._move(Phase.SUCCEEDED)
         return self._result(None, self.record(EventKind.PROMOTED, {"weights": live.weights()}))
+
+    def _tick_removing(self, live: EndpointState, now: float) -> TickResult:
+        """The rollout passed and ends with the candidate removed, the baseline serving as it
+        was (a shadow evaluation)."""
+        state = self.state
+        assert state.baseline is not None
+        target = {state.baseline: 100.0}
+        if live.variant(state.candidate) is not None:
+            target[state.candidate] = 0.0
+        if not _same(live.weights(), target):
+            return self._result(now, self._mutate("set_traffic", {"weights": target}))
+        if live.variant(state.candidate) is not None:
+            event = self._mutate("finalize", {"keep": state.baseline, "retire": state.candidate})
+            return self._result(self.clock.now(), event)
+        self._release_owner()
+        undecided = [
+            str(g.get("gate"))
+            for g in (state.last_verdict or {}).get("gates") or []
+            if g.get("outcome") not in ("pass", None) and not g.get("dry_run")
+        ]
+        judged = (
+            f"no gate failed (undecided at the end: {', '.join(undecided)})"
+            if undecided
+            else "every gate passed"
+        )
+        state.reason = f"{judged}; {state.candidate} was an evaluation and is removed"
+        state.evaluated = True
+        self._move(Phase.SUCCEEDED)
+        return self._result(
+            None, self.record(EventKind.EVALUATED, {"weights": live.weights(), "passed": True})
+        )
 
     def _start_rollback(self, reason: str, data: dict[str, Any]) -> TickResult:
         self.state.reason = reason

@@ -47,6 +47,8 @@ class EventKind(StrEnum):
     ROLLBACK_STARTED = "rollback.started"
     ROLLED_BACK = "rolled_back"
     PROMOTED = "promoted"
+    #: The rollout passed and ended with the candidate removed (a shadow evaluation).
+    EVALUATED = "evaluated"
     ABORTED = "aborted"
     ADOPTED = "adopted"
     ADOPTED_APPLIED = "adopted.applied"
@@ -92,6 +94,7 @@ NOTIFY_KINDS = frozenset(
         EventKind.ROLLBACK_STARTED,
         EventKind.ROLLED_BACK,
         EventKind.PROMOTED,
+        EventKind.EVALUATED,
         EventKind.ABORTED,
         EventKind.ADOPTED,
     }
@@ -114,7 +117,7 @@ NOTIFY_FILTERS: dict[str, frozenset[EventKind]] = {
     "waiting": frozenset({EventKind.WAITING, EventKind.PAUSED}),
     "approved": frozenset({EventKind.APPROVED, EventKind.PROMOTE_FORCED}),
     "rollback": frozenset({EventKind.ROLLBACK_STARTED, EventKind.ROLLED_BACK}),
-    "promoted": frozenset({EventKind.PROMOTED}),
+    "promoted": frozenset({EventKind.PROMOTED, EventKind.EVALUATED}),
     "aborted": frozenset({EventKind.ABORTED}),
     "adopted": frozenset({EventKind.ADOPTED}),
 }

@@ -239,7 +239,10 @@ class Runner:
                 listeners.append(notifier)
                 # delivered off the critical path; drive() closes it (a bounded flush) at the end
                 self._notifiers.append(notifier)
+        from mlrollout.capture import capture_source
+
         return Engine(
+            capture=capture_source(plan, context),
             rollout_id=record.id,
             plan=plan,
             adapter=adapter,

@@ -13,6 +13,7 @@ from mlrollout.errors import ProviderUnavailable
 from mlrollout.plan.model import (
     COMMON_TARGET_KEYS,
     LATENCY_METRICS,
+    ABTestStrategy,
     BlueGreenStrategy,
     CanaryStrategy,
     Plan,
@@ -91,10 +92,14 @@ def check_plan(plan: Plan) -> list[Finding]:
     provider_problems = _guarded(_check_provider, plan)
     found += provider_problems
     provider_known = not any(f.path == ("target", "provider") for f in provider_problems)
+    from mlrollout.capture.checks import check_prediction_gates
+
     for check in (
         _check_secrets,
         _check_steps,
         _check_blue_green,
+        _check_ab_test,
+        check_prediction_gates,
         _check_gates,
         _check_analysis,
         _check_baseline,
@@ -271,6 +276,11 @@ def _check_strategy_runs(spec: Any, plan: Plan) -> list[Finding]:
         if not capable
         else f"the {kind} strategy on provider {spec.name!r} is not supported yet"
     )
+    if kind == "shadow" and not capable:
+        why += (
+            " (it cannot mirror traffic: a canary judges the candidate on a small share of live "
+            "traffic instead, and an ab_test compares the two on a split)"
+        )
     now = ", ".join(sorted(runnable)) or "none"
     return [Finding(("strategy", "type"), f"{why}; supported now: {now}")]
 
@@ -341,6 +351,52 @@ def _check_blue_green(plan: Plan) -> list[Finding]:
     return found
 
 
+def _check_ab_test(plan: Plan) -> list[Finding]:
+    """The winner gate of an A/B test: named, a custom metric, no bound, a direction."""
+    strategy = plan.strategy
+    if not isinstance(strategy, ABTestStrategy):
+        return []
+    gates = {g.name: (i, g) for i, g in enumerate(plan.analysis.gates)}
+    if strategy.metric not in gates:
+        names = ", ".join(gates) or "none"
+        return [
+            Finding(
+                ("strategy", "metric"),
+                f"no gate is named {strategy.metric!r} (the gates: {names}); the winner test "
+                "reads that gate, e.g. {name: conversion, metric: custom, query: {...}, "
+                "direction: decrease}",
+            )
+        ]
+    i, gate = gates[strategy.metric]
+    path: Path = ("analysis", "gates", i)
+    found: list[Finding] = []
+    if gate.metric != "custom":
+        found.append(
+            Finding(
+                (*path, "metric"),
+                f"the winner test compares a business metric (a custom gate: conversions or "
+                f"revenue per request), not {gate.metric}; keep {gate.metric} as a guardrail",
+            )
+        )
+    if gate.max is not None or gate.min is not None or gate.vs_baseline is not None:
+        found.append(
+            Finding(
+                path,
+                "the winner gate takes no max, min or vs_baseline: the test asks which variant "
+                "is better, with strategy.min_effect as the smallest lift worth shipping",
+            )
+        )
+    if gate.direction is None:
+        found.append(
+            Finding(
+                (*path, "direction"),
+                "say which way is worse, so that better is the other: direction: decrease "
+                "(more is better, as for conversion) or increase (less is better)",
+            )
+        )
+    return found
+
+
 def _check_steps(plan: Plan) -> list[Finding]:
     if not isinstance(plan.strategy, CanaryStrategy):
         return []
@@ -392,12 +448,14 @@ def _check_steps(plan: Plan) -> list[Finding]:
 def _check_gates(plan: Plan) -> list[Finding]:
     found: list[Finding] = []
     seen: set[str] = set()
+    winner = plan.strategy.metric if isinstance(plan.strategy, ABTestStrategy) else None
     for i, gate in enumerate(plan.analysis.gates):
         path: Path = ("analysis", "gates", i)
         if gate.name in seen:
             found.append(Finding((*path, "name"), f"two gates are named {gate.name!r}"))
         seen.add(gate.name)
-        if gate.max is None and gate.min is None and gate.vs_baseline is None:
+        unbounded = gate.max is None and gate.min is None and gate.vs_baseline is None
+        if unbounded and gate.name != winner:
             found.append(Finding(path, "the gate has no bound: give max, min or vs_baseline"))
         if gate.metric == "custom" and not gate.query:
             found.append(Finding((*path, "query"), "a custom gate needs a query"))

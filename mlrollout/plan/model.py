@@ -323,11 +323,25 @@ class BlueGreenStrategy(StrictModel):
         return value
 
 
+ShadowWindow = Annotated[AnalyzeWindow, BeforeValidator(_analyze), WithJsonSchema(_WINDOW_SCHEMA)]
+
+
 class ShadowStrategy(StrictModel):
+    """A copy of ``percent`` of live requests goes to the candidate, whose answers are dropped:
+    it serves no one while the gates compare it with the baseline for ``duration``; then
+    ``promote`` (on with ``steps``), ``rollback`` (an evaluation: the shadow is removed either
+    way) or ``stop`` (keep mirroring, wait for ``mlrollout promote`` or ``abort``)."""
+
     type: Literal["shadow"]
-    percent: Percent = 100.0
-    duration: Duration
-    then: Literal["promote", "rollback", "stop"] = "stop"
+    percent: Percent = Field(default=100.0, description="Share of live requests mirrored.")
+    duration: ShadowWindow = Field(description="How long the comparison runs; or {min, max}.")
+    then: Literal["promote", "rollback", "stop"] = Field(
+        default="stop", description="What follows the comparison: promote, rollback or stop."
+    )
+    steps: list[Step] | None = Field(
+        default=None,
+        description="Canary steps after a passing shadow (promote); default straight to 100 %.",
+    )
 
     @field_validator("percent")
     @classmethod
@@ -338,10 +352,29 @@ class ShadowStrategy(StrictModel):
 
 
 class ABTestStrategy(StrictModel):
+    """The candidate takes ``split`` percent of live traffic until the winner test on the
+    ``metric`` gate decides (or ``max_duration`` passes: no winner); every other gate is a
+    guardrail, judged as in a canary."""
+
     type: Literal["ab_test"]
-    split: Percent = 50.0
-    max_duration: Duration
-    then: Literal["promote_winner", "stop"] = "stop"
+    split: Percent = Field(default=50.0, description="The candidate's share of live traffic.")
+    metric: str = Field(
+        min_length=1, description="The gate (by name) whose result picks the winner."
+    )
+    min_effect: Percent = Field(
+        default=1.0, description="The smallest relative lift worth shipping, e.g. 1%."
+    )
+    max_duration: Duration = Field(description="Undecided by then: no winner.")
+    then: Literal["promote_winner", "stop"] = Field(
+        default="stop", description="promote_winner, or stop and wait for a human."
+    )
+
+    @field_validator("min_effect")
+    @classmethod
+    def _effect_range(cls, value: float) -> float:
+        if not 0 < value <= 100:
+            raise ValueError(f"min_effect is a lift above 0 and at most 100%, not {value:g}%")
+        return value
 
     @field_validator("split")
     @classmethod
@@ -360,8 +393,17 @@ STRATEGY_TYPES = ("canary", "linear", "blue_green", "shadow", "ab_test")
 # ------------------------------------------------------------------------------------- analysis
 
 GateMetric = Literal[
-    "error_rate", "latency_p50", "latency_p90", "latency_p99", "requests", "custom"
+    "error_rate",
+    "latency_p50",
+    "latency_p90",
+    "latency_p99",
+    "requests",
+    "custom",
+    "agreement",
+    "prediction_drift",
 ]
+#: The prediction gates (:mod:`mlrollout.analysis.prediction`): each with the one bound it takes.
+PREDICTION_METRICS = {"agreement": "min", "prediction_drift": "max"}
 LATENCY_METRICS = {"latency_p50": 0.50, "latency_p90": 0.90, "latency_p99": 0.99}
 
 
@@ -407,6 +449,34 @@ class Gate(StrictModel):
         default=None, description="Which way is worse (custom metrics); default increase."
     )
     dry_run: bool = Field(default=False, description="Record the verdict, never decide on it.")
+    tolerance: float | None = Field(
+        default=None,
+        ge=0,
+        description="agreement: numeric outputs within this (absolute) agree; default 0.",
+    )
+
+    @model_validator(mode="after")
+    def _prediction_bounds(self) -> Gate:
+        bound = PREDICTION_METRICS.get(self.metric)
+        if self.tolerance is not None and self.metric != "agreement":
+            raise ValueError("tolerance only applies to metric: agreement")
+        if bound is None:
+            return self
+        what = (
+            "the share of paired requests whose outputs agree"
+            if self.metric == "agreement"
+            else "the PSI of the candidate's outputs against the baseline's"
+        )
+        example = "min: 97%" if self.metric == "agreement" else "max: 0.2"
+        if self.vs_baseline is not None:
+            raise ValueError(
+                f"{self.metric} already compares the candidate with the baseline ({what}): "
+                f"give an absolute bound ({example}) instead of vs_baseline"
+            )
+        other = "max" if bound == "min" else "min"
+        if getattr(self, other) is not None:
+            raise ValueError(f"{self.metric} takes {bound} ({example}), not {other}")
+        return self
 
     @property
     def worse_when(self) -> Literal["increase", "decrease"]:
@@ -441,6 +511,13 @@ def parse_metric_value(metric: str, raw: str | float) -> float:
         return _rate(raw)
     if metric in LATENCY_METRICS:
         return parse_latency(raw)
+    if metric == "agreement":
+        share = _rate(raw)
+        if not 0 <= share <= 1:
+            raise ValueError(f"an agreement is a share from 0% to 100%, got {raw!r}")
+        return share
+    if metric == "prediction_drift" and isinstance(raw, int | float) and raw < 0:
+        raise ValueError(f"a PSI is not negative, got {raw!r}")
     if isinstance(raw, bool) or not isinstance(raw, int | float):
         raise ValueError(f"expected a number, got {raw!r}")
     return float(raw)
@@ -515,6 +592,64 @@ class Analysis(StrictModel):
     on_inconclusive: Literal["rollback", "continue", "pause"] = "rollback"
     alpha: float = Field(default=0.05, gt=0, le=0.5)
     gates: list[Gate] = Field(default_factory=list)
+
+
+def _capture_source(value: object) -> object:
+    """``default`` (the provider's own capture) or ``{jsonl: PATH-or-URI}``."""
+    if value is None or value == "default":
+        return "default"
+    if isinstance(value, dict) and set(value) == {"jsonl"}:
+        where = value["jsonl"]
+        if not isinstance(where, str) or not where.strip():
+            raise ValueError(
+                f"jsonl names a file, a directory of *.jsonl files or a file:// URI, not {where!r}"
+            )
+        return {"jsonl": where}
+    raise ValueError(
+        "a capture source is `default` (the provider's own: SageMaker DataCapture, Azure ML's "
+        "data collector, the sandbox's) or {jsonl: PATH-or-URI} (records "
+        f"{{inference_id, variant, output, time}} the application writes), not {value!r}"
+    )
+
+
+CaptureSourceName = Annotated[
+    Literal["default"] | dict[Literal["jsonl"], str],
+    BeforeValidator(_capture_source),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"const": "default"},
+                {
+                    "type": "object",
+                    "properties": {"jsonl": {"type": "string", "minLength": 1}},
+                    "required": ["jsonl"],
+                    "additionalProperties": False,
+                },
+            ],
+            "description": "default (the provider's own capture) or {jsonl: PATH-or-URI}: "
+            "JSON lines {inference_id, variant, output, time}; a directory means every "
+            "*.jsonl in it.",
+        }
+    ),
+]
+
+
+class Capture(StrictModel):
+    """Where the request/response records of each variant come from, for the prediction gates
+    (``agreement``, ``prediction_drift``), and where the prediction is in a response."""
+
+    source: CaptureSourceName = "default"
+    output: str = Field(
+        default="$",
+        min_length=1,
+        description="A JSONPath to the prediction in a response body: $, $.predictions[0], "
+        "$['label'] (the subset $ .key [n] ['key']).",
+    )
+
+    @property
+    def jsonl(self) -> str | None:
+        """The ``{jsonl: ...}`` location, or None for ``default``."""
+        return self.source.get("jsonl") if isinstance(self.source, dict) else None
 
 
 class RollbackPolicy(StrictModel):
@@ -618,6 +753,11 @@ class SandboxVariant(StrictModel):
     accuracy: Rate | None = None
     feedback: Rate | None = None
     custom: dict[str, Rate] = Field(default_factory=dict)
+    output_shift: Rate = Field(
+        default=0.0,
+        description="Simulated capture (with accuracy): this share of the variant's answers "
+        'come out as class "1" whatever its model says: its outputs drift.',
+    )
 
     @field_validator("error_rate")
     @classmethod
@@ -625,7 +765,7 @@ class SandboxVariant(StrictModel):
         _unit_rate(value, "an error rate")
         return value
 
-    @field_validator("accuracy", "feedback")
+    @field_validator("accuracy", "feedback", "output_shift")
     @classmethod
     def _share_range(cls, value: float | None) -> float | None:
         return _unit_rate(value, "a probability")
@@ -653,6 +793,7 @@ SANDBOX_VARIANT_KEYS = (
     "accuracy",
     "feedback",
     "custom",
+    "output_shift",
 )
 
 
@@ -724,12 +865,13 @@ class SandboxEvent(StrictModel):
     accuracy: Rate | None = None
     feedback: Rate | None = None
     custom: dict[str, Rate] | None = None
+    output_shift: Rate | None = None
     rps: Rps | None = None
     metrics_delay: NonNegDuration | None = Field(
         default=None, description="How far the metrics pipeline lags from then on."
     )
 
-    @field_validator("error_rate", "accuracy", "feedback")
+    @field_validator("error_rate", "accuracy", "feedback", "output_shift")
     @classmethod
     def _rates(cls, value: float | None) -> float | None:
         return _unit_rate(value)
@@ -830,4 +972,7 @@ class Plan(StrictModel):
     analysis: Analysis = Field(default_factory=Analysis)
     rollback: RollbackPolicy = Field(default_factory=RollbackPolicy)
     notify: list[Notification] = Field(default_factory=list)
+    capture: Capture | None = Field(
+        default=None, description="Request/response records, for the prediction gates."
+    )
     sandbox: Sandbox | None = None

@@ -41,6 +41,9 @@ def gate_rule(gate: Gate) -> str:
             amount = f"{margin.amount * 100:g}pp"
         op = "<=" if gate.worse_when == "increase" else ">="
         parts.append(f"{op} baseline {sign}{amount}")
+    if not parts:  # an A/B test's winner gate: no bound, better is the other way than worse
+        better = "higher" if gate.worse_when == "decrease" else "lower"
+        parts.append(f"compared both ways ({better} is better)")
     rule = f"{gate.metric} " + " and ".join(parts)
     return rule + (" (dry run)" if gate.dry_run else "")
 
@@ -66,12 +69,21 @@ def gate_methods(plan: Plan) -> list[dict[str, Any]]:
     sandbox = plan.sandbox
     rps = mean_rps(sandbox) * weight / 100 if sandbox is not None else None
     baseline_rate = 0.01
-    if sandbox is not None and sandbox.variants:
-        first = next(iter(sandbox.variants.values()))
+    first = next(iter(sandbox.variants.values())) if sandbox and sandbox.variants else None
+    if first is not None:
         baseline_rate = first.error_rate if first.error_rate > 0 else 0.01
     out = []
+    from mlrollout.engine.strategies import strategy_for
+
+    strategy = strategy_for(plan)
+    winner = strategy.winner(plan) if strategy is not None else None
     for gate in gates:
-        e = expect(gate, alpha, share, baseline_rate)
+        effect = winner[1] if winner is not None and gate.name == winner[0] else None
+        rate = baseline_rate
+        if effect is not None and first is not None:  # the winner: the sandbox's own rate
+            simulated = first.custom.get(str((gate.query or {}).get("metric", "")))
+            rate = float(simulated) if simulated else rate
+        e = expect(gate, alpha, share, rate, min_effect=effect)
         out.append(
             {
                 "method": e.method,

@@ -30,6 +30,9 @@ class TimedStep:
     min_seconds: float
     max_seconds: float  # math.inf when it can wait forever
     looks: int  # planned looks in the worst case
+    #: Percent of live traffic mirrored to the candidate during this step (100 stands for "the
+    #: platform's largest share", which only the platform knows).
+    mirror: float = 0.0
 
 
 def timeline(plan: Plan) -> list[TimedStep]:
@@ -37,12 +40,15 @@ def timeline(plan: Plan) -> list[TimedStep]:
     analysis = plan.analysis
     rows: list[TimedStep] = []
     weight = 0.0
+    mirror = 0.0
     for step in expand_steps(plan):
         low = high = 0.0
         looks = 0
         if step.kind == "weight":
             assert step.weight is not None
             weight = step.weight
+        elif step.kind == "mirror":
+            mirror = 100.0 if step.weight is None else step.weight
         elif step.kind in ("analyze", "native"):
             assert step.window is not None
             low = analysis.delay + step.window.min
@@ -58,7 +64,7 @@ def timeline(plan: Plan) -> list[TimedStep]:
         elif step.kind == "approve":
             assert step.approve is not None
             high = step.approve.timeout if step.approve.timeout is not None else math.inf
-        rows.append(TimedStep(step, weight, low, high, looks))
+        rows.append(TimedStep(step, weight, low, high, looks, mirror))
     return rows
 
 

@@ -51,7 +51,7 @@ def format_value(metric: str, value: Any) -> str:
     """A gate number in its metric's unit (rates are fractions, latencies seconds)."""
     if not isinstance(value, int | float) or isinstance(value, bool):
         return "-"
-    if metric in ("error_rate", "traffic_share"):  # traffic_share: the sample-ratio check
+    if metric in ("error_rate", "traffic_share", "agreement"):  # traffic_share: sample ratio
         return format_rate(value)
     if metric.startswith("latency"):
         return format_latency(value)
@@ -165,9 +165,13 @@ def event_line(event: Event, state: RolloutState) -> tuple[str, str] | None:
         EventKind.ADOPTED: ("adopted", f"live weights {format_weights(weights, state)} taken"),
         EventKind.ADOPTED_APPLIED: ("adopted", "the current step starts over from them"),
         EventKind.STEP_COMPLETED: ("step", f"step {int(data.get('step', 0)) + 1} done"),
-        EventKind.STEPS_COMPLETED: ("steps", "all steps done, promoting"),
+        EventKind.STEPS_COMPLETED: ("steps", "all steps done"),
         EventKind.ROLLBACK_STARTED: ("rollback", str(data.get("reason") or state.reason or "")),
         EventKind.PROMOTED: ("promoted", f"{state.candidate} serves 100%"),
+        EventKind.EVALUATED: (
+            "evaluated",
+            f"{state.reason or 'passed'}; {state.baseline} serves 100%",
+        ),
         EventKind.ABORTED: ("aborted", f"aborted by {who} before any change"),
     }
     if kind in simple:
@@ -189,6 +193,8 @@ def describe_event(event: Event, state: RolloutState) -> str | None:
 def outcome(state: RolloutState, steps: list[ExecStep]) -> tuple[str, str]:
     """Where a rollout stands: a headline and its detail (``rolled back``, ``because …``)."""
     phase, reason = state.phase, state.reason or "no reason recorded"
+    if phase == Phase.SUCCEEDED and state.evaluated:
+        return "evaluated", f"{reason}; {state.baseline or 'the baseline'} serves 100%"
     if phase == Phase.SUCCEEDED:
         return "promoted", f"{state.candidate} serves 100% of traffic"
     if phase == Phase.ROLLED_BACK:
@@ -401,5 +407,6 @@ class LiveReporter:
         if not self.console.is_terminal:  # rich leaves the last frame unterminated in files
             self.console.line()
         head, detail = outcome(self.state, self.steps)
-        style = {"promoted": "bold green", "rolled back": "bold red"}.get(head, "bold yellow")
+        styles = {"promoted": "bold green", "evaluated": "bold green", "rolled back": "bold red"}
+        style = styles.get(head, "bold yellow")
         self.console.print(Text(f"{self.rollout_id} {join(head, detail)}", style=style))

@@ -21,11 +21,13 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
+from mlrollout.capture import MAX_EXAMPLES
 from mlrollout.engine.engine import RolloutState
 from mlrollout.engine.events import LOOK_KINDS, EventKind
 from mlrollout.engine.phases import Phase
 from mlrollout.plan.timeline import ExecStep
 from mlrollout.report import svg
+from mlrollout.report.ab import CHART_POINTS, ABSummary, ab_summary, confidence
 from mlrollout.report.console import (
     describe_event,
     format_value,
@@ -37,6 +39,7 @@ from mlrollout.report.console import (
     outcome,
 )
 from mlrollout.report.markdown import happened, next_steps, report_state, timeline_rows
+from mlrollout.report.shadow import shadow_summary
 from mlrollout.state.base import Event, RolloutRecord
 from mlrollout.units import format_duration
 
@@ -61,8 +64,8 @@ Section = tuple[str, str]
 StrategySections = Callable[[ReportContext], list[Section]]
 
 #: Extra sections per strategy type (the plan's ``strategy.type``), drawn after the gate charts.
-#: canary and linear have none; blue_green shows the two fleets; shadow (agreement) and ab_test
-#: (lift) add theirs here when they are built.
+#: canary and linear have none; blue_green shows the two fleets; shadow its comparison with the
+#: baseline; ab_test the winner test's lift and its interval over the looks.
 STRATEGY_SECTIONS: dict[str, StrategySections] = {}
 
 
@@ -109,6 +112,114 @@ def _fleets(context: ReportContext) -> list[Section]:
 
 
 STRATEGY_SECTIONS["blue_green"] = _fleets
+
+
+def _shadow(context: ReportContext) -> list[Section]:
+    """shadow: each gate's shadow and baseline numbers side by side, what the capture paired,
+    and the requests on which the two disagreed."""
+    summary = shadow_summary(context.events, context.steps)
+    if summary is None:
+        return []
+    rows = [[escape(c) for c in row[:5]] + [_badge(row[5])] for row in summary.gates]
+    body = _table(["Gate", "Metric", "Shadow", "Baseline", "Bound", "Outcome"], rows)
+    paired = summary.paired_text()
+    if paired:
+        body += f"<p>{escape(paired)}.</p>"
+    if summary.examples:
+        body += f"<p>Requests on which they disagreed (at most {MAX_EXAMPLES}):</p>"
+        body += _table(
+            ["Inference id", "Baseline", "Shadow"],
+            [[f"<code>{escape(i)}</code>", escape(b), escape(c)] for i, b, c in summary.examples],
+        )
+    return [("The shadow against the baseline", body)]
+
+
+STRATEGY_SECTIONS["shadow"] = _shadow
+
+
+def _ab_test(context: ReportContext) -> list[Section]:
+    """ab_test: the winner metric's lift with its always-valid interval, the two variants'
+    numbers, the guardrails, the sample-ratio check, the time to decision, and the lift's
+    interval over the looks (a chart)."""
+    summary = ab_summary(context.events)
+    if summary is None:
+        return []
+    state = context.state
+    body = f'<p class="sentence">{escape(summary.headline())}.</p>'
+    facts = [
+        ["Primary metric", f"<code>{escape(summary.gate)}</code> ({escape(summary.metric)})"],
+        ["Lift (relative)", escape(summary.lift_text())],
+        ["Decision", escape(summary.decision)],
+        ["Time to decision", escape(summary.time_to_decision())],
+        ["Looks", escape(str(len(summary.looks)))],
+    ]
+    if summary.min_effect is not None:
+        facts.insert(2, ["Smallest lift worth shipping", escape(f"{summary.min_effect * 100:g} %")])
+    if summary.srm is not None:
+        facts.append(["Sample-ratio check", f"{_badge(summary.srm[0])} {escape(summary.srm[1])}"])
+    body += _table(["", ""], facts, "facts")
+    variants = summary.variants(state.candidate or "candidate", state.baseline or "baseline")
+    body += _table(
+        ["Variant", "Role", escape(summary.gate), "Observations"],
+        [[escape(c) for c in row] for row in variants],
+    )
+    if summary.guardrails:
+        body += "<h3>Guardrails</h3>" + _table(
+            ["Gate", "Metric", "Outcome", "Reason"],
+            [
+                [escape(name), escape(metric), _badge(outcome), escape(reason)]
+                for name, metric, outcome, reason in summary.guardrails
+            ],
+        )
+    body += lift_chart(summary, context)
+    return [("The A/B test", body)]
+
+
+def lift_chart(summary: ABSummary, context: ReportContext) -> str:
+    """The lift with its always-valid interval over the looks, against no difference and the
+    smallest lift worth shipping."""
+    looks = summary.sampled(CHART_POINTS)
+
+    def percent(v: float | None) -> float | None:
+        return None if v is None else v * 100
+
+    xs = [context.offset(look.time) for look in looks]
+    lift = [(x, percent(look.lift)) for x, look in zip(xs, looks, strict=True)]
+    band = [(x, percent(look.low), percent(look.high)) for x, look in zip(xs, looks, strict=True)]
+    markers: list[str | None] | None = (
+        [svg.OUTCOME_COLOUR.get(look.outcome, "#777777") for look in looks]
+        if len(looks) <= 80
+        else None
+    )
+    hlines = [(0.0, "no difference", "#444444")]
+    if summary.min_effect:
+        hlines.append((summary.min_effect * 100, "min_effect", "#2ca02c"))
+    marks = []
+    if summary.decided is not None:
+        marks.append((context.offset(summary.decided.time), "decided"))
+    core = [y for _, y in lift] + [y for y, _, _ in hlines]
+    bounds = [b for _, low, high in band for b in (low, high)]
+    level = "always-valid" if summary.alpha is None else f"always-valid {confidence(summary.alpha)}"
+    return svg.render(
+        svg.Chart(
+            title=f"{summary.gate}: relative lift and its {level} interval",
+            series=[svg.Series("lift", lift, "#1f77b4", markers=markers)],
+            bands=[svg.Band("interval", band, "#1f77b4")],
+            hlines=hlines,
+            x_range=_x_range(context),
+            y_range=svg.value_range(core, bounds, stretch=2.0),
+            x_format=_elapsed,
+            y_format=lambda v: f"{v:+.3g}%",
+            vlines=_traffic_changes(context),
+            marks=marks,
+            width=1040,
+            height=260,
+            note=None if any(y is not None for _, y in lift) else "no lift recorded yet",
+        )
+    )
+
+
+STRATEGY_SECTIONS["ab_test"] = _ab_test
 
 
 def strategy_sections(context: ReportContext) -> list[Section]:
@@ -450,7 +561,8 @@ def html_report(
     start = events[0].at if events else record.created_at
     context = ReportContext(record, events, steps, state, strategy, start)
     head, detail = outcome(state, steps)
-    tone = {"promoted": "good", "rolled back": "bad", "rolling back": "bad"}.get(head, "")
+    tones = {"promoted": "good", "evaluated": "good", "rolled back": "bad", "rolling back": "bad"}
+    tone = tones.get(head, "")
     end = events[-1] if events and Phase(state.phase).terminal else None
     last = events[-1].at if events else None
     facts = [

@@ -8,11 +8,14 @@ from typing import Any
 from rich.console import Group, RenderableType
 from rich.text import Text
 
+from mlrollout.capture import MAX_EXAMPLES
 from mlrollout.engine.engine import RolloutState
 from mlrollout.engine.events import EventKind
 from mlrollout.engine.phases import Phase
 from mlrollout.plan.timeline import ExecStep
+from mlrollout.report.ab import ab_summary
 from mlrollout.report.console import describe_event, gate_name, gates_of, iso, join, outcome, render
+from mlrollout.report.shadow import shadow_summary
 from mlrollout.state.base import Event, RolloutRecord
 from mlrollout.units import format_duration
 
@@ -74,6 +77,11 @@ def next_steps(record: RolloutRecord, state: RolloutState) -> list[str]:
             f"Go on: `mlrollout promote {rid}` (or `--full` to skip the remaining steps).",
             f"Give up and restore `{state.baseline}`: `mlrollout abort {rid}`.",
         ]
+    if phase == Phase.SUCCEEDED and state.evaluated:
+        return [
+            f"The evaluation passed: roll `{state.candidate}` out when you want it serving, "
+            f"e.g. with a canary (`mlrollout plan preview {plan}` after changing its strategy)."
+        ]
     if phase == Phase.SUCCEEDED:
         return [f"Nothing: `{state.candidate}` serves all traffic. Watch its dashboards."]
     return [
@@ -119,6 +127,21 @@ def markdown_report(record: RolloutRecord, events: list[Event], steps: list[Exec
                 for e in world
             ],
         )
+    shadow = shadow_summary(events, steps)
+    if shadow is not None:
+        lines += ["", "## The shadow against the baseline", ""]
+        lines += _table(
+            ["Gate", "Metric", "Shadow", "Baseline", "Bound", "Outcome"],
+            [list(row) for row in shadow.gates],
+        )
+        paired = shadow.paired_text()
+        if paired:
+            lines += ["", paired + "."]
+        if shadow.examples:
+            lines += ["", f"Requests on which they disagreed (at most {MAX_EXAMPLES}):", ""]
+            examples = [list(e) for e in shadow.examples]
+            lines += _table(["Inference id", "Baseline", "Shadow"], examples)
+    lines += _ab_section(events, state)
     gates = gates_of(state.last_verdict)
     if gates:
         gate_rows = [
@@ -135,6 +158,43 @@ def markdown_report(record: RolloutRecord, events: list[Event], steps: list[Exec
     lines += ["", "## What to do next", ""]
     lines += [f"- {item}" for item in next_steps(record, state)]
     return "\n".join(lines) + "\n"
+
+
+def _ab_section(events: list[Event], state: RolloutState) -> list[str]:
+    """An A/B test's result: the lift with its interval, the variants, the guardrails, the
+    sample-ratio check, the time to decision, and the interval over the looks (a text table)."""
+    summary = ab_summary(events)
+    if summary is None:
+        return []
+    lines = ["", "## The A/B test", "", summary.headline() + "."]
+    facts = [
+        ["Primary metric", f"`{summary.gate}` ({summary.metric})"],
+        ["Lift (relative)", summary.lift_text()],
+        ["Decision", summary.decision],
+        ["Time to decision", summary.time_to_decision()],
+        ["Looks", str(len(summary.looks))],
+    ]
+    if summary.min_effect is not None:
+        facts.insert(2, ["Smallest lift worth shipping", f"{summary.min_effect * 100:g} %"])
+    if summary.srm is not None:
+        facts.append(["Sample-ratio check", f"{summary.srm[0]}: {summary.srm[1]}"])
+    lines += ["", *_table(["", ""], facts), ""]
+    variants = summary.variants(state.candidate or "candidate", state.baseline or "baseline")
+    lines += _table(
+        ["Variant", "Role", summary.gate, "Observations"], [list(row) for row in variants]
+    )
+    if summary.guardrails:
+        lines += ["", "Guardrails:", ""]
+        lines += _table(
+            ["Gate", "Metric", "Outcome", "Reason"],
+            [[name, metric, f"**{o}**", reason] for name, metric, o, reason in summary.guardrails],
+        )
+    lines += ["", "The lift's always-valid interval over the looks:", ""]
+    lines += _table(
+        ["Since the split", "Lift", "Interval", "p", "Outcome"],
+        [list(row) for row in summary.table()],
+    )
+    return lines
 
 
 def status_summary(

@@ -56,6 +56,17 @@ class Whiskers:
 
 
 @dataclass
+class Band:
+    """A shaded interval over x: ``(x, low, high)`` points joined into filled areas; a point
+    with a bound missing ends an area (as a ``None`` breaks a line)."""
+
+    label: str
+    points: list[tuple[float, float | None, float | None]]
+    colour: str
+    opacity: float = 0.25
+
+
+@dataclass
 class Chart:
     title: str
     series: list[Series]
@@ -69,6 +80,8 @@ class Chart:
     width: int = 520
     height: int = 220
     note: str | None = None  # a line of text under the title (e.g. "no numbers recorded")
+    bands: list[Band] = field(default_factory=list)  # shaded intervals, under the lines
+    hlines: list[tuple[float, str, str]] = field(default_factory=list)  # (y, label, colour)
 
 
 LEFT, RIGHT, TOP, BOTTOM = 64, 12, 30, 50
@@ -197,6 +210,27 @@ def render(chart: Chart) -> str:
             f'<text x="{LEFT + plot_w / 2:.1f}" y="{TOP + plot_h / 2:.1f}" text-anchor="middle" '
             f'fill="#777777">{escape(chart.note)}</text>'
         )
+    for band in chart.bands:
+        for run in _band_runs(band.points):
+            upper = [f"{_num(sx(x))},{_num(sy(high))}" for x, _, high in run]
+            lower = [f"{_num(sx(x))},{_num(sy(low))}" for x, low, _ in reversed(run)]
+            out.append(
+                f'<polygon points="{" ".join(upper + lower)}" fill="{band.colour}" '
+                f'fill-opacity="{band.opacity:g}" stroke="none"/>'
+            )
+    for i, (y, label, line_colour) in enumerate(chart.hlines):
+        py = _num(sy(y))
+        out.append(
+            f'<line x1="{LEFT}" y1="{py}" x2="{LEFT + plot_w}" y2="{py}" stroke="{line_colour}" '
+            'stroke-width="1.2" stroke-dasharray="4 3"/>'
+        )
+        if label:
+            # alternate ends, so that labels of nearby lines do not overlap
+            tx, anchor = (LEFT + plot_w - 2, "end") if i % 2 == 0 else (LEFT + 4, "start")
+            out.append(
+                f'<text x="{tx}" y="{_num(sy(y) - 3)}" text-anchor="{anchor}" '
+                f'fill="{line_colour}">{escape(label)}</text>'
+            )
     for whisker in chart.whiskers:
         for x, low, high, centre in whisker.bars:
             bottom = low if low is not None else centre
@@ -246,11 +280,30 @@ def _segments(points: Sequence[Point], *, step: bool) -> list[list[tuple[float, 
     return runs
 
 
+def _band_runs(
+    points: Sequence[tuple[float, float | None, float | None]],
+) -> list[list[tuple[float, float, float]]]:
+    """The drawable runs of a band (a missing bound ends a run; a run needs two points)."""
+    runs: list[list[tuple[float, float, float]]] = []
+    run: list[tuple[float, float, float]] = []
+    for x, low, high in points:
+        if low is None or high is None:
+            if len(run) > 1:
+                runs.append(run)
+            run = []
+            continue
+        run.append((x, low, high))
+    if len(run) > 1:
+        runs.append(run)
+    return runs
+
+
 def _legend(chart: Chart, plot_h: int) -> list[str]:
     items: list[tuple[str, str, str | None, bool]] = [
         (s.label, s.colour, s.dash, False) for s in chart.series if s.label
     ]
     items += [(wk.label, wk.colour, None, True) for wk in chart.whiskers if wk.label]
+    items += [(bd.label, bd.colour, None, True) for bd in chart.bands if bd.label]
     out: list[str] = []
     x, y = float(LEFT), float(TOP + plot_h + 34)
     for label, colour, dash, bar in items:

@@ -258,7 +258,7 @@ _TONE = {
 def _tone(kind: str) -> str:
     if kind in ("rollback.started", "rolled_back", "analysis.failed", "aborted"):
         return "rollback"
-    if kind == "promoted":
+    if kind in ("promoted", "evaluated"):
         return "good"
     if kind in ("waiting", "paused", "analysis.inconclusive"):
         return "wait"

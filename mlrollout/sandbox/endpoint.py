@@ -320,7 +320,6 @@ def _mirror_history(record: Mapping[str, Any], started: float) -> History:
     return [(started, shadow)] if shadow else []
 
 
-
 def _window(records: Records, customs: Mapping[str, str]) -> Window:
     """The window of ``records``, with each custom gate's value (by gate name) when the
     variant simulates the sandbox metric it reads."""

@@ -7,6 +7,8 @@ object, and the registry expects a :class:`~mlrollout.contracts.ProviderSpec` in
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mlrollout.clock import Clock, ScaledClock, SystemClock, VirtualClock
 from mlrollout.contracts import (
     Capabilities,
@@ -22,6 +24,9 @@ from mlrollout.sandbox.checks import world_problems
 from mlrollout.sandbox.endpoint import CAPABILITIES, LocalEndpoint, LocalMetrics
 from mlrollout.sandbox.traffic import grid_seconds
 
+if TYPE_CHECKING:
+    from mlrollout.capture import CaptureSource
+
 
 class LocalProvider:
     """``target.provider: local`` — needs the plan's ``sandbox`` section, nothing else."""
@@ -30,7 +35,7 @@ class LocalProvider:
     target_keys: frozenset[str] = frozenset()
     required_keys: frozenset[str] = frozenset()
     capabilities: Capabilities = CAPABILITIES
-    strategies: frozenset[str] = frozenset({"canary", "linear", "blue_green"})
+    strategies: frozenset[str] = frozenset({"canary", "linear", "blue_green", "shadow", "ab_test"})
     install_hint: str = "built in"
 
     def check_plan(self, plan: Plan) -> list[PlanProblem]:
@@ -89,6 +94,7 @@ class LocalProvider:
             "describe": ["sandbox: read endpoint record"],
             "prepare": [f"sandbox: add variant {plan.candidate.name} at 0%"],
             "set_traffic": ["sandbox: set weights"],
+            "set_shadow": ["sandbox: set the mirrored share"],
             "finalize": ["sandbox: remove variant"],
             "owner": ["sandbox: read/write the endpoint's owner mark"],
             "metrics": ["sandbox: synthesize windows (seeded)"],
@@ -154,6 +160,15 @@ class LocalProvider:
         if record and record.get("history"):
             _catch_up(context.clock, float(record["history"][-1][0]))
         return endpoint, LocalMetrics(endpoint, grid)
+
+    def open_capture(self, context: ProviderContext) -> CaptureSource:
+        """The sandbox's capture source: simulated predictions of the mirrored requests, from
+        the variants' ``accuracy`` (see :mod:`mlrollout.sandbox.capture`)."""
+        from mlrollout.sandbox.capture import SandboxCapture
+
+        _, metrics = self.open(context)
+        assert isinstance(metrics, LocalMetrics)
+        return SandboxCapture(metrics)
 
 
 def _catch_up(clock: object, instant: float) -> None:

@@ -72,3 +72,15 @@ def test_the_decision_benchmark_has_bursty_cells_fed_with_intervals(tmp_path: Pa
     ours = next(r for r in data["cells"] if r["method"] == "mixture-sprt")
     assert ours["rollback"] >= 0.8  # a doubling under bursts is still caught
     assert set(ours["failed_by"]) == {"errors"}
+
+
+def test_the_winner_benchmark_runs_its_a_a_cells() -> None:
+    out = run("winner.py", "--runs", "20", "--only", "A/A")
+    assert "A/A, rate 1 %" in out and "20 runs per cell" in out
+
+
+def test_the_capture_benchmark_reads_pairs_and_judges_a_look() -> None:
+    out = run("capture.py", "--records", "5000")
+    assert "peak RSS MB" in out
+    row = out.strip().splitlines()[-1].split()
+    assert int(row[0].replace(",", "")) > 4000  # records read in the look

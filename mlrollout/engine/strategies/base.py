@@ -23,8 +23,10 @@ StepKind = Literal["weight", "analyze", "pause", "approve", "mirror", "native"]
 #: ``vs_baseline`` ones against the baseline's own window before the switch (``historical``:
 #: blue-green after the switch, while blue is still provisioned).
 Comparison = Literal["concurrent", "absolute", "historical"]
-#: What happens once every step is done.
-Ending = Literal["promote"]
+#: What happens once every step is done: the candidate takes all traffic and the baseline is
+#: retired (``promote``), or the candidate is removed and the baseline keeps serving, the
+#: rollout having passed (``remove``: a shadow evaluation, ``then: rollback``).
+Ending = Literal["promote", "remove"]
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,11 @@ class Strategy(Protocol):
         """How the rollout ends once the steps are done."""
         ...
 
+    def winner(self, plan: Plan) -> tuple[str, float] | None:
+        """The gate whose pass alone ends a judged stage, and the smallest lift worth shipping
+        (``ab_test``'s winner test); None for the others."""
+        ...
+
 
 class SplitStrategy:
     """Strategies that shift live traffic between the baseline and the candidate in steps, and
@@ -125,3 +132,8 @@ class SplitStrategy:
 
     def ending(self, plan: Plan) -> Ending:
         return "promote"
+
+    def winner(self, plan: Plan) -> tuple[str, float] | None:
+        """The gate whose verdict alone ends the judged stage, with the smallest relative lift
+        worth shipping (``ab_test``); None: every gate must pass, as usual."""
+        return None

@@ -126,8 +126,24 @@ def _gate_params(gate: Gate, bound: float, endpoint: str, variant: str) -> dict[
         return {
             "Threshold": bound,
             "Metrics": [
-                _query("errors", naming.NAMESPACE, naming.METRIC_ERRORS, dims, "Sum"),
-                _query("requests", naming.NAMESPACE, naming.METRIC_REQUESTS, dims, "Sum"),
+                metric_stat(
+                    "errors",
+                    naming.NAMESPACE,
+                    naming.METRIC_ERRORS,
+                    dims,
+                    "Sum",
+                    PERIOD,
+                    returned=False,
+                ),
+                metric_stat(
+                    "requests",
+                    naming.NAMESPACE,
+                    naming.METRIC_REQUESTS,
+                    dims,
+                    "Sum",
+                    PERIOD,
+                    returned=False,
+                ),
                 {
                     "Id": "rate",
                     "Expression": "errors / requests",
@@ -162,15 +178,24 @@ def _gate_params(gate: Gate, bound: float, endpoint: str, variant: str) -> dict[
     return params
 
 
-def _query(
-    qid: str, namespace: str, metric: str, dims: list[dict[str, str]], stat: str
+def metric_stat(
+    qid: str,
+    namespace: str,
+    metric: str,
+    dims: list[dict[str, str]],
+    stat: str,
+    period: int,
+    *,
+    returned: bool = True,
 ) -> dict[str, Any]:
+    """One ``MetricDataQuery`` of a statistic (GetMetricData's, and a metric-math alarm's, whose
+    inputs are not ``returned``)."""
     return {
         "Id": qid,
         "MetricStat": {
             "Metric": {"Namespace": namespace, "MetricName": metric, "Dimensions": dims},
-            "Period": PERIOD,
+            "Period": period,
             "Stat": stat,
         },
-        "ReturnData": False,
+        "ReturnData": returned,
     }

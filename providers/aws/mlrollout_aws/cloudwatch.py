@@ -37,6 +37,7 @@ from mlrollout.plan.model import LATENCY_METRICS, Gate
 from mlrollout.retry import RetryPolicy
 from mlrollout_aws import naming
 from mlrollout_aws._aws import call, make_client
+from mlrollout_aws.alarms import metric_stat
 
 MICROSECONDS = naming.MICROSECONDS
 
@@ -98,14 +99,14 @@ class CloudWatchMetrics:
         for i, variant in enumerate(query.variants):
             dims = self._dims(variant)
             queries.append(
-                _stat(f"inv{i}", naming.NAMESPACE, naming.METRIC_REQUESTS, dims, "Sum", step)
+                metric_stat(f"inv{i}", naming.NAMESPACE, naming.METRIC_REQUESTS, dims, "Sum", step)
             )
             queries.append(
-                _stat(f"err{i}", naming.NAMESPACE, naming.METRIC_ERRORS, dims, "Sum", step)
+                metric_stat(f"err{i}", naming.NAMESPACE, naming.METRIC_ERRORS, dims, "Sum", step)
             )
             for q in _quantiles(query.gates):
                 queries.append(
-                    _stat(
+                    metric_stat(
                         f"lat{i}q{_qid(q)}",
                         naming.NAMESPACE,
                         naming.METRIC_LATENCY,
@@ -121,10 +122,14 @@ class CloudWatchMetrics:
                 ns, metric = str(spec["namespace"]), str(spec["metric"])
                 cdims = naming.custom_dimensions(spec, self.endpoint, variant)
                 if spec.get("stat"):
-                    queries.append(_stat(f"c{j}v{i}s", ns, metric, cdims, str(spec["stat"]), whole))
+                    queries.append(
+                        metric_stat(f"c{j}v{i}s", ns, metric, cdims, str(spec["stat"]), whole)
+                    )
                 else:
-                    queries.append(_stat(f"c{j}v{i}t", ns, metric, cdims, "Sum", step))
-                    queries.append(_stat(f"c{j}v{i}n", ns, metric, cdims, "SampleCount", step))
+                    queries.append(metric_stat(f"c{j}v{i}t", ns, metric, cdims, "Sum", step))
+                    queries.append(
+                        metric_stat(f"c{j}v{i}n", ns, metric, cdims, "SampleCount", step)
+                    )
         series = self._fetch(queries, start, end)
 
         windows: dict[str, Window] = {}
@@ -178,20 +183,6 @@ class CloudWatchMetrics:
 
     def _dims(self, variant: str) -> list[dict[str, str]]:
         return naming.variant_dimensions(self.endpoint, variant)
-
-
-def _stat(
-    qid: str, namespace: str, metric: str, dims: list[dict[str, str]], stat: str, period: int
-) -> dict[str, Any]:
-    return {
-        "Id": qid,
-        "MetricStat": {
-            "Metric": {"Namespace": namespace, "MetricName": metric, "Dimensions": dims},
-            "Period": period,
-            "Stat": stat,
-        },
-        "ReturnData": True,
-    }
 
 
 def _quantiles(gates: tuple[Gate, ...]) -> list[float]:

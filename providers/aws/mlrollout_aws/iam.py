@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from mlrollout.contracts import OWNER_KEYS, OWNER_ROLLOUT_KEY
 from mlrollout.plan.model import BlueGreenStrategy, Plan
 from mlrollout_aws import naming
+from mlrollout_aws.spec import capture_uri, needs_capture
 
 
 def iam_policy(plan: Plan, state: str | None = None) -> dict[str, Any]:
@@ -79,6 +80,8 @@ def iam_policy(plan: Plan, state: str | None = None) -> dict[str, Any]:
     ]
     if isinstance(plan.strategy, BlueGreenStrategy) and plan.strategy.native:
         statements += _native_statements(region)
+    if needs_capture(plan):
+        statements += _capture_statements(plan)
     if state and state.startswith("s3://"):
         parts = urlsplit(state)
         bucket, prefix = parts.netloc, parts.path.strip("/")
@@ -99,6 +102,35 @@ def iam_policy(plan: Plan, state: str | None = None) -> dict[str, Any]:
             },
         ]
     return {"Version": "2012-10-17", "Statement": statements}
+
+
+def _capture_statements(plan: Plan) -> list[dict[str, Any]]:
+    """Reading the endpoint's DataCapture files (the prediction gates): listing each variant's
+    hour folders and getting the files. The location is the plan's ``target.capture_s3_uri``
+    when it names one, else the endpoint's own (not known offline: any bucket)."""
+    uri = capture_uri(plan)
+    endpoint = plan.target.endpoint
+    if uri:
+        parts = urlsplit(uri)
+        bucket, prefix = parts.netloc, parts.path.strip("/")
+        folder = f"{prefix + '/' if prefix else ''}{endpoint}/"
+    else:
+        bucket, folder = "*", "*"
+    return [
+        {
+            "Sid": "ReadDataCapture",
+            "Effect": "Allow",
+            "Action": ["s3:GetObject"],
+            "Resource": f"arn:aws:s3:::{bucket}/{folder}*",
+        },
+        {
+            "Sid": "ListDataCapture",
+            "Effect": "Allow",
+            "Action": ["s3:ListBucket"],
+            "Resource": f"arn:aws:s3:::{bucket}",
+            **({"Condition": {"StringLike": {"s3:prefix": [f"{folder}*"]}}} if uri else {}),
+        },
+    ]
 
 
 def _native_statements(region: str) -> list[dict[str, Any]]:

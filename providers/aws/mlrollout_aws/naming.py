@@ -20,12 +20,18 @@ CONFIG_MARK = "-mlr-"
 TAG_MANAGED = "mlrollout:managed"
 TAG_ENDPOINT = "mlrollout:endpoint"
 TAG_BASE = "mlrollout:base-config"  # the config the endpoint had before the rollout
+#: On a shadow config where mlrollout turned DataCapture on (it was off): the config that ends
+#: the shadow goes back to the capture the endpoint had (none).
+TAG_CAPTURE_ADDED = "mlrollout:capture-added"
 
 #: Platform limits (SageMaker deployment guardrails and quotas).
 MAX_CANARY_PERCENT = 50.0
 LINEAR_STEP_RANGE = (10.0, 50.0)
 MAX_ALARMS = 10
 MAX_VARIANTS = 10
+#: Shadow variants: one production variant and one shadow per config; the shadow's sampling
+#: share is its InitialVariantWeight relative to the production variant's (at most 100 %).
+MAX_SHADOW_PERCENT = 100.0
 #: GetMetricData periods: 1, 5, 10, 30 s (high resolution) or a multiple of 60 s.
 HIGH_RES_PERIODS = (1, 5, 10, 30)
 NAMESPACE = "AWS/SageMaker"
@@ -35,22 +41,35 @@ def config_prefix(endpoint: str) -> str:
     return endpoint[:40] + CONFIG_MARK
 
 
-def config_name(endpoint: str, variants: Sequence[Mapping[str, Any]]) -> str:
-    """The deterministic name of the config holding exactly ``variants``."""
-    canonical = json.dumps(
-        sorted(
+_IDENTITY_KEYS = ("VariantName", "ModelName", "InstanceType", "ServerlessConfig")
+
+
+def config_name(
+    endpoint: str,
+    variants: Sequence[Mapping[str, Any]],
+    shadows: Sequence[Mapping[str, Any]] = (),
+) -> str:
+    """The deterministic name of the config holding exactly ``variants`` (and ``shadows``: the
+    shadow variants, with their sampling weight, which UpdateEndpointWeightsAndCapacities does
+    not change; a config without shadows keeps the name it always had)."""
+    production = sorted(
+        ({k: v[k] for k in _IDENTITY_KEYS if k in v} for v in variants),
+        key=lambda v: str(v["VariantName"]),
+    )
+    if shadows:
+        shadow = sorted(
             (
                 {
-                    k: v[k]
-                    for k in ("VariantName", "ModelName", "InstanceType", "ServerlessConfig")
-                    if k in v
+                    **{k: v[k] for k in _IDENTITY_KEYS if k in v},
+                    "InitialVariantWeight": round(float(v.get("InitialVariantWeight", 0.0)), 6),
                 }
-                for v in variants
+                for v in shadows
             ),
             key=lambda v: str(v["VariantName"]),
-        ),
-        sort_keys=True,
-    )
+        )
+        canonical = json.dumps({"production": production, "shadow": shadow}, sort_keys=True)
+    else:
+        canonical = json.dumps(production, sort_keys=True)
     digest = hashlib.blake2b(canonical.encode(), digest_size=5).hexdigest()
     return config_prefix(endpoint) + digest
 

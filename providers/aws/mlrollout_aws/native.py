@@ -201,20 +201,7 @@ class NativeBlueGreen:
         ]
         extra = {k: current[k] for k in _CONFIG_KEYS if current.get(k)}
         extra.pop("ShadowProductionVariants", None)  # blue/green deployments have none
-        try:
-            call(
-                ep.client,
-                "create_endpoint_config",
-                retry=ep.retry,
-                applied=lambda: ep._config_exists(name),
-                EndpointConfigName=name,
-                ProductionVariants=variants,
-                Tags=tags,
-                **extra,
-            )
-        except AwsCallError as exc:
-            if not (exc.code == "ValidationException" and "already exist" in str(exc).lower()):
-                raise
+        ep._put_config(name, variants, tags, extra)
 
     def _mark_started(self, config: str) -> None:
         ep = self.endpoint

@@ -30,6 +30,7 @@ then does nothing: a retried ``UpdateEndpoint`` or weight change is never applie
 from __future__ import annotations
 
 import functools
+import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -56,7 +57,7 @@ from mlrollout.retry import RetryPolicy
 from mlrollout_aws import naming
 from mlrollout_aws._aws import AwsCallError, call, make_client
 from mlrollout_aws.native import NativeBlueGreen
-from mlrollout_aws.spec import CAPABILITIES
+from mlrollout_aws.spec import CAPABILITIES, capture_on, capture_uri, needs_capture
 
 #: Endpoint states an update ends in when it did not work.
 FAILED_STATES = frozenset({"Failed", "UpdateRollbackFailed", "OutOfService", "Deleting"})
@@ -148,6 +149,21 @@ class SageMakerEndpoint:
         raw = self._raw()
         if _variant(raw, candidate.name) is None and candidate.model:
             self._check_model(candidate.model)
+        plan = self.plan
+        if (
+            plan is not None
+            and plan.strategy.type == "shadow"
+            and needs_capture(plan)
+            and not capture_on(raw.get("DataCaptureConfig"))
+            and not capture_uri(plan)
+            and not (raw.get("DataCaptureConfig") or {}).get("DestinationS3Uri")
+        ):
+            raise ProviderError(
+                f"the prediction gates read SageMaker DataCapture, which is off on endpoint "
+                f"{self.name!r}, and the plan names no place for it",
+                hint="set target.capture_s3_uri: s3://BUCKET/PREFIX (mlrollout turns capture "
+                "on for the shadow and off again after)",
+            )
 
     # ------------------------------------------------------------------------------ plumbing
 
@@ -364,10 +380,113 @@ class SageMakerEndpoint:
         return self._state(raw)
 
     def set_shadow(self, variant: str | None, percent: float) -> EndpointState:
-        raise ProviderError(
-            "shadow variants on SageMaker are not supported by mlrollout yet",
-            hint="use a canary or linear strategy",
+        """``variant`` as the endpoint's shadow variant sampling ``percent`` of the production
+        variant's requests (a config with it in ``ShadowProductionVariants``); ``None`` (or 0)
+        makes the shadow a production variant at weight 0 again. Idempotent: a shadow already
+        so (or none, for ``None``) changes nothing."""
+        raw = self._raw()
+        if raw.get("EndpointStatus") != "InService":
+            raw = self._wait()  # an update in flight (perhaps ours, from a crashed tick)
+        if variant is None or percent <= 0:
+            if not raw.get("ShadowProductionVariants"):
+                return self._state(raw)
+            return self._state(self._end_shadow(raw))
+        if not (math.isfinite(percent) and 0 < percent <= naming.MAX_SHADOW_PERCENT):
+            raise ProviderError(
+                f"a SageMaker shadow samples above 0 and at most "
+                f"{naming.MAX_SHADOW_PERCENT:g}% of the requests, not {percent:g}%"
+            )
+        if self._shadow_is(raw, variant, percent):
+            return self._state(raw)
+        return self._state(self._start_shadow(raw, variant, percent))
+
+    def _shadow_is(self, raw: Mapping[str, Any], variant: str, percent: float) -> bool:
+        shadows = [v for v in self._state(raw).variants if v.shadow_percent > 0]
+        return (
+            len(shadows) == 1
+            and shadows[0].name == variant
+            and _variant(raw, variant) is None
+            and abs(shadows[0].shadow_percent - percent) <= WEIGHT_TOLERANCE
         )
+
+    def _start_shadow(self, raw: Mapping[str, Any], variant: str, percent: float) -> dict[str, Any]:
+        current = self._config(str(raw["EndpointConfigName"]))
+        tags = self._config_tags(current)
+        production = _carried_variants(current, raw)
+        shadows = _carried_shadows(current, raw)
+        spec = next((v for v in production + shadows if v["VariantName"] == variant), None)
+        if spec is None:
+            raise ProviderError(
+                f"cannot shadow {variant!r}: not deployed on SageMaker endpoint {self.name!r} "
+                f"(it has {', '.join(_names(raw)) or 'no variants'})"
+            )
+        others = [v for v in production if v["VariantName"] != variant]
+        if len(others) != 1:
+            raise ProviderError(
+                f"SageMaker runs a shadow variant beside exactly one production variant; "
+                f"endpoint {self.name!r} would have {len(others)} "
+                f"({', '.join(v['VariantName'] for v in others) or 'none'})",
+                hint="retire the other production variants first",
+            )
+        primary = others[0]
+        weight = float(primary.get("InitialVariantWeight") or 0.0) or 1.0
+        primary["InitialVariantWeight"] = weight
+        shadow = {**spec, "InitialVariantWeight": round(weight * percent / 100.0, 6)}
+        overrides: dict[str, Any] = {"ShadowProductionVariants": [shadow]}
+        added = tags.get(naming.TAG_CAPTURE_ADDED) == "true"
+        if needs_capture(self.plan) and not capture_on(current.get("DataCaptureConfig")):
+            overrides["DataCaptureConfig"] = self._capture_config(current)
+            added = True
+        target = self._create_config(
+            current,
+            [primary],
+            base=self._base_from(current, tags),
+            overrides=overrides,
+            extra_tags={naming.TAG_CAPTURE_ADDED: "true"} if added else None,
+        )
+        self._update(target)
+        return self._finish_update(target)
+
+    def _end_shadow(self, raw: Mapping[str, Any]) -> dict[str, Any]:
+        current = self._config(str(raw["EndpointConfigName"]))
+        tags = self._config_tags(current)
+        variants = _carried_variants(current, raw)
+        for shadow in _carried_shadows(current, raw):
+            variants.append({**shadow, "InitialVariantWeight": 0.0})
+        overrides: dict[str, Any] = {"ShadowProductionVariants": None}
+        if tags.get(naming.TAG_CAPTURE_ADDED) == "true":
+            overrides["DataCaptureConfig"] = None  # back to the capture it had: none
+        target = self._create_config(
+            current, variants, base=self._base_from(current, tags), overrides=overrides
+        )
+        self._update(target)
+        return self._finish_update(target)
+
+    def _capture_config(self, current: Mapping[str, Any]) -> dict[str, Any]:
+        """DataCapture on, both directions, every request, to the plan's
+        ``target.capture_s3_uri`` (or where the disabled config pointed)."""
+        was = dict(current.get("DataCaptureConfig") or {})
+        uri = capture_uri(self.plan) or was.get("DestinationS3Uri")
+        if not uri:
+            raise ProviderError(
+                f"the prediction gates read SageMaker DataCapture, which is off on endpoint "
+                f"{self.name!r}, and the plan names no place for it",
+                hint="set target.capture_s3_uri: s3://BUCKET/PREFIX (mlrollout turns capture "
+                "on for the shadow and off again after)",
+            )
+        config: dict[str, Any] = {
+            "EnableCapture": True,
+            "InitialSamplingPercentage": 100,
+            "DestinationS3Uri": str(uri),
+            "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
+            "CaptureContentTypeHeader": {
+                "CsvContentTypes": ["text/csv"],
+                "JsonContentTypes": ["application/json"],
+            },
+        }
+        if was.get("KmsKeyId"):
+            config["KmsKeyId"] = was["KmsKeyId"]
+        return config
 
     def finalize(self, keep: str, retire: str) -> EndpointState:
         raw = self._raw()
@@ -380,11 +499,14 @@ class SageMakerEndpoint:
             current = self._config(current_name)
             base = self._base_of(current)
             variants = [v for v in _carried_variants(current, raw) if v["VariantName"] != retire]
+            overrides: dict[str, Any] = {}
+            if any(v["VariantName"] == retire for v in _carried_shadows(current, raw)):
+                overrides["ShadowProductionVariants"] = None
             target = None
             if base is not None:
                 target = self._fitting_base(base, variants)
             if target is None:
-                target = self._create_config(current, variants, base=base)
+                target = self._create_config(current, variants, base=base, overrides=overrides)
             self._update(target)
             raw = self._finish_update(target)
             current_name = target
@@ -470,10 +592,19 @@ class SageMakerEndpoint:
 
     def _base_of(self, config: Mapping[str, Any]) -> str | None:
         """The config the endpoint had before mlrollout touched it (None if unknown)."""
+        return self._base_from(config, self._config_tags(config))
+
+    def _config_tags(self, config: Mapping[str, Any]) -> dict[str, str]:
+        """The tags of a config mlrollout made ({} for another's: never read)."""
+        if not naming.is_managed_name(self.name, str(config["EndpointConfigName"])):
+            return {}
+        return self._tags(str(config["EndpointConfigArn"]))
+
+    def _base_from(self, config: Mapping[str, Any], tags: Mapping[str, str]) -> str | None:
         name = str(config["EndpointConfigName"])
         if not naming.is_managed_name(self.name, name):
             return name
-        return self._tags(str(config["EndpointConfigArn"])).get(naming.TAG_BASE)
+        return tags.get(naming.TAG_BASE)
 
     def _fitting_base(self, base: str, variants: list[dict[str, Any]]) -> str | None:
         """``base`` if it holds exactly ``variants`` (same names, models, instance types)."""
@@ -485,17 +616,42 @@ class SageMakerEndpoint:
         return base if have == {_identity(v) for v in variants} else None
 
     def _create_config(
-        self, current: Mapping[str, Any], variants: list[dict[str, Any]], *, base: str | None
+        self,
+        current: Mapping[str, Any],
+        variants: list[dict[str, Any]],
+        *,
+        base: str | None,
+        overrides: Mapping[str, Any] | None = None,
+        extra_tags: Mapping[str, str] | None = None,
     ) -> str:
-        name = naming.config_name(self.name, variants)
+        """A config like ``current`` with ``variants`` (``overrides``: config keys set anew,
+        ``None`` to drop one), named by its variants and shadows, tagged as mlrollout's."""
+        extra = {k: current[k] for k in _CONFIG_KEYS if current.get(k)}
+        for key, value in (overrides or {}).items():
+            if value is None:
+                extra.pop(key, None)
+            else:
+                extra[key] = value
+        name = naming.config_name(self.name, variants, extra.get("ShadowProductionVariants") or ())
         tags = [
             {"Key": naming.TAG_MANAGED, "Value": "true"},
             {"Key": naming.TAG_ENDPOINT, "Value": self.name},
         ]
         if base:
             tags.append({"Key": naming.TAG_BASE, "Value": base})
-        extra = {k: current[k] for k in _CONFIG_KEYS if current.get(k)}
+        tags += [{"Key": k, "Value": v} for k, v in (extra_tags or {}).items()]
+        self._put_config(name, variants, tags, extra)
+        return name
 
+    def _put_config(
+        self,
+        name: str,
+        variants: list[dict[str, Any]],
+        tags: list[dict[str, str]],
+        extra: Mapping[str, Any],
+    ) -> None:
+        """CreateEndpointConfig ``name``, once: a config of that name already there is this one
+        (a managed config's name is the digest of what it holds)."""
         try:
             call(
                 self.client,
@@ -513,7 +669,6 @@ class SageMakerEndpoint:
             # interrupted attempt. Anything else is a real failure.
             if not (exc.code == "ValidationException" and "already exist" in str(exc).lower()):
                 raise
-        return name
 
     def _update(self, config: str) -> None:
         def applied() -> bool:
@@ -644,19 +799,36 @@ def _identity(variant: Mapping[str, Any]) -> tuple[str, str, str]:
     )
 
 
+def _carried_shadows(config: Mapping[str, Any], raw: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The config's shadow variants, at their configured sampling weight and live counts."""
+    live = {v["VariantName"]: v for v in raw.get("ShadowProductionVariants") or []}
+    return [
+        _carried(
+            spec,
+            float(spec.get("InitialVariantWeight", 0.0)),
+            _count(live.get(spec["VariantName"], {})),
+        )
+        for spec in config.get("ShadowProductionVariants") or []
+    ]
+
+
 def _carried_variants(config: Mapping[str, Any], raw: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The live config's production variants at their live weights and instance counts."""
     out = []
     for spec in config.get("ProductionVariants", []):
-        variant = {k: spec[k] for k in _VARIANT_KEYS if spec.get(k) is not None}
         live = _variant(raw, spec["VariantName"]) or {}
-        variant["InitialVariantWeight"] = (
-            _weight(live) if live else spec.get("InitialVariantWeight", 0.0)
-        )
-        count = _count(live) if live else None
-        if count is None:
-            count = spec.get("InitialInstanceCount")
-        if count is not None and "ServerlessConfig" not in variant:
-            variant["InitialInstanceCount"] = count
-        out.append(variant)
+        weight = _weight(live) if live else spec.get("InitialVariantWeight", 0.0)
+        out.append(_carried(spec, weight, _count(live) if live else None))
     return out
+
+
+def _carried(spec: Mapping[str, Any], weight: object, count: object) -> dict[str, Any]:
+    """A config's variant ``spec`` as a variant of a new config: at ``weight``, with ``count``
+    instances (the live count; None: the configured one), no count for a serverless one."""
+    variant = {k: spec[k] for k in _VARIANT_KEYS if spec.get(k) is not None}
+    variant["InitialVariantWeight"] = weight
+    if count is None:
+        count = spec.get("InitialInstanceCount")
+    if count is not None and "ServerlessConfig" not in variant:
+        variant["InitialInstanceCount"] = count
+    return variant

@@ -10,14 +10,22 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from mlrollout.contracts import Capabilities, PlanProblem, ProviderSpec
-from mlrollout.plan.model import BlueGreenStrategy, CanaryStrategy, LinearStrategy, Plan
+from mlrollout.plan.model import (
+    BlueGreenStrategy,
+    CanaryStrategy,
+    LinearStrategy,
+    Plan,
+    ShadowStrategy,
+)
 from mlrollout_aws import naming
 
 if TYPE_CHECKING:
+    from mlrollout.capture import CaptureSource
     from mlrollout.contracts import EndpointAdapter, MetricsSource, ProviderContext
 
-CAPABILITIES = Capabilities(weights=True, shadow=False, native_blue_green=True)
+CAPABILITIES = Capabilities(weights=True, shadow=True, native_blue_green=True)
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
+_S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$")
 _STATS = re.compile(r"^(Sum|Average|Minimum|Maximum|SampleCount|p\d{1,2}(\.\d+)?)$")
 CUSTOM_QUERY_KEYS = frozenset({"namespace", "metric", "dimensions", "stat"})
 
@@ -26,10 +34,11 @@ class SageMakerProvider:
     """SageMaker real-time endpoints; metrics from CloudWatch (``AWS/SageMaker``)."""
 
     name: str = "sagemaker"
-    target_keys: frozenset[str] = frozenset({"region", "profile"})
+    #: ``capture_s3_uri``: where DataCapture writes when mlrollout turns it on for a shadow.
+    target_keys: frozenset[str] = frozenset({"region", "profile", "capture_s3_uri"})
     required_keys: frozenset[str] = frozenset({"region"})
     capabilities: Capabilities = CAPABILITIES
-    strategies: frozenset[str] = frozenset({"canary", "linear", "blue_green"})
+    strategies: frozenset[str] = frozenset({"canary", "linear", "blue_green", "shadow", "ab_test"})
     install_hint: str = "pip install 'mlrollout[aws]'"
 
     # ------------------------------------------------------------------------- validation
@@ -62,6 +71,7 @@ class SageMakerProvider:
                 )
             )
         problems += _check_strategy(plan)
+        problems += _check_capture(plan)
         native = isinstance(plan.strategy, BlueGreenStrategy) and plan.strategy.native
         if native:
             problems += _check_native(plan)
@@ -93,7 +103,7 @@ class SageMakerProvider:
     def describe_calls(self, plan: Plan) -> dict[str, list[str]]:
         if isinstance(plan.strategy, BlueGreenStrategy) and plan.strategy.native:
             return _native_calls(plan)
-        return {
+        calls = {
             "describe": ["SageMaker.DescribeEndpoint"],
             "prepare": [
                 "SageMaker.DescribeModel",
@@ -122,6 +132,28 @@ class SageMakerProvider:
                 "SageMaker.DeleteTags of those keys (when the rollout ends)",
             ],
         }
+        if isinstance(plan.strategy, ShadowStrategy) or (
+            isinstance(plan.strategy, BlueGreenStrategy) and plan.strategy.preview == 0
+        ):
+            calls["set_shadow"] = [
+                "SageMaker.DescribeEndpointConfig + ListTags (the live config)",
+                "SageMaker.CreateEndpointConfig (one production variant + the candidate in "
+                "ShadowProductionVariants, sampling weight = percent x the production weight"
+                + ("; DataCapture turned on if off" if needs_capture(plan) else "")
+                + "; tagged mlrollout:managed)",
+                "SageMaker.UpdateEndpoint",
+                "SageMaker.DescribeEndpoint (until InService)",
+                "the same to end it: the shadow back to a production variant at weight 0 "
+                "(DataCapture as it was)",
+            ]
+        if needs_capture(plan):
+            calls["metrics"] = calls["metrics"] + [
+                "SageMaker.DescribeEndpoint (once: DataCaptureConfig.DestinationS3Uri)",
+                "S3.ListObjectsV2 per variant per hour prefix of the window (an hour read "
+                "after it closed is not listed again)",
+                "S3.GetObject per capture file new since the last look",
+            ]
+        return calls
 
     # ------------------------------------------------------------------------------- open
 
@@ -132,6 +164,61 @@ class SageMakerProvider:
         endpoint = SageMakerEndpoint.from_context(context)
         endpoint.preflight(context.plan.candidate)  # unknown endpoint or model: exit 6 now
         return endpoint, CloudWatchMetrics.from_context(context)
+
+    def open_capture(self, context: ProviderContext) -> CaptureSource:
+        """The endpoint's DataCapture files in S3 (:mod:`mlrollout_aws.capture`)."""
+        from mlrollout_aws.capture import DataCaptureSource
+
+        return DataCaptureSource.from_context(context)
+
+
+def needs_capture(plan: Plan | None) -> bool:
+    """Does the plan read SageMaker's DataCapture (a capture section or a prediction gate, and
+    no ``{jsonl: ...}`` source of its own)?"""
+    from mlrollout.plan.model import PREDICTION_METRICS
+
+    if plan is None:
+        return False
+    if plan.capture is not None:
+        return plan.capture.jsonl is None
+    return any(g.metric in PREDICTION_METRICS for g in plan.analysis.gates)
+
+
+def capture_on(config: Any) -> bool:
+    """Is a ``DataCaptureConfig`` (of a config or DescribeEndpoint's summary) capturing?"""
+    if not isinstance(config, dict) or not config.get("DestinationS3Uri"):
+        return False
+    return bool(config.get("EnableCapture", True))
+
+
+def capture_uri(plan: Plan | None) -> str | None:
+    value = None if plan is None else plan.target.setting("capture_s3_uri")
+    return str(value) if value else None
+
+
+def _check_capture(plan: Plan) -> list[PlanProblem]:
+    problems: list[PlanProblem] = []
+    uri = plan.target.setting("capture_s3_uri")
+    if uri is not None and not _S3_URI.match(str(uri)):
+        problems.append(
+            PlanProblem(
+                ("target", "capture_s3_uri"),
+                f"{uri!r} is not an S3 location DataCapture writes to (s3://BUCKET/PREFIX)",
+            )
+        )
+    strategy = plan.strategy
+    if isinstance(strategy, ShadowStrategy) and not (
+        0 < strategy.percent <= naming.MAX_SHADOW_PERCENT
+    ):
+        problems.append(
+            PlanProblem(
+                ("strategy", "percent"),
+                f"a SageMaker shadow variant samples above 0 and at most "
+                f"{naming.MAX_SHADOW_PERCENT:g}% of the production variant's requests, "
+                f"not {strategy.percent:g}%",
+            )
+        )
+    return problems
 
 
 def _bad_name(what: str) -> str:

@@ -32,6 +32,7 @@ Calls per action (ARM requests; ``*`` = repeated while the operation runs):
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 import warnings
@@ -119,8 +120,11 @@ class AzureMLEndpoint:
         retry: RetryPolicy | None = None,
         lro_timeout: float = LRO_TIMEOUT,
         poll_every: float = POLL_EVERY,
+        mirrors: bool = False,
     ) -> None:
         self.client = client
+        #: the plan judges the candidate on mirror_traffic (shadow, blue-green with preview 0)
+        self.mirrors = mirrors
         self.target = target
         self.clock = clock
         self.candidate = candidate
@@ -134,16 +138,16 @@ class AzureMLEndpoint:
     def from_context(cls, context: ProviderContext, credential: Any) -> AzureMLEndpoint:
         target = target_of(context)
         _azure.quiet_sdk_loggers()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            client = MLClient(
-                credential,
-                target.subscription_id,
-                target.resource_group,
-                target.workspace,
-                **_azure.client_kwargs(target.endpoint_url),
-            )
-        return cls(client, target, context.clock, candidate=context.plan.candidate)
+        client = _azure.ml_client(target, credential)
+        from mlrollout.capture.checks import mirrors
+
+        return cls(
+            client,
+            target,
+            context.clock,
+            candidate=context.plan.candidate,
+            mirrors=mirrors(context.plan),
+        )
 
     # ------------------------------------------------------------------------------ calls
 
@@ -223,6 +227,8 @@ class AzureMLEndpoint:
         )
         self.location = str(workspace.location or "") or None
         candidate = self.candidate
+        if self.mirrors and candidate is not None:
+            self._check_mirror_free(candidate.name)
         if candidate is not None and candidate.model:
             match = MODEL_REF.match(candidate.model)
             if match is not None:
@@ -301,6 +307,13 @@ class AzureMLEndpoint:
             readiness_probe=base.readiness_probe,
             app_insights_enabled=bool(getattr(base, "app_insights_enabled", False)),
         )
+        # The baseline's data collector too: a shadow judged on predictions needs the
+        # candidate's records (the SDK's serializer consumes it: a fresh one per attempt).
+        collector = getattr(base, "data_collector", None)
+
+        def create() -> Any:
+            deployment.data_collector = _collector_like(collector)
+            return self.client.online_deployments.begin_create_or_update(deployment)
 
         def applied() -> bool:  # before a retry: did the lost attempt create it after all?
             found = self._deployment(candidate.name)
@@ -310,7 +323,7 @@ class AzureMLEndpoint:
 
         with _azure.quiet():
             poller = self._call(
-                lambda: self.client.online_deployments.begin_create_or_update(deployment),
+                create,
                 f"create deployment {candidate.name!r} on {t.endpoint!r}",
                 f"online endpoint {t.endpoint!r} or model {candidate.model!r} in {t.where}",
                 "deploy",
@@ -318,6 +331,15 @@ class AzureMLEndpoint:
             )
             self._await_deployment(candidate.name, poller)
         return self.describe()
+
+    def _check_mirror_free(self, candidate: str) -> None:
+        """Before anything changes: a plan that mirrors to the candidate cannot run while the
+        endpoint mirrors to another deployment (Azure ML mirrors to one)."""
+        others = {
+            k: v for k, v in _nonzero(self._endpoint().mirror_traffic).items() if k != candidate
+        }
+        if others:
+            raise _mirror_taken(candidate, self.target.endpoint, others)
 
     def set_traffic(self, weights: Mapping[str, float]) -> EndpointState:
         endpoint = self._endpoint()
@@ -342,9 +364,15 @@ class AzureMLEndpoint:
                 f"Azure ML mirrors at most {MAX_MIRROR_PERCENT:g}% of live traffic, not "
                 f"{percent:g}%"
             )
-        wanted = {variant: round(percent)} if variant is not None and round(percent) > 0 else {}
         endpoint = self._endpoint()
         current = _nonzero(endpoint.mirror_traffic)
+        # The rollout's own mirror is the one it changes; a mirror to another deployment is
+        # someone else's shadow test: stopping ours keeps it, starting ours refuses to take it
+        # over (Azure ML mirrors to one deployment).
+        ours = variant if variant is not None else getattr(self.candidate, "name", None)
+        others = {k: v for k, v in current.items() if k != ours} if ours is not None else {}
+        share = round(percent) if variant is not None else 0
+        wanted = {**others, **({variant: share} if variant is not None and share > 0 else {})}
         if current == wanted:
             return self.describe()
         if variant is not None and endpoint.traffic.get(variant):
@@ -352,6 +380,8 @@ class AzureMLEndpoint:
                 f"cannot mirror traffic to {variant!r}: it takes live traffic (Azure ML mirrors "
                 "only to a deployment at 0 %)"
             )
+        if share > 0 and others:
+            raise _mirror_taken(variant or "", self.target.endpoint, others)
         endpoint.mirror_traffic = {**{k: 0 for k in current}, **wanted}
         self._update_endpoint(endpoint, f"set the mirror traffic of {self.target.endpoint!r}")
         return self.describe()
@@ -601,6 +631,38 @@ def target_of(context: ProviderContext) -> AzureTarget:
         workspace=str(target.setting("workspace")),
         endpoint=target.endpoint,
         endpoint_url=target.endpoint_url,
+    )
+
+
+def _collector_like(collector: Any) -> Any:
+    """A data collector configured as ``collector`` (the baseline's), for the candidate: the same
+    collections, sampling, rolling rate and request logging, but not the baseline's data assets:
+    the SDK registers the candidate's own (``{endpoint}-{deployment}-{collection}``, at the
+    default path ``modelDataCollector/{endpoint}/{deployment}/{collection}``)."""
+    if collector is None or not getattr(collector, "collections", None):
+        return None
+    from azure.ai.ml.entities import DataCollector, DeploymentCollection
+
+    collections = {
+        str(name): DeploymentCollection(
+            enabled=getattr(c, "enabled", None), client_id=getattr(c, "client_id", None)
+        )
+        for name, c in collector.collections.items()
+    }
+    return DataCollector(
+        collections,
+        rolling_rate=getattr(collector, "rolling_rate", None),
+        sampling_rate=getattr(collector, "sampling_rate", None),
+        request_logging=copy.deepcopy(getattr(collector, "request_logging", None)),
+    )
+
+
+def _mirror_taken(variant: str, endpoint: str, others: Mapping[str, int]) -> ProviderError:
+    mirrored = ", ".join(f"{k!r} ({v} %)" for k, v in sorted(others.items()))
+    return ProviderError(
+        f"cannot mirror traffic to {variant!r}: online endpoint {endpoint!r} already mirrors "
+        f"to {mirrored}, and Azure ML mirrors to one deployment only",
+        hint="end the other shadow test first (set its mirror_traffic to 0), then run again",
     )
 
 

@@ -4,7 +4,8 @@ No network and no azure library. The actions are those of the calls the adapters
 (:mod:`mlrollout_azure.azureml`, :mod:`mlrollout_azure.monitor`; ``plan preview`` lists them,
 from :meth:`mlrollout_azure.spec.AzureMLProvider.describe_calls`). The JSON is a custom role
 definition as ``az role definition create --role-definition role.json`` reads it, assignable at
-the plan's workspace (and at the resources its custom gates read metrics of). With a Blob Storage
+the plan's workspace (and at the resources its custom gates read metrics of; with prediction gates
+on the data collector, its datastore's container, for reading blobs). With a Blob Storage
 state URL (``az://ACCOUNT/CONTAINER/...`` or its ``https://`` blob URL), the data actions of the
 state store (:mod:`mlrollout_azure.blobstate`) too, and the container as a scope.
 """
@@ -34,7 +35,11 @@ CALL_ACTIONS: dict[str, tuple[str, ...]] = {
     # deployments: describe, prepare (a copy of the baseline at 0 %), finalize (the loser)
     "online_deployments.list": (f"{_ML}/onlineEndpoints/deployments/read",),
     "online_deployments.get": (f"{_ML}/onlineEndpoints/deployments/read",),
-    "online_deployments.begin_create_or_update": (f"{_ML}/onlineEndpoints/deployments/write",),
+    # (a baseline with a data collector: the SDK registers the candidate's data assets too)
+    "online_deployments.begin_create_or_update": (
+        f"{_ML}/onlineEndpoints/deployments/write",
+        f"{_ML}/data/versions/write",
+    ),
     "online_deployments.begin_delete": (f"{_ML}/onlineEndpoints/deployments/delete",),
     # Azure Monitor metrics:getBatch: the endpoint's metrics, and custom gates' resources
     "query_resources": ("Microsoft.Insights/metrics/read",),
@@ -52,6 +57,20 @@ _BLOBS = "Microsoft.Storage/storageAccounts/blobServices/containers/blobs"
 #: Contributor.
 STATE_DATA_ACTIONS = (f"{_BLOBS}/read", f"{_BLOBS}/write", f"{_BLOBS}/add/action")
 _BLOB_HOST = ".blob.core.windows.net"
+#: The prediction gates on the provider's own capture (:mod:`mlrollout_azure.collector`): the
+#: datastore the data collector writes to (one GET), then its blobs (list and read: the data
+#: action ``blobs/read``; the built-in role with it: Storage Blob Data Reader).
+CAPTURE_ACTIONS = (f"{_ML}/datastores/read",)
+CAPTURE_DATA_ACTIONS = (f"{_BLOBS}/read",)
+
+
+def reads_capture(plan: Plan) -> bool:
+    """Do the plan's prediction gates read the data collector's records?"""
+    from mlrollout.plan.model import PREDICTION_METRICS
+
+    if not any(g.metric in PREDICTION_METRICS for g in plan.analysis.gates):
+        return False
+    return plan.capture is None or plan.capture.jsonl is None
 
 
 def state_container(state: str | None) -> tuple[str, str] | None:
@@ -85,7 +104,22 @@ def state_scope(plan: Plan, state: str | None) -> str | None:
 
 def actions(plan: Plan) -> list[str]:
     """Every action a rollout of ``plan`` needs, sorted."""
-    return sorted({a for needed in CALL_ACTIONS.values() for a in needed} | set(POLL_ACTIONS))
+    found = {a for needed in CALL_ACTIONS.values() for a in needed} | set(POLL_ACTIONS)
+    if reads_capture(plan):
+        found |= set(CAPTURE_ACTIONS)
+    return sorted(found)
+
+
+def capture_scope(plan: Plan) -> str:
+    """The ARM scope of the data collector's container: the datastore's account and container
+    are not in the plan (``DATASTORE_ACCOUNT``, ``DATASTORE_CONTAINER`` and
+    ``STORAGE_RESOURCE_GROUP`` stand for them: ``az ml datastore show -n workspaceblobstore``)."""
+    subscription = plan.target.setting("subscription_id") or "SUBSCRIPTION_ID"
+    return (
+        f"/subscriptions/{subscription}/resourceGroups/STORAGE_RESOURCE_GROUP/providers/"
+        "Microsoft.Storage/storageAccounts/DATASTORE_ACCOUNT/blobServices/default/containers/"
+        "DATASTORE_CONTAINER"
+    )
 
 
 def workspace_scope(plan: Plan) -> str:
@@ -108,6 +142,12 @@ def role_definition(plan: Plan, state: str | None = None) -> dict[str, Any]:
     container = state_scope(plan, state)
     if container is not None:
         scopes.append(container)
+    capture = reads_capture(plan)
+    if capture:
+        scopes.append(capture_scope(plan))
+    data_actions = set(STATE_DATA_ACTIONS) if container else set()
+    if capture:
+        data_actions |= set(CAPTURE_DATA_ACTIONS)
     for gate in plan.analysis.gates:  # custom gates may read another resource's metrics
         resource = (gate.query or {}).get("resource_id") if gate.metric == "custom" else None
         if isinstance(resource, str) and resource.startswith("/") and resource not in scopes:
@@ -118,11 +158,12 @@ def role_definition(plan: Plan, state: str | None = None) -> dict[str, Any]:
         "Description": (
             f"Staged rollouts of Azure ML online endpoint {plan.target.endpoint} by mlrollout: "
             "deployments, traffic and mirror traffic, ownership tags, Azure Monitor metrics"
+            + ("; the data collector's records" if capture else "")
             + ("; rollout state in Blob Storage." if container else ".")
         ),
         "Actions": actions(plan),
         "NotActions": [],
-        "DataActions": sorted(STATE_DATA_ACTIONS) if container else [],
+        "DataActions": sorted(data_actions),
         "NotDataActions": [],
         "AssignableScopes": scopes,
     }

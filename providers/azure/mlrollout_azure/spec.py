@@ -14,6 +14,7 @@ from mlrollout.contracts import Capabilities, PlanProblem, ProviderSpec
 from mlrollout.plan.model import CanaryStrategy, LinearStrategy, Plan, ShadowStrategy
 
 if TYPE_CHECKING:
+    from mlrollout.capture import CaptureSource
     from mlrollout.contracts import EndpointAdapter, MetricsSource, ProviderContext
 
 #: Azure ML mirrors at most this share of live traffic, to one deployment.
@@ -38,11 +39,19 @@ class AzureMLProvider:
     """Azure ML managed online endpoints; metrics from Azure Monitor."""
 
     name: str = "azureml"
-    target_keys: frozenset[str] = frozenset({"subscription_id", "resource_group", "workspace"})
+    target_keys: frozenset[str] = frozenset(
+        {
+            "subscription_id",
+            "resource_group",
+            "workspace",
+            "capture_datastore",
+            "capture_collection",
+        }
+    )
     required_keys: frozenset[str] = frozenset({"subscription_id", "resource_group", "workspace"})
     capabilities: Capabilities = CAPABILITIES
-    #: ``shadow`` is declared (mirror traffic); the engine does not execute it yet.
-    strategies: frozenset[str] = frozenset({"canary", "linear", "blue_green", "shadow"})
+    #: ``shadow``: mirror traffic (``mirror_traffic``), judged with the data collector's records.
+    strategies: frozenset[str] = frozenset({"canary", "linear", "blue_green", "shadow", "ab_test"})
     install_hint: str = "pip install 'mlrollout[azure]'"
 
     # ------------------------------------------------------------------------- validation
@@ -83,6 +92,7 @@ class AzureMLProvider:
                 )
             )
         problems += _check_strategy(plan)
+        problems += _check_capture(plan)
         if plan.analysis.interval < 60:
             problems.append(
                 PlanProblem(
@@ -125,6 +135,12 @@ class AzureMLProvider:
                 "Azure Monitor metrics:getBatch RequestLatency_P50/P90/P95/P99 (latency gates)",
                 "Azure Monitor metrics:getBatch per custom metric group (custom gates)",
             ],
+            "capture": [
+                "AzureML GET the data collector's datastore (the first look only)",
+                "Blob List Blobs per deployment per open hour (modelDataCollector/ENDPOINT/"
+                "DEPLOYMENT/COLLECTION/yyyy/MM/dd/HH/), at most one each per look",
+                "Blob Get Blob (ranged: the new bytes) per blob new or grown since the last look",
+            ],
             "owner": [
                 "AzureML GET onlineEndpoint (its tags; before every change)",
                 "AzureML PATCH onlineEndpoint tags mlrollout-rollout/-holder/-expires + poll its "
@@ -134,6 +150,14 @@ class AzureMLProvider:
         }
 
     # ------------------------------------------------------------------------------- open
+
+    def open_capture(self, context: ProviderContext) -> CaptureSource:
+        """The deployments' data collector records (``capture: {source: default}``): see
+        :mod:`mlrollout_azure.collector`. Nothing is called before the first look."""
+        from mlrollout_azure import auth
+        from mlrollout_azure.collector import open_data_collector
+
+        return open_data_collector(context, auth.default_credential())
 
     def open(self, context: ProviderContext) -> tuple[EndpointAdapter, MetricsSource]:
         from mlrollout_azure import auth
@@ -185,6 +209,30 @@ def _check_strategy(plan: Plan) -> list[PlanProblem]:
                 f"Azure ML mirrors at most {MAX_MIRROR_PERCENT:g}% of live traffic (whole "
                 f"percents) to one deployment, not {strategy.percent:g}%",
             )
+        )
+    return problems
+
+
+#: The data collector's collections mlrollout reads predictions from.
+CAPTURE_COLLECTIONS = ("model_outputs", "response")
+
+
+def _check_capture(plan: Plan) -> list[PlanProblem]:
+    problems: list[PlanProblem] = []
+    target = plan.target
+    collection = target.setting("capture_collection")
+    if collection is not None and collection not in CAPTURE_COLLECTIONS:
+        problems.append(
+            PlanProblem(
+                ("target", "capture_collection"),
+                f"{collection!r} is not a data collector collection mlrollout reads: "
+                "model_outputs (custom logging, the default) or response (payload logging)",
+            )
+        )
+    datastore = target.setting("capture_datastore")
+    if datastore is not None and (not isinstance(datastore, str) or not datastore.strip()):
+        problems.append(
+            PlanProblem(("target", "capture_datastore"), "the name of a workspace datastore")
         )
     return problems
 

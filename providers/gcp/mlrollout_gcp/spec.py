@@ -38,7 +38,7 @@ class VertexProvider:
     target_keys: frozenset[str] = frozenset({"project", "location"})
     required_keys: frozenset[str] = frozenset({"project", "location"})
     capabilities: Capabilities = CAPABILITIES
-    strategies: frozenset[str] = frozenset({"canary", "linear", "blue_green"})
+    strategies: frozenset[str] = frozenset({"canary", "linear", "blue_green", "ab_test"})
     install_hint: str = "pip install 'mlrollout[gcp]'"
 
     # ------------------------------------------------------------------------- validation

@@ -168,13 +168,13 @@ CASES: list[tuple[str, str, str | None, tuple[str, ...]]] = [
         ("did you mean 'local'",),
     ),
     (
-        "shadow-on-local",
+        "ab-test-without-its-metric",
         edit(
             "  type: canary\n  steps:\n    - weight: 10\n    - analyze: 10m\n    - weight: 100\n",
-            "  type: shadow\n  percent: 100\n  duration: 1h\n  then: promote\n",
+            "  type: ab_test\n  split: 50\n  max_duration: 7d\n  then: stop\n",
         ),
-        ":9:9: strategy.type: ",
-        ("shadow", "not supported yet"),
+        ":9:3: strategy.metric: ",
+        ("missing required key 'metric'",),
     ),
     (
         "sandbox-without-variants",
@@ -565,8 +565,8 @@ target:
 candidate:
   name: v3
 strategy:
-  type: shadow
-  duration: 1h
+  type: ab_test
+  max_duration: 7d
 analysis:
   intervall: 60s
   gates:
@@ -584,15 +584,19 @@ sandbox:
 """
 
 
-def test_problems_of_every_layer_are_listed_in_one_pass(cli, tmp_path):
+def test_problems_of_every_layer_are_listed_in_one_pass(cli, tmp_path, monkeypatch):
     # an unknown key and a bad value (the model), a strategy the provider cannot run, the
     # provider's own check and a cross-field check: all at once, not one layer per fix
+    from mlrollout.sandbox.provider import LocalProviderSpec
+
+    monkeypatch.setattr(LocalProviderSpec, "strategies", frozenset({"canary"}), raising=False)
     path = write(tmp_path, LAYERED)
     lines = assert_clean_failure(cli("plan", "validate", path), path)
     expected = {
         (12, 3, "analysis.intervall", "unknown key 'intervall' (did you mean 'interval'?)"),
         (20, 14, "rollback.automatic", "a valid boolean"),
-        (9, 9, "strategy.type", "shadow"),
+        (9, 9, "strategy.type", "ab_test"),
+        (9, 3, "strategy.metric", "missing required key 'metric'"),
         (7, 9, "candidate.name", "not a sandbox variant"),
         (17, 7, "analysis.gates[1]", "the gate has no bound"),
     }
@@ -602,9 +606,12 @@ def test_problems_of_every_layer_are_listed_in_one_pass(cli, tmp_path):
     assert len(lines) == len(expected), lines
 
 
-def test_a_check_that_needs_an_invalid_part_is_skipped_not_guessed(cli, tmp_path):
+def test_a_check_that_needs_an_invalid_part_is_skipped_not_guessed(cli, tmp_path, monkeypatch):
     # the candidate does not validate: the provider's check of it (is it a sandbox variant?)
     # cannot run, the checks of the other parts still do
+    from mlrollout.sandbox.provider import LocalProviderSpec
+
+    monkeypatch.setattr(LocalProviderSpec, "strategies", frozenset({"canary"}), raising=False)
     text = LAYERED.replace("  name: v3\n", "  name: v3\n  instance_count: 0\n")
     path = write(tmp_path, text)
     lines = assert_clean_failure(cli("plan", "validate", path), path)

@@ -479,25 +479,27 @@ def test_providers_lists_only_the_strategies_that_run(cli, monkeypatch):
     from mlrollout.contracts import ENGINE_STRATEGIES
     from mlrollout.sandbox.provider import LocalProviderSpec
 
-    # a platform that declares more than the engine runs (as azureml declares shadow)
-    declared = frozenset({"canary", "linear", "shadow", "blue_green", "ab_test"})
+    # a platform that declares more than the engine runs (a strategy of a newer release)
+    declared = frozenset({"canary", "linear", "shadow", "blue_green", "ab_test", "interleaving"})
     monkeypatch.setattr(LocalProviderSpec, "strategies", declared, raising=False)
     rows = json.loads(cli("providers", "-o", "json").out)
     endpoints = {row["name"]: row for row in rows if row["kind"] == "endpoint"}
-    assert endpoints["local"]["strategies"] == ["blue_green", "canary", "linear"]
+    assert endpoints["local"]["strategies"] == sorted(declared - {"interleaving"})
     for row in endpoints.values():
         assert set(row.get("strategies", [])) <= ENGINE_STRATEGIES, row
     text = cli("providers").out
-    assert not any("shadow" in line or "ab_test" in line for line in text.splitlines())
+    assert not any("interleaving" in line for line in text.splitlines())
 
 
-SHADOW_PLAN = """\
+AB_PLAN = """\
 version: 1
 name: s
 target: {provider: local, endpoint: ep}
 candidate: {name: v2}
-strategy: {type: shadow, duration: 1h}
-sandbox: {variants: {v1: {}, v2: {}}}
+strategy: {type: ab_test, metric: conversion, max_duration: 7d}
+analysis:
+  gates: [{name: conversion, metric: custom, query: {metric: conversion}, direction: decrease}]
+sandbox: {variants: {v1: {custom: {conversion: 0.03}}, v2: {custom: {conversion: 0.03}}}}
 """
 
 
@@ -505,16 +507,18 @@ def test_providers_and_validate_share_what_the_engine_runs(cli, tmp_path, monkey
     from mlrollout import contracts
     from mlrollout.sandbox.provider import LocalProviderSpec
 
-    declared = frozenset({"canary", "linear", "shadow"})
+    declared = frozenset({"canary", "linear", "ab_test"})
     monkeypatch.setattr(LocalProviderSpec, "strategies", declared, raising=False)
-    plan = tmp_path / "shadow.yaml"
-    plan.write_text(SHADOW_PLAN)
+    # as if this release's engine did not run ab_test yet
+    monkeypatch.setattr(contracts, "ENGINE_STRATEGIES", contracts.ENGINE_STRATEGIES - {"ab_test"})
+    plan = tmp_path / "ab.yaml"
+    plan.write_text(AB_PLAN)
     refused = cli("plan", "validate", plan)
     assert refused.code == 4 and "supported now: canary, linear" in refused.err, refused.both
 
-    # the day the engine runs shadow, both say so: one source of truth
-    monkeypatch.setattr(contracts, "ENGINE_STRATEGIES", contracts.ENGINE_STRATEGIES | {"shadow"})
+    # the day the engine runs it, both say so: one source of truth
+    monkeypatch.setattr(contracts, "ENGINE_STRATEGIES", contracts.ENGINE_STRATEGIES | {"ab_test"})
     rows = json.loads(cli("providers", "-o", "json").out)
     local = next(row for row in rows if row["name"] == "local")
-    assert local["strategies"] == ["canary", "linear", "shadow"]
+    assert local["strategies"] == ["ab_test", "canary", "linear"]
     assert cli("plan", "validate", plan).code == 0

@@ -62,7 +62,29 @@ BLUE_GREEN = PLAN.replace(
 #: Blue-green with ``preview: 0``: green judged on a mirrored copy of live traffic (the sandbox
 #: mirrors 100 %) during pre-promotion, the mirror stopped before the switch.
 MIRRORED = BLUE_GREEN.replace("  preview: 10\n", "  preview: 0\n")
-PLANS = {"canary": PLAN, "blue_green": BLUE_GREEN, "blue_green_mirror": MIRRORED}
+#: A shadow of all live requests judged for five minutes, then promoted straight to 100 %.
+SHADOW = PLAN.replace(
+    """strategy:
+  type: canary
+  steps:
+    - weight: 10
+    - analyze: 5m
+    - weight: 50
+    - analyze: 5m
+""",
+    """strategy:
+  type: shadow
+  percent: 100
+  duration: 5m
+  then: promote
+""",
+)
+PLANS = {
+    "canary": PLAN,
+    "blue_green": BLUE_GREEN,
+    "blue_green_mirror": MIRRORED,
+    "shadow": SHADOW,
+}
 START = 1_800_000_000.0
 
 
@@ -157,7 +179,7 @@ def _check_consistent(path: Path, rollout_id: str, expected: Phase) -> None:
     mirrors = [entry[1] for entry in _endpoint(path).get("shadow_history", [])]
     assert all(a != b for a, b in itertools.pairwise(mirrors)), mirrors
     assert _endpoint(path)["shadow"] == {}
-    if "set_shadow.applied" in kinds:  # mirrored: green served no one before the switch
+    if "set_shadow.applied" in kinds:  # mirrored: it served no one before the switch
         first_live = next((i for i, ws in enumerate(history) if ws.get("v2", 0.0) > 0), None)
         if first_live is not None:
             assert history[first_live]["v2"] == 100.0, history

@@ -4,11 +4,11 @@ variants' numbers, the weight history and the users are untouched by it."""
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
 import pytest
+from sandbox_world import FakeStore
 
 from mlrollout.clock import VirtualClock
 from mlrollout.contracts import MetricsQuery, Window
@@ -16,7 +16,6 @@ from mlrollout.errors import ProviderError
 from mlrollout.plan.model import Candidate, Gate, Sandbox
 from mlrollout.sandbox.endpoint import LocalEndpoint, LocalMetrics
 from mlrollout.sandbox.traffic import TrafficModel
-from mlrollout.state.base import Lease
 
 T0 = 1_700_000_000.0
 MIN = 60.0
@@ -114,26 +113,12 @@ def test_a_mirror_simulates_accuracy_and_custom_rates_but_no_feedback() -> None:
     assert (shadow.feedback or (0, 0))[1] == 0  # nobody sees (or rates) a mirrored answer
 
 
-class Store:
-    def __init__(self) -> None:
-        self.values: dict[tuple[str, str], dict[str, Any]] = {}
-
-    def get_value(self, namespace: str, key: str) -> dict[str, Any] | None:
-        value = self.values.get((namespace, key))
-        return None if value is None else json.loads(json.dumps(value))
-
-    def put_value(
-        self, namespace: str, key: str, value: dict[str, Any], *, lease: Lease | None
-    ) -> None:
-        self.values[(namespace, key)] = json.loads(json.dumps(value))
-
-
 GATES = (Gate.model_validate({"name": "errors", "metric": "error_rate", "max": 0.02}),)
 
 
 def test_the_endpoint_publishes_a_mirror_as_the_variants_metrics_from_when_it_was_set() -> None:
     clock = VirtualClock(T0)
-    store = Store()
+    store = FakeStore()
     ep = LocalEndpoint("shop", sandbox(), store, clock, grid=60.0)
     metrics = LocalMetrics(ep)
     ep.describe()
@@ -161,7 +146,9 @@ def test_the_endpoint_publishes_a_mirror_as_the_variants_metrics_from_when_it_wa
     rate = during["v7"].error_rate
     assert rate is not None and 0.04 < rate < 0.06
     # Blue's numbers are what they would be without any mirror.
-    plain = LocalMetrics(LocalEndpoint("other", sandbox(), Store(), VirtualClock(T0), grid=60.0))
+    plain = LocalMetrics(
+        LocalEndpoint("other", sandbox(), FakeStore(), VirtualClock(T0), grid=60.0)
+    )
     plain.endpoint.describe()
     plain.endpoint.prepare(Candidate(name="v7"), "v6")
     plain.endpoint.clock.advance(20 * MIN)  # type: ignore[attr-defined]
@@ -169,13 +156,19 @@ def test_the_endpoint_publishes_a_mirror_as_the_variants_metrics_from_when_it_wa
     assert alone["v6"] == during["v6"] and alone["v7"].requests == 0
 
 
-def test_a_mirrored_variant_is_retired_only_once_its_mirror_stopped() -> None:
+def mirroring(percent: float) -> tuple[VirtualClock, FakeStore, LocalEndpoint]:
+    """The sandbox's endpoint with v7 prepared beside v6 and mirrored ``percent``."""
     clock = VirtualClock(T0)
-    store = Store()
+    store = FakeStore()
     ep = LocalEndpoint("shop", sandbox(), store, clock, grid=60.0)
     ep.describe()
     ep.prepare(Candidate(name="v7"), "v6")
-    ep.set_shadow("v7", 100)
+    ep.set_shadow("v7", percent)
+    return clock, store, ep
+
+
+def test_a_mirrored_variant_is_retired_only_once_its_mirror_stopped() -> None:
+    clock, store, ep = mirroring(100)
     clock.advance(MIN)
     with pytest.raises(ProviderError, match="100% mirrored"):
         ep.finalize("v6", "v7")
@@ -187,12 +180,7 @@ def test_a_mirrored_variant_is_retired_only_once_its_mirror_stopped() -> None:
 
 
 def test_an_old_record_without_a_mirror_history_mirrors_from_the_start() -> None:
-    clock = VirtualClock(T0)
-    store = Store()
-    ep = LocalEndpoint("shop", sandbox(), store, clock, grid=60.0)
-    ep.describe()
-    ep.prepare(Candidate(name="v7"), "v6")
-    ep.set_shadow("v7", 20)
+    clock, store, ep = mirroring(20)
     record = store.get_value("sandbox", "shop")
     assert record is not None
     del record["shadow_history"]

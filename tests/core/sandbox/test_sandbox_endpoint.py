@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import copy
-import json
 from typing import Any
 
 import pytest
+from sandbox_world import FakeStore
 
 from mlrollout.clock import VirtualClock
 from mlrollout.contracts import MetricsQuery, ProviderContext, ProviderSpec, Window
@@ -19,24 +19,6 @@ from mlrollout.state.base import Lease
 
 T0 = 1_700_000_000.0
 LEASE = Lease("local:shop", "me", 3, T0 + 1e6)
-
-
-class FakeStore:
-    """Dict-backed get_value/put_value that keeps JSON copies and records the leases used."""
-
-    def __init__(self) -> None:
-        self.values: dict[tuple[str, str], str] = {}
-        self.leases: list[Lease | None] = []
-
-    def get_value(self, namespace: str, key: str) -> dict[str, Any] | None:
-        raw = self.values.get((namespace, key))
-        return None if raw is None else json.loads(raw)
-
-    def put_value(
-        self, namespace: str, key: str, value: dict[str, Any], *, lease: Lease | None
-    ) -> None:
-        self.leases.append(lease)
-        self.values[(namespace, key)] = json.dumps(value)
 
 
 PLAN: dict[str, Any] = {
@@ -198,7 +180,7 @@ def test_provider_declarations() -> None:
     assert LocalProviderSpec.name == "local"
     assert LocalProviderSpec.capabilities.weights and LocalProviderSpec.capabilities.shadow
     assert not LocalProviderSpec.capabilities.native_blue_green
-    assert LocalProviderSpec.strategies == {"canary", "linear", "blue_green", "shadow"}
+    assert LocalProviderSpec.strategies == {"canary", "linear", "blue_green", "shadow", "ab_test"}
     calls = LocalProviderSpec.describe_calls(plan())
     assert calls["prepare"] == ["sandbox: add variant v7 at 0%"]
     assert set(calls) == {

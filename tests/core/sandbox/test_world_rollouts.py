@@ -31,6 +31,7 @@ WORLD_PLANS = {
     "local-metrics-delay.yaml": "succeeded",
     "local-business-metrics.yaml": "succeeded",
     "local-users.yaml": "succeeded",
+    "local-ab-test.yaml": "succeeded",
 }
 
 

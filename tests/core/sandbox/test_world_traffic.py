@@ -11,13 +11,13 @@ import sys
 from typing import Any
 
 import pytest
+from sandbox_world import FakeStore
 
 from mlrollout.clock import VirtualClock
 from mlrollout.contracts import CustomValue, MetricsQuery, Window
 from mlrollout.plan.model import Candidate, Gate, Plan, Sandbox
 from mlrollout.sandbox.endpoint import LocalEndpoint, LocalMetrics
 from mlrollout.sandbox.traffic import History, Records, TrafficModel, grid_seconds
-from mlrollout.state.base import Lease
 
 T0 = 1_700_000_000.0
 MIN, HOUR, DAY = 60.0, 3600.0, 86400.0
@@ -307,23 +307,9 @@ def test_grid_seconds(the_plan: Any, grid: float) -> None:
 # ----------------------------------------------------------------------- through the endpoint
 
 
-class Store:
-    def __init__(self) -> None:
-        self.values: dict[tuple[str, str], dict[str, Any]] = {}
-
-    def get_value(self, namespace: str, key: str) -> dict[str, Any] | None:
-        value = self.values.get((namespace, key))
-        return None if value is None else json.loads(json.dumps(value))
-
-    def put_value(
-        self, namespace: str, key: str, value: dict[str, Any], *, lease: Lease | None
-    ) -> None:
-        self.values[(namespace, key)] = json.loads(json.dumps(value))
-
-
 def endpoint(box: Sandbox, grid: float = 60.0) -> tuple[VirtualClock, LocalEndpoint, LocalMetrics]:
     clock = VirtualClock(T0)
-    ep = LocalEndpoint("shop", box, Store(), clock, grid=grid)
+    ep = LocalEndpoint("shop", box, FakeStore(), clock, grid=grid)
     ep.describe()
     clock.advance(30)  # the rollout starts after the endpoint was created
     ep.prepare(Candidate(name="v7"), "v6")
@@ -393,7 +379,7 @@ def test_custom_gates_read_the_variants_signals_by_gate_name() -> None:
 def test_facts_are_the_worlds_changes_at_their_absolute_instants() -> None:
     box = sandbox(events=EVENTS[:2])
     clock = VirtualClock(T0)
-    ep = LocalEndpoint("shop", box, Store(), clock)
+    ep = LocalEndpoint("shop", box, FakeStore(), clock)
     ep.describe()
     assert ep.facts(T0 + DAY) == []  # not started
     clock.advance(30)

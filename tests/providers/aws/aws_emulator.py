@@ -211,11 +211,17 @@ class Layer:
         with em.lock:
             em.settle()
             em.calls[(service, operation)] += 1
+            if service == "s3":
+                em.s3_calls[(path.strip("/").split("/", 1)[0], operation)] += 1
             fault = next((f for f in em.faults if f.matches(service, operation)), None)
         if fault is not None and not fault.after:
             return self._send(start_response, *error_response(service, fault.kind, wire))
         answer = None
-        if service == "sagemaker" and operation == "UpdateEndpoint":
+        if service == "sagemaker" and operation == "CreateEndpointConfig":
+            answer = em.check_shadow_config(json.loads(body or b"{}"))
+        if answer is not None:
+            pass
+        elif service == "sagemaker" and operation == "UpdateEndpoint":
             with em.lock:
                 answer = em.update_endpoint(region, json.loads(body or b"{}"))
         elif service == "sagemaker" and operation in _TAG_OPERATIONS:
@@ -223,6 +229,9 @@ class Layer:
                 answer = em.tags(region, operation, json.loads(body or b"{}"))
         status, headers, out = answer if answer is not None else self._moto(environ)
         ok = status.startswith("2")
+        if ok and service == "sagemaker" and answer is None:
+            with em.lock:
+                out = em.shadow_layer(region, operation, json.loads(body or b"{}"), out)
         if ok:
             with em.lock:
                 em.applied[(service, operation)] += 1
@@ -303,6 +312,7 @@ class AwsEmulator:
         self.lock = threading.RLock()
         self.clock: Any = None  # the injected clock; set per test
         self.calls: Counter[tuple[str, str]] = Counter()
+        self.s3_calls: Counter[tuple[str, str]] = Counter()  # by (bucket, operation)
         self.applied: Counter[tuple[str, str]] = Counter()
         self.faults: list[Fault] = []
         self.update_seconds = 120.0
@@ -316,6 +326,9 @@ class AwsEmulator:
         self.rollbacks: list[dict[str, Any]] = []  # {endpoint, alarms, at, config}
         self.green_seconds = 120.0  # provisioning the green fleet
         self.rollback_seconds = 30.0  # RollingBack until InService on the old config
+        # Shadow variants (moto drops ShadowProductionVariants): by config, live by endpoint.
+        self.shadow_specs: dict[str, list[dict[str, Any]]] = {}
+        self.endpoint_shadows: dict[str, list[dict[str, Any]]] = {}
         self._server = _Server(self)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -335,6 +348,7 @@ class AwsEmulator:
         with self.lock:
             self.clock = clock
             self.calls.clear()
+            self.s3_calls.clear()
             self.applied.clear()
             self.faults.clear()
             self._due.clear()
@@ -345,6 +359,8 @@ class AwsEmulator:
             self.deployments.clear()
             self.rollbacks.clear()
             self.green_seconds, self.rollback_seconds = 120.0, 30.0
+            self.shadow_specs.clear()
+            self.endpoint_shadows.clear()
 
     def count(self, operation: str, *, applied: bool = False) -> int:
         counter = self.applied if applied else self.calls
@@ -441,9 +457,99 @@ class AwsEmulator:
             endpoint.endpoint_config_name = config_name
             endpoint.endpoint_status = "InService"
             endpoint.failure_reason = None
+            self.endpoint_shadows[endpoint.endpoint_name] = [
+                {
+                    "VariantName": spec["VariantName"],
+                    "CurrentWeight": float(spec.get("InitialVariantWeight", 0.0)),
+                    "DesiredWeight": float(spec.get("InitialVariantWeight", 0.0)),
+                    "CurrentInstanceCount": spec.get("InitialInstanceCount"),
+                    "DesiredInstanceCount": spec.get("InitialInstanceCount"),
+                }
+                for spec in self.shadow_specs.get(str(config_name), [])
+            ]
 
         self._later(self.update_seconds, finish)
         return _json("200 OK", {"EndpointArn": endpoint.arn})
+
+    # -- shadow variants and DataCapture (what moto drops) -----------------------------------
+
+    def check_shadow_config(
+        self, request: dict[str, Any]
+    ) -> tuple[str, list[tuple[str, str]], bytes] | None:
+        """SageMaker's rule for a config with shadows: one production variant, one shadow."""
+        shadows = request.get("ShadowProductionVariants") or []
+        if not shadows:
+            return None
+        production = request.get("ProductionVariants") or []
+        if len(production) != 1 or len(shadows) != 1:
+            return _validation(
+                "With ShadowProductionVariants you can specify only one variant for "
+                f"ProductionVariants and one for ShadowProductionVariants (got "
+                f"{len(production)} and {len(shadows)})."
+            )
+        return None
+
+    def shadow_layer(
+        self, region: str, operation: str, request: dict[str, Any], out: bytes
+    ) -> bytes:
+        """Keep the shadows of CreateEndpointConfig; report them (and DataCapture) in the
+        Describe answers."""
+        if operation == "CreateEndpointConfig":
+            shadows = request.get("ShadowProductionVariants") or []
+            if shadows:
+                self.shadow_specs[str(request["EndpointConfigName"])] = shadows
+            return out
+        if operation == "DeleteEndpointConfig":
+            self.shadow_specs.pop(str(request.get("EndpointConfigName")), None)
+            return out
+        if operation == "DescribeEndpointConfig":
+            shadows = self.shadow_specs.get(str(request.get("EndpointConfigName")))
+            if not shadows:
+                return out
+            answer = json.loads(out)
+            answer["ShadowProductionVariants"] = shadows
+            return json.dumps(answer).encode()
+        if operation == "DescribeEndpoint":
+            name = str(request.get("EndpointName"))
+            answer = json.loads(out)
+            shadows = self.endpoint_shadows.get(name)
+            if shadows:
+                answer["ShadowProductionVariants"] = shadows
+            else:
+                answer.pop("ShadowProductionVariants", None)
+            capture = self.capture_config(name, region)
+            if capture:
+                answer["DataCaptureConfig"] = {
+                    "EnableCapture": bool(capture.get("EnableCapture", True)),
+                    "CaptureStatus": "Started" if capture.get("EnableCapture", True) else "Stopped",
+                    "CurrentSamplingPercentage": int(capture.get("InitialSamplingPercentage", 0)),
+                    "DestinationS3Uri": capture["DestinationS3Uri"],
+                }
+            else:
+                answer.pop("DataCaptureConfig", None)
+            return json.dumps(answer, default=str).encode()
+        return out
+
+    def capture_config(self, name: str, region: str = "us-east-1") -> dict[str, Any] | None:
+        """The DataCaptureConfig of the endpoint's live config (None: no capture)."""
+        endpoint = self.endpoint(name, region)
+        if endpoint is None:
+            return None
+        config = self.backend(region).endpoint_configs.get(endpoint.endpoint_config_name)
+        capture = dict(getattr(config, "data_capture_config", None) or {})
+        return capture if capture.get("DestinationS3Uri") else None
+
+    def shadows(self, name: str, region: str = "us-east-1") -> dict[str, float]:
+        """The shadow variants' sampling shares (percent of the production requests)."""
+        endpoint = self.endpoint(name, region)
+        if endpoint is None:
+            return {}
+        total = sum(float(v.get("CurrentWeight") or 0.0) for v in endpoint.production_variants)
+        return {
+            str(v["VariantName"]): min(100.0, 100.0 * float(v["CurrentWeight"]) / total)
+            for v in self.endpoint_shadows.get(name, [])
+            if total > 0
+        }
 
     def tags(
         self, region: str, operation: str, request: dict[str, Any]

@@ -16,10 +16,25 @@ During a native blue/green deployment the emulator reports two fleets per varian
 (:meth:`AwsEmulator.traffic_split`); with ``models`` (model name → profile) each fleet behaves as
 its model's profile, and both publish under the variant's own name, as SageMaker does: one
 variant's metrics for both fleets, blue's behaviour on blue's share, green's on green's.
+
+Shadow variants: the emulator's ``ShadowProductionVariants`` give the shadow a copy of its
+sampling share of the live requests (the traffic model's mirror history: its own error rate and
+latency), published under the shadow's variant name. When the endpoint's live config has
+DataCapture on, each period also writes one capture file per variant that answered requests, in
+SageMaker's layout (``{prefix}/{endpoint}/{variant}/yyyy/mm/dd/hh/MM-SS-mmm-<id>.jsonl``) into the
+emulator's S3: the baseline's answers, and the shadow's answers to the copies (the same event id;
+every third request also carries the caller's inference id). Outputs are ``{"predictions":
+[label]}``: the baseline's label is a fair coin, the shadow's agrees with it with probability
+``agreement[variant]`` (default 1); every seventh body is base64. With ``fixtures`` the first
+file of each variant also holds a line of broken JSON, a record without ids and a base64 body
+that does not decode (:data:`FIXTURES_PER_FILE` records that cannot pair).
 """
 
 from __future__ import annotations
 
+import base64
+import json
+import random
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,6 +45,10 @@ from mlrollout.sandbox.traffic import LATENCY_BOUNDS, TrafficModel
 PERIOD = 60.0
 STEP = 10.0  # the traffic model's bucket: the clock notes the live weights this often
 START = 1_700_000_040.0  # a whole minute, so periods and the model's 10 s buckets align
+
+#: The records of the fixtures in each variant's first capture file: broken JSON, no ids (parsed,
+#: never paired), an undecodable base64 body.
+FIXTURES_PER_FILE = 3
 
 GOOD = {"error_rate": 0.01, "latency_p50": "40ms", "latency_p99": "120ms"}
 BAD = {"error_rate": 0.08, "latency_p50": "60ms", "latency_p99": "400ms"}
@@ -47,6 +66,9 @@ class SageMakerTraffic:
         seed: int = 7,
         origin: float = START,
         models: dict[str, str] | None = None,
+        s3: Any = None,
+        agreement: dict[str, float] | None = None,
+        fixtures: bool = True,
     ) -> None:
         self.emulator = emulator
         self.cloudwatch = cloudwatch
@@ -59,6 +81,13 @@ class SageMakerTraffic:
         #: blue and green share a variant name, and a promoted green keeps it).
         self.models = dict(models or {})
         self.publish_as: dict[str, str] = {}  # profile -> the variant name its metrics carry
+        self.mirror_history: list[tuple[float, dict[str, float]]] = []
+        self.s3 = s3
+        self.seed = seed
+        self.agreement = dict(agreement or {})
+        self.fixtures = fixtures
+        self.captured: dict[str, int] = {}  # variant -> records written (fixtures included)
+        self.capture_files: dict[str, int] = {}
 
     def note_weights(self, at: float) -> None:
         weights: dict[str, float] = {}
@@ -69,15 +98,23 @@ class SageMakerTraffic:
                 self.publish_as[profile] = variant
         if not self.history or self.history[-1][1] != weights:
             self.history.append((at, weights))
+        mirror = self.emulator.shadows(self.endpoint)
+        last = self.mirror_history[-1][1] if self.mirror_history else {}
+        if mirror != last:
+            self.mirror_history.append((at, mirror))
 
     def publish_until(self, now: float) -> None:
         while self.published_until + PERIOD <= now:
             start = self.published_until
             data = []
+            answered: dict[str, tuple[int, int]] = {}
             for variant in self.model.sandbox.variants:
-                window = self.model.window(variant, start, start + PERIOD, self.history)
+                window = self.model.window(
+                    variant, start, start + PERIOD, self.history, mirror=self.mirror_history
+                )
                 if not window.requests:
                     continue
+                answered[variant] = (window.requests, window.errors or 0)
                 dims = [
                     {"Name": "EndpointName", "Value": self.endpoint},
                     {"Name": "VariantName", "Value": self.publish_as.get(variant, variant)},
@@ -101,7 +138,115 @@ class SageMakerTraffic:
                 ]  # fmt: skip
             if data:
                 self.cloudwatch.put_metric_data(Namespace="AWS/SageMaker", MetricData=data)
+            self.capture(start, answered)
             self.published_until = start + PERIOD
+
+    # ---------------------------------------------------------------------------- capture
+
+    def capture(self, start: float, answered: dict[str, tuple[int, int]]) -> None:
+        """DataCapture files of the period starting at ``start`` (see the module doc)."""
+        if self.s3 is None or not answered:
+            return
+        config = self.emulator.capture_config(self.endpoint)
+        if not config or not config.get("EnableCapture", True):
+            return
+        uri = str(config["DestinationS3Uri"])
+        bucket, _, prefix = uri[len("s3://") :].partition("/")
+        prefix = prefix.strip("/")
+        shadows = self.emulator.shadows(self.endpoint)
+        live = [v for v in answered if v not in shadows]
+        if not live:
+            return
+        baseline = live[0]
+        n, errors = answered[baseline]
+        rng = random.Random(f"{self.seed}:{start}")
+        ok = [j for j in range(n) if rng.random() >= errors / n] if n else []
+        labels = {j: rng.randint(0, 1) for j in range(n)}
+        period = int(start // PERIOD)
+        self._write(bucket, prefix, baseline, start, [(j, labels[j]) for j in ok], n, period)
+        for shadow in shadows:
+            if shadow not in answered:
+                continue
+            m, shadow_errors = answered[shadow]
+            m = min(m, n)
+            p = self.agreement.get(shadow, 1.0)
+            rows = []
+            for j in range(m):
+                if rng.random() < shadow_errors / max(1, m):
+                    continue  # the shadow failed on this copy: nothing captured
+                label = labels[j] if rng.random() < p else 1 - labels[j]
+                rows.append((j, label))
+            self._write(bucket, prefix, shadow, start, rows, n, period)
+
+    def _write(
+        self,
+        bucket: str,
+        prefix: str,
+        variant: str,
+        start: float,
+        rows: list[tuple[int, int]],
+        n: int,
+        period: int,
+    ) -> None:
+        lines = []
+        for j, label in rows:
+            at = datetime.fromtimestamp(start + j * PERIOD / max(1, n), UTC)
+            body = json.dumps({"predictions": [label]})
+            output = {"observedContentType": "application/json", "mode": "OUTPUT"}
+            if j % 7 == 3:
+                output |= {"data": base64.b64encode(body.encode()).decode(), "encoding": "BASE64"}
+            else:
+                output |= {"data": body, "encoding": "JSON"}
+            meta = {
+                "eventId": f"ev-{period}-{j}",
+                "inferenceTime": at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z",
+            }
+            if j % 3 == 0:
+                meta["inferenceId"] = f"req-{period}-{j}"
+            record = {
+                "captureData": {
+                    "endpointInput": {
+                        "observedContentType": "text/csv",
+                        "mode": "INPUT",
+                        "data": f"{j},{period}",
+                        "encoding": "CSV",
+                    },
+                    "endpointOutput": output,
+                },
+                "eventMetadata": meta,
+                "eventVersion": "0",
+            }
+            lines.append(json.dumps(record))
+        first = variant not in self.capture_files
+        if self.fixtures and first:
+            at = datetime.fromtimestamp(start, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            lines.append('{"captureData": {"endpointOutput": {"data": "{"predictions"')
+            lines.append(
+                json.dumps(
+                    {
+                        "captureData": {
+                            "endpointOutput": {"data": '{"predictions": [1]}', "encoding": "JSON"}
+                        },
+                        "eventMetadata": {"inferenceTime": at},
+                    }
+                )
+            )
+            lines.append(
+                json.dumps(
+                    {
+                        "captureData": {"endpointOutput": {"data": "%%%", "encoding": "BASE64"}},
+                        "eventMetadata": {"eventId": f"broken-{variant}", "inferenceTime": at},
+                    }
+                )
+            )
+        if not lines:
+            return
+        moment = datetime.fromtimestamp(start, UTC)
+        folder = f"{prefix + '/' if prefix else ''}{self.endpoint}/{variant}/{moment:%Y/%m/%d/%H}"
+        key = f"{folder}/{moment:%M-%S}-000-{period:08x}{variant}.jsonl"
+        self.s3.put_object(Bucket=bucket, Key=key, Body=("\n".join(lines) + "\n").encode())
+        self.captured[variant] = self.captured.get(variant, 0) + len(lines)
+        self.capture_files[variant] = self.capture_files.get(variant, 0) + 1
 
 
 class TrafficClock(VirtualClock):

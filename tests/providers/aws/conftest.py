@@ -15,6 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from aws_emulator import AwsEmulator
+from aws_plans import PLAN
 from aws_traffic import GOOD, SageMakerTraffic, TrafficClock
 
 REGION = "us-east-1"
@@ -94,9 +95,20 @@ class World:
         self.emulator.applied.clear()
         return config
 
-    def traffic(self, endpoint: str = "churn", **profiles: dict[str, Any]) -> SageMakerTraffic:
+    def traffic(
+        self,
+        endpoint: str = "churn",
+        agreement: dict[str, float] | None = None,
+        **profiles: dict[str, Any],
+    ) -> SageMakerTraffic:
         traffic = SageMakerTraffic(
-            self.emulator, self.cloudwatch, endpoint, profiles or {"v1": GOOD}, rps=20.0
+            self.emulator,
+            self.cloudwatch,
+            endpoint,
+            profiles or {"v1": GOOD},
+            rps=20.0,
+            s3=self.s3,
+            agreement=agreement,
         )
         traffic.note_weights(self.clock.now())
         self.clock.traffic.append(traffic)
@@ -115,42 +127,6 @@ class World:
 
     def live(self, name: str = "churn") -> dict[str, Any]:
         return self.sagemaker.describe_endpoint(EndpointName=name)
-
-
-PLAN = """\
-    version: 1
-    name: churn-v2-canary
-    target:
-      provider: sagemaker
-      endpoint: churn
-      region: us-east-1
-      endpoint_url: {url}
-    candidate:
-      name: v2
-      model: churn-v2
-      instance_type: ml.m5.large
-      instance_count: 1
-    strategy:
-      type: canary
-      steps:
-        - weight: 10
-        - analyze: 5m
-        - weight: 50
-        - analyze: 5m
-        - weight: 100
-    analysis:
-      interval: 60s
-      delay: 60s
-      min_requests: 100
-      max_hold: 5m
-      gates:
-        - name: errors
-          metric: error_rate
-          vs_baseline: {{max_increase: 0.5pp}}
-        - name: p99
-          metric: latency_p99
-          max: 300ms
-"""
 
 
 @pytest.fixture

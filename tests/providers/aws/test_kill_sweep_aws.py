@@ -194,3 +194,68 @@ def test_every_kill_point_of_a_native_blue_green_recovers(
             journal = s3_store(w).events(rid)
             assert [e.seq for e in journal] == list(range(1, len(journal) + 1))
     print(f"\nsagemaker native blue_green {expected.value}: {tried} kill points recovered")
+
+
+# ------------------------------------------------------- shadow (ShadowProductionVariants)
+
+
+def run_shadow(
+    world: Any, agreement: float, die_at: int | None, before: bool = False
+) -> tuple[str, Phase | None]:
+    from test_shadow_sagemaker import CAPTURE_BUCKET, SHADOW_PLAN
+
+    world.original = world.endpoint()
+    world.traffic(agreement={"v2": agreement}, v1=GOOD, v2=GOOD)
+    world.s3.create_bucket(Bucket=BUCKET)
+    world.s3.create_bucket(Bucket=CAPTURE_BUCKET)
+    store = s3_store(world)
+    if die_at is not None:
+        store = dying(store, die_at, before)
+    runner = Runner(store, holder="ci-job")
+    path = world.tmp_path / "shadow.yaml"
+    path.write_text(SHADOW_PLAN.format(url=world.url, then="promote"))
+    record = runner.create(load_plan(str(path)))
+    try:
+        return record.id, runner.drive(record.id, clock=world.clock).phase
+    except Killed:
+        return record.id, None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "agreement,expected",
+    [(0.995, Phase.SUCCEEDED), (0.85, Phase.ROLLED_BACK)],
+    ids=["agrees", "disagrees"],
+)
+def test_every_kill_point_of_a_sagemaker_shadow_recovers(
+    world: Any, new_world: Any, agreement: float, expected: Phase
+) -> None:
+    rid, phase = run_shadow(world, agreement, None)
+    assert phase == expected
+    events = len(s3_store(world).events(rid))
+    clean_mutations = mutations(world)
+    clean_live = world.live()
+    clean_configs = world.configs()
+    assert "ShadowProductionVariants" not in clean_live
+    tried = 0
+    for die_at in range(1, events + 1):
+        for before in (False, True) if die_at % 4 == 0 else (False,):
+            w = new_world(f"shadow-kill-{die_at}-{'before' if before else 'after'}")
+            rid, phase = run_shadow(w, agreement, die_at, before)
+            assert phase is None, f"the runner should have died at write {die_at}"
+            tried += 1
+            resumed = Runner(s3_store(w), holder="ci-job").drive(rid, clock=w.clock)
+            assert resumed.phase == expected, (die_at, before, resumed.state.reason)
+            live = w.live()
+            assert [(v["VariantName"], v["CurrentWeight"]) for v in live["ProductionVariants"]] == [
+                (v["VariantName"], v["CurrentWeight"]) for v in clean_live["ProductionVariants"]
+            ], (die_at, before)
+            assert "ShadowProductionVariants" not in live, (die_at, before)
+            assert "DataCaptureConfig" not in live, (die_at, before)
+            assert mutations(w) == clean_mutations, (die_at, before)
+            assert w.configs() == clean_configs, (die_at, before)
+            assert (
+                w.emulator.count("UpdateEndpointWeightsAndCapacities", applied=True)
+                == (clean_mutations["UpdateEndpointWeightsAndCapacities"])
+            )
+    print(f"\nsagemaker shadow {expected.value}: {tried} kill points recovered")

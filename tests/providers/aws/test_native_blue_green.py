@@ -10,6 +10,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from aws_plans import ANALYSIS_SETTINGS
 from aws_traffic import BAD, GOOD
 from mlrollout_aws import naming
 from mlrollout_aws._aws import RetryPolicy, make_client
@@ -21,7 +22,8 @@ from mlrollout.plan.model import Candidate
 
 RID = "churn-v2-native-0a1b2c"
 CANDIDATE = Candidate(name="v2", model="churn-v2", instance_type="ml.m5.large")
-NATIVE = """\
+NATIVE = (
+    """\
 version: 1
 name: churn-v2-native
 target: {{provider: sagemaker, endpoint: churn, region: us-east-1, endpoint_url: "{url}"}}
@@ -30,15 +32,13 @@ strategy:
   type: blue_green
   native: true
 {strategy}
-analysis:
-  interval: 60s
-  delay: 60s
-  min_requests: 100
-  max_hold: 5m
-  gates:
+"""
+    + ANALYSIS_SETTINGS
+    + """\
     - {{name: errors, metric: error_rate, max: 5%}}
     - {{name: p99, metric: latency_p99, max: 300ms}}
 """
+)
 CANARY = """\
   preview: 10
   pre_promotion: 5m
@@ -391,6 +391,15 @@ def every_alarm(world: Any) -> list[str]:
     return sorted(a["AlarmName"] for a in world.cloudwatch.describe_alarms()["MetricAlarms"])
 
 
+def assert_back_on_the_original(world: Any) -> None:
+    """SageMaker rolled back: the endpoint serves on its original config again, and neither an
+    alarm nor a config of the rollout is left."""
+    live = world.live()
+    assert (live["EndpointStatus"], live["EndpointConfigName"]) == ("InService", world.original)
+    assert every_alarm(world) == []
+    assert world.configs() == [world.original]
+
+
 def test_a_healthy_green_ends_with_exit_0_green_serving_and_our_alarms_gone(world):
     from test_rollouts_e2e import CallsPerStage
 
@@ -429,10 +438,7 @@ def test_green_breaching_a_gate_makes_sagemaker_roll_back_on_our_alarm_exit_1(wo
     [rollback] = world.emulator.rollbacks  # SageMaker's own: RollingBack, then InService
     assert rollback["alarms"]
     assert all(a.startswith(naming.alarm_prefix(record.id)) for a in rollback["alarms"])
-    live = world.live()
-    assert (live["EndpointStatus"], live["EndpointConfigName"]) == ("InService", world.original)
-    assert every_alarm(world) == []
-    assert world.configs() == [world.original]
+    assert_back_on_the_original(world)
     stages.report("native blue/green, SageMaker rolled back")
 
 
@@ -465,10 +471,7 @@ def test_a_failing_gate_forces_sagemakers_rollback_with_set_alarm_state_exit_1(w
     [rollback] = world.emulator.rollbacks
     assert rollback["alarms"] == [naming.force_alarm_name(record.id)]  # ours, set by mlrollout
     assert world.emulator.count("SetAlarmState", applied=True) == 1
-    live = world.live()
-    assert (live["EndpointStatus"], live["EndpointConfigName"]) == ("InService", world.original)
-    assert every_alarm(world) == []
-    assert world.configs() == [world.original]
+    assert_back_on_the_original(world)
     stages.report("native blue/green, gate failed: forced rollback")
 
 

@@ -170,6 +170,17 @@ class Workspace:
         self.models: set[tuple[str, str]] = set()
         self.endpoints: dict[str, dict[str, Any]] = {}
         self.deployments: dict[str, dict[str, dict[str, Any]]] = {}
+        #: (name, version) -> properties of the data assets registered
+        self.data: dict[tuple[str, str], dict[str, Any]] = {}
+        #: name -> {accountName, containerName, endpoint, isDefault}: the workspace's blob store
+        self.datastores: dict[str, dict[str, Any]] = {
+            "workspaceblobstore": {
+                "accountName": "mlwsstorage",
+                "containerName": "azureml-blobstore-00000000-0000-0000-0000-000000000001",
+                "endpoint": "core.windows.net",
+                "isDefault": True,
+            }
+        }
 
     @property
     def id(self) -> str:
@@ -201,6 +212,9 @@ class ArmFake:
         self.metric_queries: list[dict[str, list[str]]] = []
         #: (at, endpoint, tags) after every change of an endpoint's tags.
         self.tag_writes: list[tuple[float, str, dict[str, str]]] = []
+        #: called (under the lock) before every request is answered: the data collector's writer
+        #: catches up with the clock there (see ``collector_fake.py``)
+        self.hooks: list[Any] = []
         self._server: ThreadingHTTPServer | None = None
         self.url = ""
         self.ca_file = ""
@@ -277,8 +291,10 @@ class ArmFake:
         profiles: dict[str, dict[str, Any]] | None = None,
         rps: float = 20.0,
         seed: int = 7,
+        data_collector: bool = False,
     ) -> None:
-        """An endpoint with ``deployments`` (name -> "model:version") already Succeeded."""
+        """An endpoint with ``deployments`` (name -> "model:version") already Succeeded (with the
+        data collector's ``model_outputs`` collection on, with ``data_collector``)."""
         ws.endpoints[name] = {
             "name": name,
             "traffic": dict(traffic),
@@ -302,6 +318,15 @@ class ArmFake:
                     "codeId": f"{ws.id}/codes/score-code/versions/1",
                     "scoringScript": "score.py",
                 },
+                # custom logging of the scoring script's outputs (collector_fake.py writes them)
+                "dataCollector": {
+                    "collections": {
+                        "model_outputs": {"dataCollectionMode": "Enabled", "samplingRate": 1.0}
+                    },
+                    "rollingRate": "Hour",
+                }
+                if data_collector
+                else None,
             }
         at = self.clock.now() if origin is None else origin
         self.history[name] = [(at, {k: float(v) for k, v in traffic.items()})]
@@ -340,6 +365,8 @@ class ArmFake:
         path, query = parts.path, parse_qs(parts.query)
         with self.lock:
             self.settle()
+            for hook in self.hooks:
+                hook()
             status, out_headers, payload = self._fault(method, path, headers)
             if status == 0:
                 try:
@@ -417,6 +444,25 @@ class ArmFake:
             if method != "GET":
                 raise _Reply(405, "MethodNotAllowed", "read only")
             return 200, {}, _workspace_json(ws)
+        m = re.match(r"^/data/(?P<name>[^/]+)/versions/(?P<version>[^/]+)$", rest)
+        if m:  # data assets: the SDK registers one per data collector collection
+            key = (m["name"], m["version"])
+            if method == "PUT":
+                ws.data[key] = dict(data.get("properties") or {})
+            elif key not in ws.data:
+                raise _Reply(404, "UserError", f"Data {m['name']}:{m['version']} not found.")
+            return 200, {}, _data_json(ws, *key, ws.data[key])
+        m = re.match(r"^/datastores(?:/(?P<name>[^/]+))?$", rest)
+        if m:
+            if method != "GET":
+                raise _Reply(405, "MethodNotAllowed", "read only")
+            if m["name"] is None:
+                wanted = query.get("isDefault", [""])[0].lower() == "true"
+                stores = [(n, d) for n, d in ws.datastores.items() if d["isDefault"] or not wanted]
+                return 200, {}, {"value": [_datastore_json(ws, n, d) for n, d in stores]}
+            if m["name"] not in ws.datastores:
+                raise _Reply(404, "UserError", f"Datastore {m['name']} not found.")
+            return 200, {}, _datastore_json(ws, m["name"], ws.datastores[m["name"]])
         m = re.match(r"^/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)$", rest)
         if m:
             if (m["name"], m["version"]) not in ws.models:
@@ -567,6 +613,7 @@ class ArmFake:
             "provisioningState": "Updating" if existing else "Creating",
             "environmentId": props.get("environmentId"),
             "codeConfiguration": props.get("codeConfiguration"),
+            "dataCollector": props.get("dataCollector"),
         }
         deployments[name] = record
         fail = self.faults.fail_provisioning.get(name)
@@ -742,6 +789,38 @@ def _workspace_json(ws: Workspace) -> dict[str, Any]:
     }
 
 
+def _data_json(ws: Workspace, name: str, version: str, props: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": f"{ws.id}/data/{name}/versions/{version}",
+        "name": version,
+        "type": "Microsoft.MachineLearningServices/workspaces/data/versions",
+        "properties": {"dataType": "uri_folder", **props},
+        "systemData": _system_data(),
+    }
+
+
+def _datastore_json(ws: Workspace, name: str, record: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": f"{ws.id}/datastores/{name}",
+        "name": name,
+        "type": "Microsoft.MachineLearningServices/workspaces/datastores",
+        "properties": {
+            "datastoreType": "AzureBlob",
+            "accountName": record["accountName"],
+            "containerName": record["containerName"],
+            "endpoint": record["endpoint"],
+            "protocol": "https",
+            "credentials": {"credentialsType": "None"},
+            "isDefault": record["isDefault"],
+            "serviceDataAccessAuthIdentity": "WorkspaceSystemAssignedIdentity",
+            "description": "",
+            "properties": {},
+            "tags": {},
+        },
+        "systemData": _system_data(),
+    }
+
+
 def _model_json(ws: Workspace, name: str, version: str) -> dict[str, Any]:
     return {
         "id": f"{ws.id}/models/{name}/versions/{version}",
@@ -794,6 +873,8 @@ def _deployment_json(ws: Workspace, ep: str, record: dict[str, Any]) -> dict[str
         props["environmentId"] = record["environmentId"]
     if record.get("codeConfiguration"):
         props["codeConfiguration"] = record["codeConfiguration"]
+    if record.get("dataCollector"):
+        props["dataCollector"] = record["dataCollector"]
     return {
         "id": f"{ws.id}/onlineEndpoints/{ep}/deployments/{record['name']}",
         "name": record["name"],

@@ -66,6 +66,7 @@ class World:
         fake.custom_metrics.clear()
         fake.metric_queries.clear()
         fake.tag_writes.clear()
+        fake.hooks.clear()
         fake.faults = Faults()
         self.ws = fake.workspace(SUB, RG, WS)
         self.url = fake.url
@@ -77,10 +78,11 @@ class World:
         candidate: dict[str, Any] | None = None,
         rps: float = 20.0,
         capacity: int = 1,
+        data_collector: bool = False,
     ) -> None:
         """``churn`` serving ``blue`` (churn-model:1, ``capacity`` instances) at 100 %; model
         churn-model:2 registered; traffic from the sandbox profiles (blue good, green =
-        ``candidate``)."""
+        ``candidate``); ``data_collector``: blue collects ``model_outputs``."""
         self.fake.add_endpoint(
             self.ws,
             name,
@@ -90,6 +92,7 @@ class World:
             profiles={"blue": GOOD, "green": candidate or GOOD},
             rps=rps,
             capacity=capacity,
+            data_collector=data_collector,
         )
         self.ws.models.add(("churn-model", "2"))
 
@@ -99,6 +102,15 @@ class World:
     def deployments(self, name: str = "churn") -> list[str]:
         self.fake.settle()
         return sorted(self.ws.deployments[name])
+
+    def assert_ended(self, outcome: RunOutcome, code: int, serving: str) -> None:
+        """The run ended with ``code``, and ``serving`` is the one deployment left: it takes all
+        the traffic, and nothing is mirrored."""
+        assert outcome.exit_code == code, outcome.state.reason
+        live = self.live()
+        assert live["traffic"] == {serving: 100}
+        assert live.get("mirrorTraffic", {}) == {}
+        assert self.deployments() == [serving]
 
     def plan(self, text: str = "", **fill: Any) -> Path:
         path = self.tmp_path / "plan.yaml"

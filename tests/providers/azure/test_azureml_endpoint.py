@@ -25,7 +25,13 @@ def adapter(world, credential=None, **settings):
 
 
 def writes(world):
-    return [(m, p.rsplit("/", 1)[-1]) for m, p, s in world.fake.requests if m != "GET" and s < 400]
+    """The writes to endpoints and deployments (not the data assets the SDK registers for a
+    deployment's data collector collections, as it creates the deployment)."""
+    return [
+        (m, p.rsplit("/", 1)[-1])
+        for m, p, s in world.fake.requests
+        if m != "GET" and s < 400 and "/data/" not in p
+    ]
 
 
 def test_describe_reads_deployments_traffic_mirror_and_states(world):
@@ -50,7 +56,7 @@ def test_describe_reads_deployments_traffic_mirror_and_states(world):
 
 
 def test_prepare_creates_the_candidate_at_zero_percent_once(world):
-    world.endpoint()
+    world.endpoint(data_collector=True)
     endpoint, plan = adapter(world)
     endpoint.describe()
     state = endpoint.prepare(plan.candidate, "blue")
@@ -61,6 +67,13 @@ def test_prepare_creates_the_candidate_at_zero_percent_once(world):
     record = world.ws.deployments["churn"]["green"]
     assert record["environmentId"].endswith("/environments/serve/versions/3")
     assert record["codeConfiguration"]["scoringScript"] == "score.py"
+    # ... and its data collector, under a data asset of its own (registered by the SDK)
+    assert record["dataCollector"]["collections"]["model_outputs"]["dataId"].endswith(
+        "/data/churn-green-model_outputs/versions/1"
+    )
+    assert world.ws.data[("churn-green-model_outputs", "1")]["dataUri"].endswith(
+        "modelDataCollector/churn/green/model_outputs"
+    )
     assert world.live()["traffic"] == {"blue": 100}
     endpoint.prepare(plan.candidate, "blue")  # again: nothing more happens
     assert writes(world) == [("PUT", "green")]

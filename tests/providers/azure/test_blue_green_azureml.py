@@ -26,9 +26,7 @@ def blue_green() -> str:
 
 def test_a_healthy_green_takes_all_traffic_and_blue_is_deleted_after_keep(world):
     outcome = rollout(world, candidate=GOOD, plan=blue_green())
-    assert outcome.exit_code == ExitCode.OK, outcome.state.reason
-    assert world.live()["traffic"] == {"green": 100}
-    assert world.deployments() == ["green"]
+    world.assert_ended(outcome, ExitCode.OK, "green")
     assert world.fake.applied == [
         ("deployment.put", "churn", "green", "Succeeded"),
         ("traffic", "churn", {"blue": 90, "green": 10}),
@@ -39,9 +37,7 @@ def test_a_healthy_green_takes_all_traffic_and_blue_is_deleted_after_keep(world)
 
 def test_a_green_that_fails_its_preview_is_deleted(world):
     outcome = rollout(world, candidate=BAD, plan=blue_green())
-    assert outcome.exit_code == ExitCode.ROLLED_BACK
-    assert world.live()["traffic"] == {"blue": 100}
-    assert world.deployments() == ["blue"]
+    world.assert_ended(outcome, ExitCode.ROLLED_BACK, "blue")
 
 
 def test_green_without_an_instance_count_gets_blues_capacity(world):
@@ -105,7 +101,9 @@ def _what(path: str) -> str:
         return "metrics"
     parts = path.split("/onlineEndpoints/", 1)
     if len(parts) == 1:
-        return "model" if "/models/" in path else "workspace"
+        return (
+            "model" if "/models/" in path else "datastore" if "/datastores" in path else "workspace"
+        )
     tail = parts[1].split("/")
     if len(tail) == 1:
         return "endpoint"
@@ -135,10 +133,7 @@ def mirror_run(world, candidate):
 
 def test_a_healthy_green_judged_on_a_50_percent_mirror_is_switched_to(world):
     outcome, events = mirror_run(world, GOOD)
-    assert outcome.exit_code == ExitCode.OK, outcome.state.reason
-    assert world.live()["traffic"] == {"green": 100}
-    assert world.live()["mirrorTraffic"] == {}
-    assert world.deployments() == ["green"]
+    world.assert_ended(outcome, ExitCode.OK, "green")
     assert world.fake.applied == [
         ("deployment.put", "churn", "green", "Succeeded"),
         ("mirror", "churn", {"green": 50}),  # Azure ML's largest mirror, during pre-promotion
@@ -158,10 +153,7 @@ def test_a_healthy_green_judged_on_a_50_percent_mirror_is_switched_to(world):
 
 def test_a_bad_green_fails_on_its_mirror_without_serving_a_user(world):
     outcome, events = mirror_run(world, BAD)
-    assert outcome.exit_code == ExitCode.ROLLED_BACK
-    assert world.live()["traffic"] == {"blue": 100}
-    assert world.live()["mirrorTraffic"] == {}
-    assert world.deployments() == ["blue"]
+    world.assert_ended(outcome, ExitCode.ROLLED_BACK, "blue")
     assert world.fake.applied == [
         ("deployment.put", "churn", "green", "Succeeded"),
         ("mirror", "churn", {"green": 50}),

@@ -55,9 +55,22 @@ def test_every_call_the_adapters_make_has_its_actions_listed() -> None:
 def test_the_actions_the_adapters_name_in_their_errors_are_listed() -> None:
     from mlrollout_azure import _azure  # the adapters' own map (for an AuthorizationFailed hint)
 
-    role = roles.role_definition(load_plan(str(PLAN)).plan)
+    # a shadow judged on predictions: every call, the data collector's blobs included
+    role = roles.role_definition(load_plan(str(REPO / "plans" / "azureml-shadow.yaml")).plan)
+    granted = set(role["Actions"]) | set(role["DataActions"])
     named = {a for text in _azure.PERMISSIONS.values() for a in re.findall(r"Microsoft\.\S+", text)}
-    assert named and named <= set(role["Actions"]), named - set(role["Actions"])
+    assert named and named <= granted, named - granted
+
+
+def test_prediction_gates_on_the_data_collector_need_its_container() -> None:
+    canary = roles.role_definition(load_plan(str(PLAN)).plan)
+    assert canary["DataActions"] == [] and len(canary["AssignableScopes"]) == 1
+    role = roles.role_definition(load_plan(str(REPO / "plans" / "azureml-shadow.yaml")).plan)
+    assert "Microsoft.MachineLearningServices/workspaces/datastores/read" in role["Actions"]
+    assert role["DataActions"] == [
+        "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/read"
+    ]
+    assert role["AssignableScopes"][1].endswith("/containers/DATASTORE_CONTAINER")
 
 
 def test_the_role_is_a_role_definition_on_the_workspace() -> None:

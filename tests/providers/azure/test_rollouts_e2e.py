@@ -38,6 +38,8 @@ def _kind(method: str, path: str) -> str:
         return f"{method} workspace"
     if tail[0] == "models":
         return f"{method} model"
+    if tail[0] in ("data", "datastores"):
+        return f"{method} {'data asset' if tail[0] == 'data' else 'datastore'}"
     if len(tail) == 2:
         return f"{method} endpoint"
     return f"{method} {'deployment' if len(tail) == 4 else 'deployments'}"
@@ -168,9 +170,7 @@ def test_throttling_and_unavailability_on_a_fifth_of_the_calls_change_nothing(wo
     world.fake.faults.rate = 0.2
     world.fake.faults.rng.seed(11)
     outcome = rollout(world, candidate=GOOD)
-    assert outcome.exit_code == ExitCode.OK, outcome.state.reason
-    assert world.live()["traffic"] == {"green": 100}
-    assert world.deployments() == ["green"]
+    world.assert_ended(outcome, ExitCode.OK, "green")
     injected = [r for r in world.fake.requests if r[2] in (429, 503)]
     assert len(injected) >= 20
     # Nothing applied twice: the same changes, once each, as without faults.
@@ -183,9 +183,7 @@ def test_throttling_on_a_bad_candidate_still_rolls_back(world):
     world.fake.faults.rate = 0.2
     world.fake.faults.rng.seed(5)
     outcome = rollout(world, candidate=BAD)
-    assert outcome.exit_code == ExitCode.ROLLED_BACK, outcome.state.reason
-    assert world.live()["traffic"] == {"blue": 100}
-    assert world.deployments() == ["blue"]
+    world.assert_ended(outcome, ExitCode.ROLLED_BACK, "blue")
     assert [a[0] for a in world.fake.applied] == [
         "deployment.put",
         "traffic",

@@ -62,7 +62,7 @@ def test_the_spec_loads_through_its_entry_point_without_azure():
         """
     )
     plans = sorted(str(p) for p in (REPO / "plans").glob("azureml-*.yaml"))
-    assert len(plans) == 4  # canary, linear, blue-green, blue-green judged on a mirror
+    assert len(plans) == 5  # canary, linear, blue-green, blue-green on a mirror, shadow
     proc = subprocess.run(
         [sys.executable, "-c", code, *plans], capture_output=True, text=True, timeout=60
     )
@@ -130,3 +130,49 @@ def test_preview_lists_the_ownership_calls():
     assert owner[0].startswith("AzureML GET onlineEndpoint")
     assert all(c.startswith("AzureML PATCH onlineEndpoint tags") for c in owner[1:])
     assert not any("PUT" in c for c in owner)  # a PUT would carry the traffic as it was read
+
+
+SHADOW_WITH_GATES = """\
+version: 1
+name: t
+target:
+  provider: azureml
+  subscription_id: 00000000-0000-0000-0000-000000000000
+  resource_group: rg
+  workspace: ws
+  endpoint: churn
+{extra}candidate: {{name: green, model: churn-model:2}}
+strategy: {{type: shadow, percent: {percent}, duration: 30m}}
+capture: {{output: $.label}}
+analysis:
+  interval: 60s
+  gates:
+    - {{name: agree, metric: agreement, min: 97%}}
+    - {{name: drift, metric: prediction_drift, max: 0.2}}
+"""
+
+
+def shadow_problems(percent: str = "50", extra: str = "") -> list[str]:
+    try:
+        parse_plan(SHADOW_WITH_GATES.format(percent=percent, extra=extra), "plan.yaml")
+    except PlanError as exc:
+        return [str(issue) for issue in exc.issues]
+    return []
+
+
+def test_prediction_gates_read_the_data_collector_on_azureml():
+    """The provider's own capture: no jsonl source is asked for; the capture target keys are
+    checked; more than Azure's mirror limit is refused."""
+    assert shadow_problems() == []
+    ok = "  capture_datastore: workspaceblobstore\n  capture_collection: response\n"
+    assert shadow_problems(extra=ok) == []
+    found = shadow_problems(extra="  capture_collection: inputs\n")
+    assert any("model_outputs" in p and "capture_collection" in p for p in found), found
+    found = shadow_problems(percent="60")
+    assert any("mirrors at most 50%" in p for p in found), found
+
+
+def test_preview_lists_the_capture_calls():
+    plan = parse_plan(SHADOW_WITH_GATES.format(percent="50", extra=""), "p").plan
+    capture = provider_spec("azureml").describe_calls(plan)["capture"]
+    assert any("List Blobs" in c for c in capture) and any("Get Blob" in c for c in capture)
