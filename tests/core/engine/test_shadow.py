@@ -236,3 +236,18 @@ def test_a_shadow_that_agrees_passes_its_prediction_gates(tmp_path):
     gates = {g["gate"]: g["outcome"] for g in look.data["verdict"]["gates"]}
     assert gates["agree"] == "pass" and gates["drift"] == "pass"
     assert look.data["capture"]["paired"] > 1000
+
+
+def test_a_shadow_whose_predictions_drift_fails_on_the_drift_gate(tmp_path):
+    # the same accuracy, but half of its answers pushed to one class: the outputs' mix moves
+    text = predicting(0.95)
+    v2 = "    v2: {error_rate: 0.01, latency_p50: 40ms, latency_p99: 120ms, accuracy: 0.95"
+    text = text.replace(v2 + "}", v2 + ", output_shift: 0.5}")  # PSI about 0.27
+    text = text.replace("agreement, min: 80%", "agreement, min: 50%")
+    text = text.replace("prediction_drift, max: 0.2", "prediction_drift, max: 0.05")
+    assert "output_shift: 0.5" in text and "max: 0.05" in text
+    run = Run(tmp_path, text)
+    outcome = run.drive()
+    assert outcome.exit_code == ExitCode.ROLLED_BACK
+    assert (outcome.state.reason or "").startswith("drift:"), outcome.state.reason
+    assert set(run.endpoint()["variants"]) == {"v1"} and run.never_served()
