@@ -21,6 +21,10 @@ SHADOW = Path(__file__).parents[3] / "plans" / "local-shadow.yaml"
 
 def plan_data(**changes: Any) -> dict[str, Any]:
     data: dict[str, Any] = copy.deepcopy(yaml.safe_load(SHADOW.read_text()))
+    data.pop("capture", None)  # the example's own prediction gates make way for these
+    data["analysis"]["gates"] = [
+        g for g in data["analysis"]["gates"] if g["metric"] not in ("agreement", "prediction_drift")
+    ]
     data["analysis"]["gates"] += [
         {"name": "agree", "metric": "agreement", "min": "97%", "tolerance": 0.01},
         {"name": "drift", "metric": "prediction_drift", "max": 0.2},
