@@ -631,14 +631,13 @@ class Engine:
             return self._on_failure(_why(verdict), look)
         return self._result(state.next_look_at, self.record(EventKind.LOOK, look))
 
-    def _follow_native(self) -> Event | None:
+    def _follow_native(self) -> None:
         """Read the platform's deployment; journal it when its status or green's share moved."""
         before = dict(self.state.native or {})
         self._native_seen(self.adapter.native_status(self.rollout_id))  # type: ignore[attr-defined]
         after = self.state.native or {}
-        if all(before.get(k) == after.get(k) for k in ("status", "green_percent")):
-            return None
-        return self.record(EventKind.NATIVE, {k: after.get(k) for k in NATIVE_SHOWN})
+        if any(before.get(k) != after.get(k) for k in ("status", "green_percent")):
+            self.record(EventKind.NATIVE, {k: after.get(k) for k in NATIVE_SHOWN})
 
     def _look(self, start: float, now: float, *, horizon: int | None) -> Verdict:
         state = self.state

@@ -9,17 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sandbox_run import SandboxRun
 
-from mlrollout.clock import VirtualClock
 from mlrollout.engine.events import LOOK_KINDS, EventKind
-from mlrollout.engine.runner import Runner, RunOutcome
 from mlrollout.errors import ExitCode, PlanError
 from mlrollout.plan.loader import parse_plan
 from mlrollout.plan.timeline import expand_steps
-from mlrollout.state.sqlite import SqliteStateStore
 
 PLAN = (Path(__file__).parents[3] / "plans" / "local-ab-test.yaml").read_text()
-START = 1_800_000_000.0
 
 
 def variant(**changes: str) -> str:
@@ -30,20 +27,8 @@ def variant(**changes: str) -> str:
     return text
 
 
-class Run:
-    def __init__(self, tmp_path: Path, text: str) -> None:
-        self.store = SqliteStateStore(tmp_path / "state.db")
-        self.runner = Runner(self.store)
-        self.record = self.runner.create(parse_plan(text, "plan.yaml"))
-        self.clock = VirtualClock(START)
-
-    def drive(self) -> RunOutcome:
-        return self.runner.drive(self.record.id, clock=self.clock)
-
-    def endpoint(self) -> dict[str, Any]:
-        value = self.store.get_value("sandbox", "churn-scoring")
-        assert value is not None
-        return value
+class Run(SandboxRun):
+    endpoint_name = "churn-scoring"
 
     def winner_numbers(self) -> dict[str, Any]:
         looks = [e for e in self.store.events(self.record.id) if e.kind in LOOK_KINDS]

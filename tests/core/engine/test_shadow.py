@@ -4,22 +4,15 @@ the candidate, which serves no one, while the gates compare it with the baseline
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import pytest
+from sandbox_run import SandboxRun
 
-from mlrollout.clock import VirtualClock
 from mlrollout.engine.events import LOOK_KINDS, EventKind
 from mlrollout.engine.phases import Phase
-from mlrollout.engine.runner import Runner, RunOutcome
 from mlrollout.errors import ExitCode
 from mlrollout.plan.loader import parse_plan
 from mlrollout.plan.timeline import expand_steps
-from mlrollout.state.base import Event
-from mlrollout.state.sqlite import SqliteStateStore
 
-START = 1_800_000_000.0
 PLAN = """
 version: 1
 name: shadow
@@ -52,27 +45,7 @@ def plan(then: str = "rollback", errors: float = 0.01, p99: str = "120ms", **mor
     return text
 
 
-class Run:
-    def __init__(self, tmp_path: Path, text: str) -> None:
-        self.store = SqliteStateStore(tmp_path / "state.db")
-        self.runner = Runner(self.store)
-        self.record = self.runner.create(parse_plan(text, "plan.yaml"))
-        self.clock = VirtualClock(START)
-
-    def drive(self) -> RunOutcome:
-        return self.runner.drive(self.record.id, clock=self.clock)
-
-    def events(self) -> list[Event]:
-        return self.store.events(self.record.id)
-
-    def kinds(self) -> list[str]:
-        return [e.kind for e in self.events()]
-
-    def endpoint(self) -> dict[str, Any]:
-        value = self.store.get_value("sandbox", "ep")
-        assert value is not None
-        return value
-
+class Run(SandboxRun):
     def never_served(self) -> bool:
         """No live weight ever went to the shadow: in the journal, or on the endpoint."""
         applied = [e.data["weights"] for e in self.events() if e.kind in TRAFFIC]
