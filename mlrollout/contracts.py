@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from mlrollout.capture import PredictionSummary
     from mlrollout.clock import Clock
+    from mlrollout.feedback import QualityCounts
     from mlrollout.plan.model import Candidate, Gate, Plan
     from mlrollout.state.base import Lease, StateStore
 
@@ -287,6 +288,9 @@ class Window:
     #: The candidate's and the baseline's paired predictions (on the candidate's window only;
     #: see :mod:`mlrollout.capture`), for the prediction gates.
     predictions: PredictionSummary | None = None
+    #: This variant's predictions joined with the labels and ratings that arrived for them (see
+    #: :mod:`mlrollout.feedback`), for the quality gates.
+    quality: QualityCounts | None = None
 
     @property
     def error_rate(self) -> float | None:
@@ -382,6 +386,12 @@ class ProviderSpec(Protocol):
     #       gates with ``capture.source: default``; see :mod:`mlrollout.capture`. Without it,
     #       such a plan needs ``capture: {source: {jsonl: PATH}}`` (``plan validate`` says so).
     #       :func:`mlrollout.capture.capture_source` picks the plan's source.
+    #
+    #   def open_feedback(self, context: ProviderContext) -> FeedbackSource
+    #       The provider's own labels and ratings of each variant's predictions (SageMaker
+    #       Model Monitor's ground truth joined with DataCapture, the sandbox's simulated
+    #       labels), for the quality gates with ``feedback.source: default``; see
+    #       :mod:`mlrollout.feedback`. :func:`mlrollout.feedback.feedback_source` picks it.
 
 
 def default_lease_key(plan: Plan) -> str:

@@ -37,6 +37,7 @@ ENDPOINTS_GROUP = "mlrollout.endpoints"
 STATE_GROUP = "mlrollout.state"
 METRICS_GROUP = "mlrollout.metrics"
 COMMANDS_GROUP = "mlrollout.commands"
+OBJECTS_GROUP = "mlrollout.objects"
 CORE_DISTRIBUTION = "mlrollout"
 
 #: Providers we publish ourselves → their cloud: the core's extra and the folder under
@@ -66,6 +67,7 @@ _BUILTIN = {
     STATE_GROUP: {"sqlite": "mlrollout.state.sqlite:open_sqlite_store"},
     METRICS_GROUP: {"prometheus": "mlrollout.metrics.prometheus_spec:SPEC"},
     COMMANDS_GROUP: {},
+    OBJECTS_GROUP: {},
 }
 
 
@@ -249,6 +251,12 @@ def _guarded_call(
 
 def state_factory(scheme: str) -> Any:
     return _load(_one(STATE_GROUP, scheme, "state backend"))
+
+
+def object_factory(scheme: str) -> Any:
+    """The ``open(location, endpoint_url)`` of the ``mlrollout.objects`` plugin for ``scheme``
+    (see :mod:`mlrollout.objects`)."""
+    return _load(_one(OBJECTS_GROUP, scheme, "object storage"))
 
 
 # ----------------------------------------------------------------------------- metrics sources

@@ -47,6 +47,7 @@ from mlrollout.errors import (
     RollbackFailed,
     UsageError,
 )
+from mlrollout.feedback import FeedbackSource, QualityCounts, feedback_query
 from mlrollout.plan.model import PREDICTION_METRICS, Gate, Plan
 from mlrollout.plan.timeline import planned_looks
 from mlrollout.state.base import Event, Lease, StateStore
@@ -144,6 +145,7 @@ class Engine:
         holder: str = "mlrollout",
         wall: Callable[[], float] = time.time,
         capture: CaptureSource | None = None,
+        feedback: FeedbackSource | None = None,
     ) -> None:
         self.rollout_id = rollout_id
         self.plan = plan
@@ -157,6 +159,9 @@ class Engine:
         self.wall = wall
         #: Where the prediction gates' paired predictions come from (None: no such gate).
         self.capture = capture
+        #: Where the quality gates' labels and ratings come from (None: no such gate).
+        self.feedback = feedback
+        self._labelled: dict[str, QualityCounts] | None = None  # the last look's, until journalled
         self._captured: PredictionSummary | None = None  # the last look's, until journalled
         self._failed_listeners: set[int] = set()
         strategy = strategy_for(plan)
@@ -662,6 +667,7 @@ class Engine:
         candidate = windows.get(state.candidate, Window())
         baseline = windows.get(state.baseline, Window())
         candidate.predictions = self._predictions(start, now)
+        self._quality(start, now, variants, windows)
         number = max(1, round((now - start) / self.plan.analysis.interval))
         if historical:
             return self._historical_look(start, now, candidate, number, horizon)
@@ -707,12 +713,35 @@ class Engine:
         self._captured = summary
         return summary
 
+    def _quality(
+        self, start: float, now: float, variants: tuple[str, ...], windows: dict[str, Window]
+    ) -> None:
+        """Each variant's predictions joined with the labels and ratings in by now, onto its
+        window, for the quality gates."""
+        if self.feedback is None:
+            return
+        query = feedback_query(self.plan, start, now, variants)
+        try:
+            counts = self.feedback.read(query)
+        except ProviderError as exc:
+            counts = {name: QualityCounts(error=str(exc)) for name in variants}
+        for name in variants:
+            window = windows.setdefault(name, Window())
+            window.quality = counts.get(name) or QualityCounts(
+                error=f"the feedback source returned nothing for {name!r}"
+            )
+        self._labelled = {name: windows[name].quality for name in variants}  # type: ignore[misc]
+
     def _look_data(self, look: dict[str, Any]) -> dict[str, Any]:
         """A look's journal entry, with what the capture paired at it (counts, and at most
-        :data:`~mlrollout.capture.MAX_EXAMPLES` disagreeing examples) for the report."""
+        :data:`~mlrollout.capture.MAX_EXAMPLES` disagreeing examples) and the labels joined at
+        it, for the report."""
         summary, self._captured = self._captured, None
         if summary is not None:
             look["capture"] = capture_record(summary)
+        labelled, self._labelled = self._labelled, None
+        if labelled is not None:
+            look["quality"] = {name: counts.to_dict() for name, counts in labelled.items()}
         return look
 
     def _native_look(self, start: float, now: float, *, horizon: int | None) -> Verdict:

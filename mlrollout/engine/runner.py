@@ -240,9 +240,11 @@ class Runner:
                 # delivered off the critical path; drive() closes it (a bounded flush) at the end
                 self._notifiers.append(notifier)
         from mlrollout.capture import capture_source
+        from mlrollout.feedback import feedback_source
 
         return Engine(
             capture=capture_source(plan, context),
+            feedback=feedback_source(plan, context),
             rollout_id=record.id,
             plan=plan,
             adapter=adapter,

@@ -401,9 +401,19 @@ GateMetric = Literal[
     "custom",
     "agreement",
     "prediction_drift",
+    "accuracy",
+    "precision",
+    "recall",
+    "f1",
+    "feedback",
 ]
 #: The prediction gates (:mod:`mlrollout.analysis.prediction`): each with the one bound it takes.
 PREDICTION_METRICS = {"agreement": "min", "prediction_drift": "max"}
+#: The quality gates (:mod:`mlrollout.analysis.quality`): shares of labelled predictions (or of
+#: rated responses, ``feedback``), worse when they decrease; they need labels (``min_labels``).
+QUALITY_METRICS = ("accuracy", "precision", "recall", "f1", "feedback")
+#: The quality gates judged on labels (``feedback`` is judged on ratings).
+LABEL_METRICS = ("accuracy", "precision", "recall", "f1")
 LATENCY_METRICS = {"latency_p50": 0.50, "latency_p90": 0.90, "latency_p99": 0.99}
 
 
@@ -454,6 +464,50 @@ class Gate(StrictModel):
         ge=0,
         description="agreement: numeric outputs within this (absolute) agree; default 0.",
     )
+    positive: str | None = Field(
+        default=None,
+        min_length=1,
+        description="precision, recall, f1: the positive class (omitted: macro average over "
+        "the classes).",
+    )
+    min_labels: int | None = Field(
+        default=None,
+        ge=0,
+        le=10**9,
+        description="Quality gates: labelled predictions (or ratings) per variant before the "
+        "gate may pass; default analysis.min_requests.",
+    )
+
+    @field_validator("positive", mode="before")
+    @classmethod
+    def _class_name(cls, value: object) -> object:
+        # Labels are compared as strings: `positive: 1` means the class "1".
+        if isinstance(value, bool):
+            return str(value).lower()
+        return str(value) if isinstance(value, int | float) else value
+
+    @model_validator(mode="after")
+    def _quality_keys(self) -> Gate:
+        if self.positive is not None and self.metric not in ("precision", "recall", "f1"):
+            raise ValueError("positive only applies to metric: precision, recall or f1")
+        if self.min_labels is not None and self.metric not in QUALITY_METRICS:
+            raise ValueError(
+                f"min_labels only applies to the quality gates ({', '.join(QUALITY_METRICS)})"
+            )
+        if self.metric in QUALITY_METRICS:
+            if self.direction == "increase":
+                raise ValueError(
+                    f"{self.metric} is worse when it decreases: drop direction, or use a "
+                    "custom gate"
+                )
+            if self.vs_baseline is not None and self.vs_baseline.max_increase is not None:
+                raise ValueError(
+                    f"{self.metric} is worse when it decreases: use "
+                    "vs_baseline: {max_decrease: 2pp} (or a relative 5%)"
+                )
+            if self.max is not None:
+                raise ValueError(f"{self.metric} takes a lower bound (min: 90%), not max")
+        return self
 
     @model_validator(mode="after")
     def _prediction_bounds(self) -> Gate:
@@ -482,6 +536,8 @@ class Gate(StrictModel):
     def worse_when(self) -> Literal["increase", "decrease"]:
         if self.direction is not None:
             return self.direction
+        if self.metric in QUALITY_METRICS:
+            return "decrease"
         if self.vs_baseline is not None and self.vs_baseline.max_decrease is not None:
             return "decrease"
         return "increase"
@@ -511,10 +567,10 @@ def parse_metric_value(metric: str, raw: str | float) -> float:
         return _rate(raw)
     if metric in LATENCY_METRICS:
         return parse_latency(raw)
-    if metric == "agreement":
+    if metric == "agreement" or metric in QUALITY_METRICS:
         share = _rate(raw)
         if not 0 <= share <= 1:
-            raise ValueError(f"an agreement is a share from 0% to 100%, got {raw!r}")
+            raise ValueError(f"{metric} is a share from 0% to 100%, got {raw!r}")
         return share
     if metric == "prediction_drift" and isinstance(raw, int | float) and raw < 0:
         raise ValueError(f"a PSI is not negative, got {raw!r}")
@@ -525,7 +581,7 @@ def parse_metric_value(metric: str, raw: str | float) -> float:
 
 def parse_margin(metric: str, raw: str | float) -> Margin:
     if isinstance(raw, str) and raw.strip().endswith("pp"):
-        if metric != "error_rate" and metric != "custom":
+        if metric != "error_rate" and metric != "custom" and metric not in QUALITY_METRICS:
             raise ValueError(f"percentage points (pp) only apply to rates, not {metric}")
         return Margin(kind="absolute", amount=parse_points(raw) / 100.0)
     if metric in LATENCY_METRICS and isinstance(raw, str) and not raw.strip().endswith("%"):
@@ -650,6 +706,143 @@ class Capture(StrictModel):
     def jsonl(self) -> str | None:
         """The ``{jsonl: ...}`` location, or None for ``default``."""
         return self.source.get("jsonl") if isinstance(self.source, dict) else None
+
+
+def _feedback_source(value: object) -> object:
+    """``default`` (the provider's own labels) or ``{jsonl: PATH-or-URI}``."""
+    if value is None or value == "default":
+        return "default"
+    if isinstance(value, dict) and set(value) == {"jsonl"}:
+        where = value["jsonl"]
+        if not isinstance(where, str) or not where.strip():
+            raise ValueError(
+                "jsonl names a file, a directory of *.jsonl files, an s3:// prefix or an Azure "
+                f"blob URL, not {where!r}"
+            )
+        return {"jsonl": where}
+    raise ValueError(
+        "a feedback source is `default` (the provider's own: SageMaker Model Monitor's ground "
+        "truth, the sandbox's simulated labels) or {jsonl: PATH-or-URI} (lines "
+        f"{{inference_id, label}} or {{inference_id, value}}), not {value!r}"
+    )
+
+
+FeedbackSourceName = Annotated[
+    Literal["default"] | dict[Literal["jsonl"], str],
+    BeforeValidator(_feedback_source),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"const": "default"},
+                {
+                    "type": "object",
+                    "properties": {"jsonl": {"type": "string", "minLength": 1}},
+                    "required": ["jsonl"],
+                    "additionalProperties": False,
+                },
+            ],
+            "description": "default (the provider's own labels) or {jsonl: PATH-or-URI}: JSON "
+            "lines {inference_id, label} or {inference_id, value}, joined to the captured "
+            "predictions by inference id.",
+        }
+    ),
+]
+
+
+class Feedback(StrictModel):
+    """Where labels and user feedback come from, for the quality gates (``accuracy``,
+    ``precision``, ``recall``, ``f1``, ``feedback``)."""
+
+    source: FeedbackSourceName = "default"
+
+    @property
+    def jsonl(self) -> str | None:
+        """The ``{jsonl: ...}`` location, or None for ``default``."""
+        return self.source.get("jsonl") if isinstance(self.source, dict) else None
+
+
+# ------------------------------------------------------------------------- segments and flags
+
+AttributeMatch = dict[str, str | list[str]]
+
+
+class Segment(StrictModel):
+    """Who may be given the candidate: the users whose attributes match (each key equal to the
+    value, or to one of the listed values). ``weight``: the candidate's share inside the
+    segment whatever the step says (omitted: the strategy's steps)."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    match: AttributeMatch = Field(
+        description="Attributes of the evaluation context: {user_type: employee} or "
+        "{region: [eu-west-1, eu-central-1]}."
+    )
+    weight: Percent | None = Field(
+        default=None, description="The candidate's share inside this segment, percent."
+    )
+
+    @field_validator("match", mode="before")
+    @classmethod
+    def _strings(cls, value: object) -> object:
+        if not isinstance(value, dict) or not value:
+            raise ValueError(
+                "match names at least one attribute: {user_type: employee} or "
+                "{region: [eu-west-1, eu-central-1]}"
+            )
+        out: dict[str, object] = {}
+        for key, wanted in value.items():
+            if isinstance(wanted, list):
+                if not wanted:
+                    raise ValueError(f"match {key!r} lists no values")
+                out[str(key)] = [_scalar(key, v) for v in wanted]
+            else:
+                out[str(key)] = _scalar(key, wanted)
+        return out
+
+    @field_validator("weight")
+    @classmethod
+    def _weight(cls, value: float | None) -> float | None:
+        if value is not None and not 0 <= value <= 100:
+            raise ValueError(f"a segment's weight is a percentage from 0 to 100, got {value:g}")
+        return value
+
+
+def _scalar(key: object, value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str | int | float):
+        return str(value)
+    raise ValueError(f"match {key!r} is a value or a list of values, not {value!r}")
+
+
+class Flags(StrictModel):
+    """An OpenFeature flagd flag definition, written in lockstep with each step: the live split
+    is left to the flag (the application evaluates it per request)."""
+
+    provider: Literal["flagd"] = Field(description="The flag format; flagd is the only one.")
+    key: str = Field(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9_.:-]+$",
+        description="The flag's key; its variants are the plan's variant names.",
+    )
+    file: str = Field(
+        min_length=1,
+        description="Where the flag definition is written: a local path or an s3:// object, "
+        "where the application's flagd reads it.",
+    )
+
+
+class Mlflow(StrictModel):
+    """Each rollout an MLflow run (the optional extra ``mlrollout[mlflow]``)."""
+
+    tracking_uri: str | None = Field(
+        default=None,
+        min_length=1,
+        description="The tracking server; omitted: the MLFLOW_TRACKING_URI environment variable.",
+    )
+    experiment: str = Field(
+        default="mlrollout", min_length=1, description="The MLflow experiment of the runs."
+    )
 
 
 class RollbackPolicy(StrictModel):
@@ -950,6 +1143,10 @@ class Sandbox(StrictModel):
         default_factory=list, description="What changes while the rollout runs."
     )
     users: SandboxUsers | None = None
+    label_delay: NonNegDuration = Field(
+        default=0.0,
+        description="Labels and feedback arrive this long after the prediction they judge.",
+    )
 
     @field_validator("variants")
     @classmethod
@@ -975,4 +1172,15 @@ class Plan(StrictModel):
     capture: Capture | None = Field(
         default=None, description="Request/response records, for the prediction gates."
     )
+    feedback: Feedback | None = Field(
+        default=None, description="Labels and user feedback, for the quality gates."
+    )
+    segments: list[Segment] = Field(
+        default_factory=list,
+        description="Who may be given the candidate (needs flags); without it, everyone.",
+    )
+    flags: Flags | None = Field(
+        default=None, description="A flagd flag definition written in lockstep with each step."
+    )
+    mlflow: Mlflow | None = Field(default=None, description="Each rollout an MLflow run.")
     sandbox: Sandbox | None = None
