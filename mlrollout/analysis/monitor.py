@@ -95,14 +95,17 @@ class Monitor:
         candidate_share: float | None = None,
         rule: DecisionRule | None = None,
         horizon: int | None = None,
+        winner: tuple[str, float] | None = None,
     ) -> Monitor:
         """``stages``: how many stages share the plan's ``alpha`` (the engine uses the number of
         analyze steps); ``candidate_share``: the configured split (a fraction), for the
         sample-ratio-mismatch check; ``rule``: another :class:`DecisionRule` (v1's
         :class:`~mlrollout.analysis.FixedHorizonBonferroni`, say); ``horizon``: the most looks a
         stage can have (``None``: no planned end), which lets the rollback boundaries come down
-        for a stage that ends (:mod:`~mlrollout.analysis.calibration`)."""
-        gates = GateSet.from_plan(analysis, rule=rule, stages=stages)
+        for a stage that ends (:mod:`~mlrollout.analysis.calibration`); ``winner``: an A/B
+        test's ``(metric gate name, min_effect)`` — that gate then runs the two-sided winner
+        test (:mod:`~mlrollout.analysis.winner`), the others stay guardrails."""
+        gates = GateSet.from_plan(analysis, rule=rule, stages=stages, winner=winner)
         return cls(gates, candidate_share, horizon=horizon)
 
     def observe(self, candidate: Window | None, baseline: Window | None) -> Verdict:

@@ -247,6 +247,41 @@ def test_gate_set_dispatches_the_winner_gate_and_splits_alpha_with_the_guardrail
     assert "lift" not in plain.gates[0].numbers
 
 
+def test_the_library_monitor_runs_the_winner_test_look_by_look() -> None:
+    """``Monitor.from_plan(..., winner=...)``: the A/B test's decision outside the engine, one
+    interval per look, as a notebook or another scheduler would drive it."""
+    from mlrollout.analysis import Monitor
+
+    analysis = Analysis.model_validate(
+        {
+            "alpha": 0.05,
+            "min_requests": 200,
+            "gates": [
+                {"name": "conversion", "metric": "custom", "direction": "decrease",
+                 "query": {"m": "c"}},
+                {"name": "errors", "metric": "error_rate", "vs_baseline": {"max_increase": "25%"}},
+            ],
+        }
+    )  # fmt: skip
+    monitor = Monitor.from_plan(analysis, candidate_share=0.5, winner=("conversion", 0.02))
+    rng = random.Random(3)
+    outcome, looks = None, 0
+    while outcome is not Outcome.PASS and looks < 200:
+        looks += 1
+        n = 20_000
+        cand = Window(requests=n, errors=binomial(rng, n, 0.01),
+                      custom={"conversion": CustomValue(binomial(rng, n, 0.036), n)})
+        base = Window(requests=n, errors=binomial(rng, n, 0.01),
+                      custom={"conversion": CustomValue(binomial(rng, n, 0.030), n)})  # fmt: skip
+        verdict = monitor.observe(cand, base)
+        outcome = verdict.gates[0].outcome
+    assert outcome is Outcome.PASS, looks  # a +20 % lift is found, well before 200 looks
+    assert verdict.gates[0].numbers["lift_low"] > 0
+    # without the winner the same gate only records the metric
+    plain = Monitor.from_plan(analysis, candidate_share=0.5).observe(cand, base)
+    assert "lift" not in plain.gates[0].numbers
+
+
 def test_preview_states_the_method_and_the_time_to_decide() -> None:
     e = expect(CONVERSION, 0.025, 0.5, 0.01, min_effect=0.01)
     assert e.method == winner.METHOD
