@@ -102,6 +102,7 @@ def test_light_commands_on_a_native_plan_import_no_boto3(args):
         "sagemaker-linear.yaml",
         "sagemaker-blue-green.yaml",
         "sagemaker-native-blue-green.yaml",
+        "sagemaker-ab-test.yaml",
     ],
 )
 def test_example_plans_are_valid(name):
