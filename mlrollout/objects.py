@@ -81,6 +81,9 @@ class LocalFiles:
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
             try:
                 with os.fdopen(fd, "wb") as out:
+                    # readable as a file written any other way (mkstemp makes it 0600): the
+                    # application's flagd may run as another user
+                    os.fchmod(out.fileno(), 0o644)
                     out.write(data)
                     out.flush()
                     os.fsync(out.fileno())

@@ -174,7 +174,7 @@ def provider_spec(name: str) -> Any:
 
 
 #: The optional methods of a provider spec (see :class:`~mlrollout.contracts.ProviderSpec`).
-_OPTIONAL_METHODS = frozenset({"lease_key", "clock"})
+_OPTIONAL_METHODS = frozenset({"lease_key", "clock", "open_capture", "open_feedback", "open_flags"})
 
 
 class PluginSpec:

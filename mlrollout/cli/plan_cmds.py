@@ -253,6 +253,16 @@ def render_preview(data: dict[str, object], *, stderr: bool = False) -> None:
         f"{analysis['no_data']} (up to {analysis['max_hold']}, then {analysis['on_inconclusive']})"
         f", alpha {analysis['alpha']}"
     )
+    flags = data.get("flags")
+    if isinstance(flags, dict):
+        out.print(
+            f"flags: the split is written to {flags['file']} (flag {flags['key']!r}, "
+            f"{flags['provider']}); the application routes each user by it, sticky per user"
+        )
+        for segment in flags["segments"]:
+            out.print(f"  segment {segment['name']} ({segment['match']}): {segment['candidate']}")
+        if flags["segments"]:
+            out.print(f"  everyone else: {flags['others']}")
     rollback = data["rollback"]
     assert isinstance(rollback, dict)
     auto = "automatic" if rollback["automatic"] else "manual (a failing gate pauses)"

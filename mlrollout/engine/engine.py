@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlrollout.analysis import GateSet, Outcome, Verdict
 from mlrollout.analysis.gateset import judged_stages
@@ -52,6 +52,9 @@ from mlrollout.plan.model import PREDICTION_METRICS, Gate, Plan
 from mlrollout.plan.timeline import planned_looks
 from mlrollout.state.base import Event, Lease, StateStore
 from mlrollout.units import format_duration
+
+if TYPE_CHECKING:
+    from mlrollout.flags import FlagWriter
 
 #: The platform's own deployment calls (``strategy.native``), journalled as mutations are.
 NATIVE_ACTIONS = frozenset({"start_native", "roll_back_native", "end_native"})
@@ -93,6 +96,11 @@ class RolloutState:
     #: ``green_percent``, ``detail``; ``ended`` once what it made is cleaned up.
     native: dict[str, Any] | None = None
     evaluated: bool = False  # it passed and ended with the candidate removed (shadow evaluation)
+    #: ``flags``: the split written into the flag definition last (``None``: none written yet),
+    #: and the sha256 of what was written. The platform's own split (``weights``) then stays
+    #: on the baseline until the promotion.
+    flag: dict[str, float] | None = None
+    flag_digest: str | None = None
     #: The bins ``prediction_drift`` uses, fixed from the baseline's outputs at the first look
     #: that had any (:meth:`mlrollout.capture.Bins.to_dict`).
     capture_bins: dict[str, Any] | None = None
@@ -146,6 +154,7 @@ class Engine:
         wall: Callable[[], float] = time.time,
         capture: CaptureSource | None = None,
         feedback: FeedbackSource | None = None,
+        flags: FlagWriter | None = None,
     ) -> None:
         self.rollout_id = rollout_id
         self.plan = plan
@@ -161,6 +170,10 @@ class Engine:
         self.capture = capture
         #: Where the quality gates' labels and ratings come from (None: no such gate).
         self.feedback = feedback
+        #: ``flags``: where each step's split is written (the application routes by it).
+        self.flags = flags
+        if plan.flags is not None and flags is None:
+            raise MlrolloutError("the plan has flags but no flag writer was opened")
         self._labelled: dict[str, QualityCounts] | None = None  # the last look's, until journalled
         self._captured: PredictionSummary | None = None  # the last look's, until journalled
         self._failed_listeners: set[int] = set()
@@ -379,6 +392,8 @@ class Engine:
             self.state.mirror = {
                 v.name: v.shadow_percent for v in live.variants if v.shadow_percent > 0
             }
+        elif action == "set_flag":
+            return self._set_flag(args)
         elif action in NATIVE_ACTIONS:
             self._native_call(action, args)
             self.state.pending = None
@@ -393,6 +408,45 @@ class Engine:
         }
         self._after_mutation(action, args)
         return self.record(EventKind.applied(action), {**args, "weights": self.state.weights})
+
+    def _set_flag(self, args: dict[str, Any]) -> Event:
+        """Write the split into the flag definition (idempotent: a replay after a crash writes
+        the same bytes again). The step counts as applied only once the file is written."""
+        from mlrollout.flags import flag_definition
+
+        state = self.state
+        assert self.flags is not None and state.baseline is not None
+        weights = {k: float(v) for k, v in args["weights"].items()}
+        definition = flag_definition(
+            self.plan, weights, baseline=state.baseline, candidate=state.candidate
+        )
+        digest = self.flags.write(definition)
+        state.flag, state.flag_digest = weights, digest
+        state.pending = None
+        self._after_mutation("set_flag", args)
+        return self.record(
+            EventKind.SET_FLAG_APPLIED,
+            {**args, "file": self.flags.location, "sha256": digest, "platform": state.weights},
+        )
+
+    def _flag_to(self, target: dict[str, float]) -> Event | None:
+        """With ``flags``, the mutation that makes the flag name ``target`` (everyone on the
+        candidate on a promotion, on the baseline on a rollback) — before the platform's split
+        moves; ``None`` when there is nothing to write."""
+        if self.flags is None or self.state.baseline is None:
+            return None
+        current = self.state.flag
+        if current is not None and _same(current, target):
+            return None
+        return self._mutate("set_flag", {"weights": target})
+
+    def _split_now(self) -> dict[str, float]:
+        """The live split users see: the flag's with ``flags`` (once written), else the
+        platform's."""
+        state = self.state
+        if self.flags is not None and state.flag is not None:
+            return state.flag
+        return state.weights
 
     def _native_call(self, action: str, args: dict[str, Any]) -> None:
         """One of the platform's own deployment calls (each idempotent, keyed by the rollout's
@@ -433,7 +487,7 @@ class Engine:
         if phase == Phase.PREPARING:
             self._move(Phase.PROGRESSING)
             self._enter_step(0)
-        elif phase == Phase.PROGRESSING and action == "set_traffic":
+        elif phase == Phase.PROGRESSING and action in ("set_traffic", "set_flag"):
             if float(args["weights"].get(self.state.candidate, 0.0)) >= 100.0:
                 self.state.switched_at = self.clock.now()
             self._advance()
@@ -493,7 +547,8 @@ class Engine:
         step = self.steps[state.step]
         if step.kind == "weight":
             assert step.weight is not None
-            event = self._mutate("set_traffic", {"weights": self._split(step.weight)})
+            action = "set_flag" if self.flags is not None else "set_traffic"
+            event = self._mutate(action, {"weights": self._split(step.weight)})
             return self._result(self.clock.now(), event)
         if step.kind == "mirror":
             percent = step.weight
@@ -516,7 +571,8 @@ class Engine:
             timeout = step.approve.timeout
             # The gates keep watching the candidate's live traffic while a human decides: a
             # failure rolls back at once (a `pause` step, by contrast, does not judge).
-            served = state.weights.get(state.candidate, 0) or state.mirror.get(state.candidate, 0)
+            split = self._split_now()
+            served = split.get(state.candidate, 0) or state.mirror.get(state.candidate, 0)
             watch = bool(self.plan.analysis.gates) and served > 0
             state.waiting = {
                 "reason": "approval",
@@ -649,7 +705,8 @@ class Engine:
         assert state.baseline is not None
         if self.native:
             return self._native_look(start, now, horizon=horizon)
-        comparison = self.strategy.comparison(state.weights, state.baseline)
+        split = self._split_now()
+        comparison = self.strategy.comparison(split, state.baseline)
         historical = comparison == "historical" and state.switched_at is not None
         # A historical look reads the baseline's past window itself: now it serves no one.
         variants = (state.candidate,) if historical else (state.candidate, state.baseline)
@@ -678,11 +735,13 @@ class Engine:
             )
         # The configured split, for the sample-ratio-mismatch check; a mirror copies its share
         # of the baseline's requests to the candidate.
-        base_weight = state.weights.get(state.baseline, 0.0)
-        cand_weight = state.weights.get(state.candidate, 0.0) or state.mirror.get(
-            state.candidate, 0.0
-        )
-        share = cand_weight / (cand_weight + base_weight)
+        base_weight = split.get(state.baseline, 0.0)
+        cand_weight = split.get(state.candidate, 0.0) or state.mirror.get(state.candidate, 0.0)
+        # With segments the candidate's share of requests is not the step's weight (only the
+        # segments' users may get it): no expected split to check the sample ratio against.
+        share: float | None = cand_weight / (cand_weight + base_weight)
+        if self.plan.segments and not state.mirror.get(state.candidate, 0.0):
+            share = None
         mirrored = state.mirror.get(state.candidate, 0.0) > 0
         gates = self.gates if mirrored else self.unmirrored_gates
         return gates.look(
@@ -896,6 +955,10 @@ class Engine:
             return self._result(now, self._mutate("set_shadow", {"variant": None, "percent": 0.0}))
         if self.strategy.ending(self.plan) == "remove":
             return self._tick_removing(live, now)
+        # The flag names the candidate for everyone first; then the platform's split follows.
+        flagged = self._flag_to({state.candidate: 100.0, state.baseline: 0.0})
+        if flagged is not None:
+            return self._result(self.clock.now(), flagged)
         target = {state.candidate: 100.0}
         if live.variant(state.baseline) is not None:
             target[state.baseline] = 0.0
@@ -913,6 +976,9 @@ class Engine:
         was (a shadow evaluation)."""
         state = self.state
         assert state.baseline is not None
+        flagged = self._flag_to({state.baseline: 100.0, state.candidate: 0.0})
+        if flagged is not None:
+            return self._result(self.clock.now(), flagged)
         target = {state.baseline: 100.0}
         if live.variant(state.candidate) is not None:
             target[state.candidate] = 0.0
@@ -961,6 +1027,10 @@ class Engine:
         if candidate is not None:
             target[state.candidate] = 0.0
         try:
+            # Everyone back on the baseline: the flag first (it routes the users), then the rest.
+            flagged = self._flag_to({baseline: 100.0, state.candidate: 0.0})
+            if flagged is not None:
+                return self._result(self.clock.now(), flagged)
             if any(v.shadow_percent > 0 for v in live.variants):  # the mirror stops first
                 event = self._mutate("set_shadow", {"variant": None, "percent": 0.0})
                 return self._result(self.clock.now(), event)

@@ -27,6 +27,9 @@ class EventKind(StrEnum):
     ROLL_BACK_NATIVE_APPLIED = "roll_back_native.applied"
     END_NATIVE_REQUESTED = "end_native.requested"
     END_NATIVE_APPLIED = "end_native.applied"
+    #: ``flags``: the flag definition written with a split (the live split is left to the flag).
+    SET_FLAG_REQUESTED = "set_flag.requested"
+    SET_FLAG_APPLIED = "set_flag.applied"
     #: What the platform's deployment did since the last one (its status, green's share).
     NATIVE = "native"
     LOOK = "look"
@@ -83,6 +86,7 @@ NOTIFY_KINDS = frozenset(
         EventKind.STARTED,
         EventKind.SET_TRAFFIC_APPLIED,
         EventKind.SET_SHADOW_APPLIED,
+        EventKind.SET_FLAG_APPLIED,
         EventKind.START_NATIVE_APPLIED,
         EventKind.NATIVE,
         EventKind.ANALYSIS_FAILED,
@@ -108,6 +112,7 @@ NOTIFY_FILTERS: dict[str, frozenset[EventKind]] = {
         {
             EventKind.SET_TRAFFIC_APPLIED,
             EventKind.SET_SHADOW_APPLIED,
+            EventKind.SET_FLAG_APPLIED,
             EventKind.START_NATIVE_APPLIED,
             EventKind.NATIVE,
         }

@@ -242,7 +242,13 @@ class Runner:
         from mlrollout.capture import capture_source
         from mlrollout.feedback import feedback_source
 
+        flags = None
+        if plan.flags is not None:
+            from mlrollout.flags import flag_writer
+
+            flags = flag_writer(plan, context)
         return Engine(
+            flags=flags,
             capture=capture_source(plan, context),
             feedback=feedback_source(plan, context),
             rollout_id=record.id,

@@ -100,6 +100,8 @@ def check_plan(plan: Plan) -> list[Finding]:
         _check_blue_green,
         _check_ab_test,
         check_prediction_gates,
+        check_quality_gates,
+        _check_flags,
         _check_gates,
         _check_analysis,
         _check_baseline,
@@ -108,6 +110,12 @@ def check_plan(plan: Plan) -> list[Finding]:
     if provider_known:
         found += _guarded(_check_sandbox, plan)
     return found
+
+
+def _check_flags(plan: Plan) -> list[Finding]:
+    from mlrollout.flags.checks import check_flags
+
+    return [Finding(p.path, p.message) for p in check_flags(plan)]
 
 
 def _check_baseline(plan: Plan) -> list[Finding]:

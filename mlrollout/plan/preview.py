@@ -117,6 +117,29 @@ def ending_text(plan: Plan) -> str:
     return "promote: candidate to 100%, retire the baseline"
 
 
+def _flags(plan: Plan) -> dict[str, Any] | None:
+    """Who may get the candidate, and where the split is written (``flags``)."""
+    if plan.flags is None:
+        return None
+    segments = []
+    for segment in plan.segments:
+        match = ", ".join(
+            f"{k} in {', '.join(v)}" if isinstance(v, list) else f"{k} = {v}"
+            for k, v in segment.match.items()
+        )
+        share = (
+            "follows the steps" if segment.weight is None else f"{segment.weight:g}% at every step"
+        )
+        segments.append({"name": segment.name, "match": match, "candidate": share})
+    return {
+        "provider": plan.flags.provider,
+        "key": plan.flags.key,
+        "file": plan.flags.file,
+        "segments": segments,
+        "others": "the baseline" if plan.segments else "follow the steps",
+    }
+
+
 def build_preview(loaded: LoadedPlan) -> dict[str, Any]:
     plan: Plan = loaded.plan
     spec: ProviderSpec = provider_spec(plan.target.provider)
@@ -125,6 +148,11 @@ def build_preview(loaded: LoadedPlan) -> dict[str, Any]:
     if not isinstance(source, str):  # a metrics-source plugin reads the metrics, not the provider
         [name] = list(source)
         calls = {**calls, "metrics": [f"metrics source {name!r}: its queries at each look"]}
+    if plan.flags is not None:
+        # The split is written into the flag file; the platform's own split moves only at the
+        # promotion (everyone on the candidate) and stays on the baseline until then.
+        flag = [f"write flag {plan.flags.key!r} (flagd) to {plan.flags.file}"]
+        calls = {**calls, "set_flag": flag}
     rows = timeline(plan)
     steps: list[dict[str, Any]] = []
     elapsed_min = elapsed_max = 0.0
@@ -134,7 +162,7 @@ def build_preview(loaded: LoadedPlan) -> dict[str, Any]:
         kind = row.step.kind
         every = f" (every {format_duration(plan.analysis.interval)})"
         api = {
-            "weight": calls.get("set_traffic", []),
+            "weight": calls.get("set_flag") or calls.get("set_traffic", []),
             "mirror": calls.get("set_shadow", []),
             "analyze": [c + every for c in calls.get("metrics", [])],
             "native": calls.get("native_status", [])
@@ -168,7 +196,7 @@ def build_preview(loaded: LoadedPlan) -> dict[str, Any]:
         "promotion": {
             "step": ending_text(plan),
             "api_calls": calls.get("end_native")
-            or calls.get("set_traffic", []) + calls.get("finalize", []),
+            or calls.get("set_flag", []) + calls.get("set_traffic", []) + calls.get("finalize", []),
         },
         "rollback": {
             "how": (
@@ -187,7 +215,8 @@ def build_preview(loaded: LoadedPlan) -> dict[str, Any]:
             "api_calls": (
                 calls["roll_back_native"] + calls.get("end_native", [])
                 if "roll_back_native" in calls
-                else calls.get("set_traffic", [])
+                else calls.get("set_flag", [])
+                + calls.get("set_traffic", [])
                 + (calls.get("finalize", []) if plan.rollback.cleanup else [])
             ),
         },
@@ -232,5 +261,6 @@ def build_preview(loaded: LoadedPlan) -> dict[str, Any]:
             "alpha": plan.analysis.alpha,
         },
         "world": None if plan.sandbox is None else world_summary(plan.sandbox),
+        "flags": _flags(plan),
         "warnings": [str(w) for w in loaded.warnings],
     }

@@ -102,6 +102,8 @@ def event_line(event: Event, state: RolloutState) -> tuple[str, str] | None:
         return "prepared", f"candidate {state.candidate} created at 0% traffic"
     if kind == EventKind.SET_TRAFFIC_APPLIED:
         return "traffic", format_weights(weights, state)
+    if kind == EventKind.SET_FLAG_APPLIED:
+        return "flag", f"{format_weights(weights, state)} written to {data.get('file', 'the flag')}"
     if kind == EventKind.FINALIZE_APPLIED:
         return "finalized", f"kept {data.get('keep')}, retired {data.get('retire')}"
     if kind == EventKind.SET_SHADOW_APPLIED:

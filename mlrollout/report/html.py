@@ -259,7 +259,8 @@ def _x_range(context: ReportContext) -> tuple[float, float]:
 
 
 def _traffic_changes(context: ReportContext) -> list[float]:
-    return [context.offset(e.at) for e in context.events if e.kind == EventKind.SET_TRAFFIC_APPLIED]
+    kinds = (EventKind.SET_TRAFFIC_APPLIED, EventKind.SET_FLAG_APPLIED)
+    return [context.offset(e.at) for e in context.events if e.kind in kinds]
 
 
 def _facts(context: ReportContext) -> list[tuple[float, str]]:
@@ -270,9 +271,15 @@ def _facts(context: ReportContext) -> list[tuple[float, str]]:
 
 def weights_chart(context: ReportContext) -> str:
     """Each variant's weight over time, a staircase from ``started`` and ``set_traffic.applied``
-    (and ``adopted``: live weights taken over) to the end of the journal."""
+    (and ``adopted``: live weights taken over) to the end of the journal; with ``flags``, the
+    split written into the flag (``set_flag.applied``), which is what routes the users."""
     changes: list[tuple[float, dict[str, Any]]] = []
-    kinds = (EventKind.STARTED, EventKind.SET_TRAFFIC_APPLIED, EventKind.ADOPTED)
+    flagged = any(e.kind == EventKind.SET_FLAG_APPLIED for e in context.events)
+    kinds: tuple[EventKind, ...] = (
+        (EventKind.STARTED, EventKind.SET_FLAG_APPLIED)
+        if flagged
+        else (EventKind.STARTED, EventKind.SET_TRAFFIC_APPLIED, EventKind.ADOPTED)
+    )
     for event in context.events:
         weights = event.data.get("weights")
         if event.kind in kinds and isinstance(weights, dict):

@@ -12,6 +12,15 @@ runner sharing the store sees the same endpoint, and a new process resumes it::
      "owner": {"mlrollout-rollout": "churn-3f2a1b", "mlrollout-holder": "...",
                "mlrollout-expires": "1800000060"}}
 
+With feature flags (the plan's ``flags``) the record also holds ``"flag_key"`` and a flag
+history, ``"flag_history": [[t2, "<sha256>"], ...]``: each time the rollout writes a new flag
+version (through :class:`RecordingFlagWriter`, which the local provider's ``open_flags`` wraps
+around the real writer), when and which; a new rollout (``prepare`` adding a candidate) starts
+without it, routed by the weights until it writes a flag of its own. The definitions
+themselves are kept by digest in the store (namespace ``sandbox-flags``), so any process can
+replay the history. From the first version on, the metrics route the simulated users by the
+flag (see :mod:`mlrollout.sandbox.traffic`), not by the weights.
+
 The first ``describe()`` creates it from the plan's ``sandbox`` section: the first listed variant
 serves 100 %; the others are only behaviours a candidate may take. Every write passes the runner's
 lease, so a runner that lost its lease cannot move the simulated traffic. ``started`` is the
@@ -39,6 +48,7 @@ weight history are untouched by it (a mirror serves no one).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -55,6 +65,7 @@ from mlrollout.contracts import (
     Window,
 )
 from mlrollout.errors import ProviderError, ProviderRefused
+from mlrollout.flags import FlagWriter
 from mlrollout.plan.model import Candidate, Sandbox
 from mlrollout.sandbox.checks import custom_metric
 from mlrollout.sandbox.traffic import BUCKET, History, Records, TrafficModel
@@ -62,6 +73,8 @@ from mlrollout.sandbox.world import World
 from mlrollout.state.base import Lease
 
 NAMESPACE = "sandbox"
+#: Where the flag definitions the sandbox was routed by are kept, by digest.
+FLAGS_NAMESPACE = "sandbox-flags"
 CAPABILITIES = Capabilities(
     weights=True, shadow=True, native_blue_green=False, segment_routing=False
 )
@@ -176,6 +189,9 @@ class LocalEndpoint:
         )
         record["order"].append(candidate.name)
         record["started"] = self.clock.now()
+        # A new rollout: an earlier rollout's flag no longer routes (this one writes its own)
+        record.pop("flag_history", None)
+        record.pop("flag_key", None)
         self._save(record)
         return self._state(record)
 
@@ -251,6 +267,36 @@ class LocalEndpoint:
             for fact in self.world.facts_until(until - started)
         ]
 
+    # ------------------------------------------------------------------------------ flags
+
+    def record_flag(self, definition: dict[str, Any], digest: str, key: str) -> None:
+        """Note that flag version ``digest`` (of flag ``key``) routes the users from now on.
+        Replay-safe: the definition is stored once by digest, and a version already in effect
+        is not recorded again."""
+        if self.store.get_value(FLAGS_NAMESPACE, digest) is None:
+            value = {"key": key, "definition": definition}
+            self.store.put_value(FLAGS_NAMESPACE, digest, value, lease=self.lease())
+        record = self._load()
+        history: list[list[Any]] = record.setdefault("flag_history", [])
+        if history and history[-1][1] == digest and record.get("flag_key") == key:
+            return
+        at = max(self.clock.now(), history[-1][0]) if history else self.clock.now()
+        history.append([at, digest])
+        record["flag_key"] = key
+        self._save(record)
+
+    def flag_version(self, digest: str) -> tuple[str, dict[str, Any]]:
+        """The flag key and definition of a recorded version."""
+        value = self.store.get_value(FLAGS_NAMESPACE, digest)
+        if value is None:
+            raise ProviderError(
+                f"sandbox endpoint {self.name!r} was routed by flag version {digest[:12]}, "
+                "whose definition is not in the store",
+                hint="the store was changed under the sandbox: start the sandbox anew (another "
+                "target.endpoint or --state)",
+            )
+        return str(value["key"]), dict(value["definition"])
+
     def read_owner(self) -> OwnerMark | None:
         record = self.record()
         return OwnerMark.from_tags(None if record is None else record.get("owner"))
@@ -289,8 +335,11 @@ class LocalMetrics:
         model = self.model(started)
         history: History = [(float(at), ws) for at, ws in record["history"]]
         mirror = _mirror_history(record, started)
+        flags = self._flag_history(record, model)
         order: list[str] = record["order"]
-        seen = set(record["variants"]).union(*(ws for _, ws in history), *(ms for _, ms in mirror))
+        seen = set(record["variants"]).union(
+            *(ws for _, ws in history), *(ms for _, ms in mirror), *(fs for _, fs in flags)
+        )
         # Only completed, published buckets are visible: cut the window at the last bucket
         # boundary at or before the publishing edge.
         edge = started + model.world.visible_until(self.endpoint.clock.now() - started)
@@ -305,10 +354,50 @@ class LocalMetrics:
         out: dict[str, Window] = {}
         for v in query.variants:
             records = (
-                model.records(v, query.start, end, history, order, mirror) if v in seen else None
+                model.records(v, query.start, end, history, order, mirror, flags)
+                if v in seen
+                else None
             )
             out[v] = Window() if records is None else _window(records, names)
         return out
+
+    def _flag_history(self, record: Mapping[str, Any], model: TrafficModel) -> History:
+        """When which flag version routed the users, as each version's shares of them."""
+        entries = record.get("flag_history") or []
+        if not entries:
+            return []
+        key = str(record.get("flag_key", ""))
+        version = self.endpoint.flag_version
+        return [
+            (float(at), model.flag_shares(str(d), key, functools.partial(_definition, version, d)))
+            for at, d in entries
+        ]
+
+
+class RecordingFlagWriter:
+    """The local provider's flag writer: the real one (the flag file the application would
+    read), and, after each write, the version noted in the sandbox endpoint's flag history, so
+    that the simulated users are routed by the flag from then on."""
+
+    def __init__(self, writer: FlagWriter, endpoint: LocalEndpoint, key: str) -> None:
+        self.writer = writer
+        self.endpoint = endpoint
+        self.key = key
+        self.location = writer.location
+
+    def write(self, definition: dict[str, Any]) -> str:
+        digest = self.writer.write(definition)  # the file first: a replay rewrites it
+        self.endpoint.record_flag(definition, digest, self.key)
+        return digest
+
+    def read(self) -> dict[str, Any] | None:
+        return self.writer.read()
+
+
+def _definition(
+    version: Callable[[str], tuple[str, dict[str, Any]]], digest: str
+) -> dict[str, Any]:
+    return version(digest)[1]
 
 
 def _mirror_history(record: Mapping[str, Any], started: float) -> History:

@@ -26,6 +26,8 @@ from mlrollout.sandbox.traffic import grid_seconds
 
 if TYPE_CHECKING:
     from mlrollout.capture import CaptureSource
+    from mlrollout.feedback import FeedbackSource
+    from mlrollout.flags import FlagWriter
 
 
 class LocalProvider:
@@ -169,6 +171,30 @@ class LocalProvider:
         _, metrics = self.open(context)
         assert isinstance(metrics, LocalMetrics)
         return SandboxCapture(metrics)
+
+    def open_flags(self, context: ProviderContext, writer: FlagWriter) -> FlagWriter:
+        """The flag writer ``writer`` (the plan's flag file), which also notes each version
+        written in the simulated endpoint's flag history: from the first one on, the sandbox's
+        users are routed by the flag through the real flagd evaluator, not by the weights (see
+        :class:`~mlrollout.sandbox.endpoint.RecordingFlagWriter`)."""
+        from mlrollout.sandbox.endpoint import RecordingFlagWriter
+
+        flags = context.plan.flags
+        if flags is None:
+            return writer
+        endpoint, _ = self.open(context)
+        assert isinstance(endpoint, LocalEndpoint)
+        return RecordingFlagWriter(writer, endpoint, flags.key)
+
+    def open_feedback(self, context: ProviderContext) -> FeedbackSource:
+        """The sandbox's feedback source: the simulated labels and ratings of each variant's
+        traffic, arriving ``sandbox.label_delay`` after their bucket (see
+        :mod:`mlrollout.sandbox.feedback`)."""
+        from mlrollout.sandbox.feedback import SandboxFeedback
+
+        _, metrics = self.open(context)
+        assert isinstance(metrics, LocalMetrics)
+        return SandboxFeedback(metrics)
 
 
 def _catch_up(clock: object, instant: float) -> None:

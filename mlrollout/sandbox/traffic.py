@@ -38,6 +38,14 @@ users' sticky assignment, which only live weights decide, never includes a mirro
 requests are published as the variant's metrics (added to whatever live traffic it serves) and
 counted apart in :attr:`Records.mirrored`.
 
+Feature flags: a flag history ``(at, {variant: percent})`` — from each instant a flag version
+was written on, the share (percent) of the sticky users the real flagd evaluator assigns to each
+variant (see :meth:`TrafficModel.flag_shares`) — routes the live traffic instead of the
+platform's split: from the first flag version on, ``w`` is the variant's share of the users
+under the flag in effect, whatever the weights say (the application sends each user's request
+to the variant the flag names); before it, the weight history as above. Every user sends the
+same share of the requests, so the users' shares are the requests' shares.
+
 Everything is aggregated counts (:class:`Records`), never one object per request. Each bucket
 draws from its own ``random.Random`` seeded with a blake2b hash of ``(seed, v, k)``, so the
 same window gives the same numbers in every process, in any query order.
@@ -56,12 +64,13 @@ import bisect
 import hashlib
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
+from typing import Any
 
 from mlrollout.contracts import LatencyHistogram, Window
-from mlrollout.plan.model import LinearStrategy, Plan, Sandbox, SandboxVariant
+from mlrollout.plan.model import LinearStrategy, Plan, Sandbox, SandboxUsers, SandboxVariant
 from mlrollout.sandbox.users import UserBase
 from mlrollout.sandbox.world import World
 
@@ -78,6 +87,13 @@ _Z99 = NormalDist().inv_cdf(0.99)
 #: A weight history: ``(at, {variant: percent})`` entries sorted by ``at``; an entry holds until
 #: the next one; before the first every variant has weight 0.
 History = Sequence[tuple[float, Mapping[str, float]]]
+
+#: Users a flag is evaluated for when the sandbox simulates none (anonymous, no attributes).
+FLAG_USERS_DEFAULT = 10_000
+#: Shares of the users by flag version, per user base: ``(digest, key, users) -> shares``;
+#: evaluating every user costs about 15 µs each, so each version is evaluated once per process.
+_FLAG_SHARES: dict[tuple[str, str, tuple[Any, ...]], dict[str, float]] = {}
+_FLAG_SHARES_KEPT = 256
 
 
 def grid_seconds(plan: Plan) -> float:
@@ -296,6 +312,7 @@ class TrafficModel:
         self.bucket = float(bucket)
         self.world = World(sandbox)
         self.users = None if sandbox.users is None else UserBase(sandbox.users, sandbox.seed)
+        self._flag_users: UserBase | None = self.users
         self._latency: dict[tuple[float, float], tuple[int, list[float]]] = {}
         self._buckets: dict[tuple[str, int, float, bool], _Bucket] = {}
         # (variant, first bucket) -> (weights used, records so far); live and mirrored apart
@@ -344,13 +361,65 @@ class TrafficModel:
             out.append((at, {n: 100.0 * s for n, s in shares.items()}))
         return out
 
+    def flag_users(self) -> UserBase:
+        """The users a flag routes: ``sandbox.users``, else :data:`FLAG_USERS_DEFAULT` anonymous
+        ones (a flag needs a ``targetingKey`` per request)."""
+        if self._flag_users is None:
+            users = SandboxUsers(count=FLAG_USERS_DEFAULT)
+            self._flag_users = UserBase(users, self.sandbox.seed)
+        return self._flag_users
+
+    def flag_shares(
+        self, digest: str, key: str, definition: Callable[[], dict[str, Any]]
+    ) -> dict[str, float]:
+        """Each variant's share (percent) of the users under flag version ``digest`` (flag
+        ``key`` of the definition ``definition()`` returns, read only when the version is not
+        cached): every user (or the seeded sample, see
+        :meth:`~mlrollout.sandbox.users.UserBase.flag_sample`) evaluated by the real flagd
+        evaluator, once per version per process."""
+        users = self.flag_users()
+        identity = (
+            users.count,
+            users.seed,
+            tuple((k, tuple(v)) for k, v in users.attributes.items()),
+        )
+        cache_key = (digest, key, identity)
+        cached = _FLAG_SHARES.get(cache_key)
+        if cached is None:
+            from mlrollout.flags import FlagEvaluator
+
+            evaluator = FlagEvaluator(definition())
+            shares = users.flag_shares(lambda uid, attrs: evaluator.variant(key, uid, attrs))
+            cached = {name: 100.0 * share for name, share in shares.items()}
+            if len(_FLAG_SHARES) >= _FLAG_SHARES_KEPT:
+                _FLAG_SHARES.pop(next(iter(_FLAG_SHARES)))
+            _FLAG_SHARES[cache_key] = cached
+        return dict(cached)
+
+    def routed(self, history: History, order: Sequence[str] = (), flags: History = ()) -> History:
+        """What routes the live traffic over time, as ``(at, {variant: percent})``: the weight
+        history (as the users' shares, see :meth:`user_weights`) until the first flag version,
+        then the flag history (each version's shares of the users)."""
+        shared = self.user_weights(history, order)
+        if not flags:
+            return shared
+        first = flags[0][0]
+        return [*((at, ws) for at, ws in shared if at < first), *flags]
+
     def weights(
-        self, variant: str, start: float, end: float, history: History, order: Sequence[str] = ()
+        self,
+        variant: str,
+        start: float,
+        end: float,
+        history: History,
+        order: Sequence[str] = (),
+        flags: History = (),
     ) -> list[float]:
         """The time-weighted live weight (percent) of ``variant`` in each bucket of the window
-        (with ``sandbox.users``: its share of the users, see :meth:`user_weights`)."""
+        (with ``sandbox.users``: its share of the users, see :meth:`user_weights`; under a flag
+        history, its share of the users the flag assigns it, see :meth:`routed`)."""
         return self._per_bucket(
-            variant, self.buckets(start, end), self.user_weights(history, order)
+            variant, self.buckets(start, end), self.routed(history, order, flags)
         )
 
     def mirror_weights(
@@ -444,14 +513,16 @@ class TrafficModel:
         history: History,
         order: Sequence[str] = (),
         mirror: History = (),
+        flags: History = (),
     ) -> Records | None:
         """What ``variant``'s requests did over ``[start, end)`` (whole buckets whose start lies
-        in it): its live traffic by the weight ``history``, plus its mirrored copies by the
-        ``mirror`` history; ``None`` for a variant the sandbox does not describe (no data)."""
+        in it): its live traffic by the weight ``history`` (or, from its first version on, the
+        ``flags`` history), plus its mirrored copies by the ``mirror`` history; ``None`` for a
+        variant the sandbox does not describe (no data)."""
         if variant not in self.sandbox.variants:
             return None
         ks = self.buckets(start, end)
-        ws = self.weights(variant, start, end, history, order)
+        ws = self.weights(variant, start, end, history, order, flags)
         records = self._accumulate(self._runs, variant, ks, ws, mirrored=False)
         if mirror:
             ms = self.mirror_weights(variant, start, end, mirror)
@@ -490,9 +561,10 @@ class TrafficModel:
         history: History,
         order: Sequence[str] = (),
         mirror: History = (),
+        flags: History = (),
     ) -> Window:
         """Requests, errors and latency histogram of ``variant`` over ``[start, end)`` (whole
         buckets whose start lies in it), mirrored copies included. A variant the sandbox does not
         describe has no data."""
-        records = self.records(variant, start, end, history, order, mirror)
+        records = self.records(variant, start, end, history, order, mirror, flags)
         return Window() if records is None else records.window()

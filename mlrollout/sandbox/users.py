@@ -15,17 +15,27 @@ loops over users:
   slice of ``[0, 1)`` (cumulative in order), and a user is served by the variant whose slice
   holds its point. The share of users in ``[lo, hi)`` is exact in O(1), and raising the last
   variant's weight (the candidate's) only moves users onto it, never off it.
+- **Flags.** Under a feature flag the users are routed by the flag, not by the points: each
+  user (its id as ``targetingKey``, its attributes) is evaluated by the real flagd evaluator,
+  which is the one thing here that loops over users (once per flag version, cached by its
+  digest by the caller: about 15 µs a user, 0.8 s for 50,000). Above :data:`FLAG_USERS` users a
+  seeded sample of that many stands for them (the same one for every flag version, so a user's
+  stickiness across versions is the sample's).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping, Sequence
+import random
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 
 from mlrollout.plan.model import SandboxUsers
 
 Match = Mapping[str, str | Sequence[str]]
+#: At most this many users are evaluated per flag version (a seeded sample above it).
+FLAG_USERS = 100_000
 
 
 def _hash(seed: int, what: str) -> int:
@@ -38,6 +48,7 @@ class UserBase:
 
     def __init__(self, users: SandboxUsers, seed: int) -> None:
         self.count = n = users.count
+        self.seed = seed
         self.attributes: dict[str, list[str]] = {k: list(v) for k, v in users.attributes.items()}
         self.radices = [len(values) for values in self.attributes.values()]
         self.combinations = math.prod(self.radices)
@@ -123,6 +134,27 @@ class UserBase:
             if j < self._edge(cumulative / 100.0):
                 return name
         return next(reversed(list(weights)))
+
+    # ----------------------------------------------------------------------------- flags
+
+    def flag_sample(self, limit: int = FLAG_USERS) -> Sequence[int]:
+        """The users a flag is evaluated for: all of them, or a seeded sample of ``limit``
+        (in id order) when there are more."""
+        if self.count <= limit:
+            return range(self.count)
+        rng = random.Random(_hash(self.seed, "flag sample"))
+        return sorted(rng.sample(range(self.count), limit))
+
+    def flag_shares(
+        self,
+        variant_of: Callable[[str, Mapping[str, str]], str],
+        limit: int = FLAG_USERS,
+    ) -> dict[str, float]:
+        """Each variant's share of the users when ``variant_of(user id, attributes)`` names the
+        variant serving each (a flag's evaluation), over :meth:`flag_sample`."""
+        sample = self.flag_sample(limit)
+        counts = Counter(variant_of(*self.user(i)) for i in sample)
+        return {name: counts[name] / len(sample) for name in sorted(counts)}
 
 
 def _count_below(limit: int, radices: Sequence[int], allowed: Sequence[set[int]]) -> int:
