@@ -530,7 +530,13 @@ class Engine:
         self._move(Phase.PREPARING)
         event = self.record(
             EventKind.STARTED,
-            {"baseline": baseline, "candidate": candidate, "weights": live.weights()},
+            {
+                "baseline": baseline,
+                "candidate": candidate,
+                "weights": live.weights(),
+                # the model as resolved (a registry reference is never asked again on resume)
+                "model": self.plan.candidate.model,
+            },
         )
         return self._result(now, event)
 

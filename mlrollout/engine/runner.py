@@ -217,7 +217,14 @@ class Runner:
     # -------------------------------------------------------------------------------- drive
 
     def open_engine(self, record: RolloutRecord, clock: Clock | None = None) -> Engine:
-        plan = plan_of(record)
+        plan = written = plan_of(record)
+        registry = (plan.candidate.model or "").startswith("models:/")
+        if registry:
+            # A Model Registry reference: the platform's model, from the journal once started
+            # (a resumed rollout never asks the registry again), else from MLflow.
+            from mlrollout.report.mlflow import resolved_candidate
+
+            plan = resolved_candidate(written, self.store.events(record.id))
         state = RolloutState.from_dict(record.snapshot) if record.snapshot else None
         if state is None:
             state = RolloutState(candidate=plan.candidate.name)
@@ -239,6 +246,14 @@ class Runner:
                 listeners.append(notifier)
                 # delivered off the critical path; drive() closes it (a bounded flush) at the end
                 self._notifiers.append(notifier)
+        if plan.mlflow is not None or registry:
+            from mlrollout.report.mlflow import recorder_from_plan
+
+            # the plan as written: the recorder tags the registry version it names
+            recorder = recorder_from_plan(written, record, self.store)
+            if recorder is not None:
+                listeners.append(recorder)
+                self._notifiers.append(recorder)  # drive() closes it (a bounded flush)
         from mlrollout.capture import capture_source
         from mlrollout.feedback import feedback_source
 

@@ -197,8 +197,37 @@ def _check_secrets(plan: Plan) -> list[Finding]:
                     f"{instead[1]}",
                 )
             )
+    # Locations of records the rollout reads or writes: their credentials come from the
+    # environment too (MLFLOW_TRACKING_TOKEN, the cloud's chain), never a SAS or a password.
+    where: list[tuple[tuple[str | int, ...], str | None, str]] = [
+        (
+            ("mlflow", "tracking_uri"),
+            plan.mlflow.tracking_uri if plan.mlflow else None,
+            "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN",
+        ),
+        (("flags", "file"), plan.flags.file if plan.flags else None, _CHAIN),
+        (("feedback", "source", "jsonl"), plan.feedback.jsonl if plan.feedback else None, _CHAIN),
+        (("capture", "source", "jsonl"), plan.capture.jsonl if plan.capture else None, _CHAIN),
+    ]
+    for path, location, use in where:
+        if location is None:
+            continue
+        if _userinfo(location, user_alone=True):
+            what = "credentials (user:password@ or token@)"
+        elif (param := _credential_param(location)) is not None:
+            what = f"a credential in its query string ({param}=...)"
+        else:
+            continue
+        found.append(
+            Finding(
+                path,
+                f"this location carries {what}, and a plan is recorded and shown: use {use}",
+            )
+        )
     return found
 
+
+_CHAIN = "the environment or the cloud's credential chain"
 
 #: The environment variable the webhook notifier sends as ``Authorization: Bearer``.
 WEBHOOK_TOKEN_ENV = "MLROLLOUT_WEBHOOK_TOKEN"

@@ -126,3 +126,51 @@ def prometheus(
     ]
     with local_server(argv, f"{url}/-/ready", log=root / "prometheus.log"):
         yield url
+
+
+#: The checkout's own peers (installed by ``.ci/run``, gitignored).
+PEERS = Path(__file__).resolve().parents[2] / ".peers"
+
+
+@contextlib.contextmanager
+def mlflow_server(root: Path, *, timeout: float = 120.0) -> Iterator[str]:
+    """A real MLflow tracking server with its Model Registry on 127.0.0.1 (the full ``mlflow``
+    package, which is heavy: in its own venv ``.peers/mlflow``, else ``mlflow`` on ``PATH``):
+    a SQLite backend and served artifacts under ``root``. Yields its URL; stopped afterwards.
+
+    The ``mlflow`` script of the environment running the tests is not taken: it is the client's
+    (``mlflow-skinny``), which cannot serve."""
+    local = PEERS / "mlflow" / "bin" / "mlflow"
+    found = str(local) if local.exists() else shutil.which("mlflow")
+    if found is not None and not local.exists():
+        import sys
+
+        if Path(found).parent == Path(sys.prefix) / "bin":
+            found = None
+    if found is None:
+        missing_peer(
+            "mlflow (the tracking server) not installed: python3 -m venv .peers/mlflow && "
+            ".peers/mlflow/bin/pip install mlflow"
+        )
+        raise AssertionError("unreachable")  # pragma: no cover - missing_peer raises
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [
+        "env",  # the server's background job runner (three more processes) is not needed
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false",
+        found,
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    with local_server(argv, f"{url}/health", log=root / "mlflow.log", timeout=timeout):
+        yield url
