@@ -104,7 +104,7 @@ class JsonlCapture:
         try:
             for file in files:
                 name = str(file)
-                cursor.offsets[name] = self._read_file(
+                cursor.offsets[name] = self.read_file(
                     file, cursor.offsets.get(name, 0), pairing, path, start, end, cursor.ahead
                 )
         except OSError as exc:
@@ -113,7 +113,7 @@ class JsonlCapture:
         self._cursor = cursor if self.use_cursor else None
         return pairing.summary()
 
-    def _read_file(
+    def read_file(
         self,
         file: FsPath,
         offset: int,

@@ -93,6 +93,7 @@ def check_plan(plan: Plan) -> list[Finding]:
     found += provider_problems
     provider_known = not any(f.path == ("target", "provider") for f in provider_problems)
     from mlrollout.capture.checks import check_prediction_gates
+    from mlrollout.feedback.checks import check_quality_gates
 
     for check in (
         _check_secrets,

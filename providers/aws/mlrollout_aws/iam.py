@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from mlrollout.contracts import OWNER_KEYS, OWNER_ROLLOUT_KEY
-from mlrollout.plan.model import BlueGreenStrategy, Plan
+from mlrollout.plan.model import QUALITY_METRICS, BlueGreenStrategy, Plan
 from mlrollout_aws import naming
 from mlrollout_aws.spec import capture_uri, needs_capture
 
@@ -82,6 +82,7 @@ def iam_policy(plan: Plan, state: str | None = None) -> dict[str, Any]:
         statements += _native_statements(region)
     if needs_capture(plan):
         statements += _capture_statements(plan)
+    statements += _record_statements(plan)
     if state and state.startswith("s3://"):
         parts = urlsplit(state)
         bucket, prefix = parts.netloc, parts.path.strip("/")
@@ -131,6 +132,46 @@ def _capture_statements(plan: Plan) -> list[dict[str, Any]]:
             **({"Condition": {"StringLike": {"s3:prefix": [f"{folder}*"]}}} if uri else {}),
         },
     ]
+
+
+def _record_statements(plan: Plan) -> list[dict[str, Any]]:
+    """The S3 objects the rollout writes or reads besides its state: the flag file (``flags``,
+    written at each step) and the labels of the quality gates (``feedback`` in ``jsonl`` on S3,
+    or Model Monitor's ground truth under ``target.ground_truth_s3_uri``)."""
+    out: list[dict[str, Any]] = []
+    if plan.flags is not None and plan.flags.file.startswith("s3://"):
+        parts = urlsplit(plan.flags.file)
+        out.append(
+            {
+                "Sid": "WriteFlagFile",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject", "s3:PutObject"],
+                "Resource": f"arn:aws:s3:::{parts.netloc}/{parts.path.lstrip('/')}",
+            }
+        )
+    labels = plan.feedback.jsonl if plan.feedback is not None else None
+    if labels is None and any(g.metric in QUALITY_METRICS for g in plan.analysis.gates):
+        truth = plan.target.setting("ground_truth_s3_uri")
+        labels = str(truth) if truth else None
+    if labels is not None and labels.startswith("s3://"):
+        parts = urlsplit(labels)
+        prefix = parts.path.strip("/")
+        out += [
+            {
+                "Sid": "ReadLabels",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject"],
+                "Resource": f"arn:aws:s3:::{parts.netloc}/{prefix + '/' if prefix else ''}*",
+            },
+            {
+                "Sid": "ListLabels",
+                "Effect": "Allow",
+                "Action": ["s3:ListBucket"],
+                "Resource": f"arn:aws:s3:::{parts.netloc}",
+                **({"Condition": {"StringLike": {"s3:prefix": [f"{prefix}*"]}}} if prefix else {}),
+            },
+        ]
+    return out
 
 
 def _native_statements(region: str) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from mlrollout.contracts import Capabilities, PlanProblem, ProviderSpec
 from mlrollout.plan.model import (
+    QUALITY_METRICS,
     BlueGreenStrategy,
     CanaryStrategy,
     LinearStrategy,
@@ -22,6 +23,7 @@ from mlrollout_aws import naming
 if TYPE_CHECKING:
     from mlrollout.capture import CaptureSource
     from mlrollout.contracts import EndpointAdapter, MetricsSource, ProviderContext
+    from mlrollout_aws.groundtruth import GroundTruthFeedback
 
 CAPABILITIES = Capabilities(weights=True, shadow=True, native_blue_green=True)
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
@@ -35,7 +37,10 @@ class SageMakerProvider:
 
     name: str = "sagemaker"
     #: ``capture_s3_uri``: where DataCapture writes when mlrollout turns it on for a shadow.
-    target_keys: frozenset[str] = frozenset({"region", "profile", "capture_s3_uri"})
+    #: ``ground_truth_s3_uri``: where Model Monitor's ground-truth records are (feedback: default).
+    target_keys: frozenset[str] = frozenset(
+        {"region", "profile", "capture_s3_uri", "ground_truth_s3_uri"}
+    )
     required_keys: frozenset[str] = frozenset({"region"})
     capabilities: Capabilities = CAPABILITIES
     strategies: frozenset[str] = frozenset({"canary", "linear", "blue_green", "shadow", "ab_test"})
@@ -153,6 +158,12 @@ class SageMakerProvider:
                 "after it closed is not listed again)",
                 "S3.GetObject per capture file new since the last look",
             ]
+        if any(g.metric in QUALITY_METRICS for g in plan.analysis.gates):
+            calls["metrics"] = calls["metrics"] + [
+                "S3.ListObjectsV2 on the labels' prefix (hour folders of the window; one call "
+                "per 1,000 objects)",
+                "S3.GetObject per label file new since the last look",
+            ]
         return calls
 
     # ------------------------------------------------------------------------------- open
@@ -171,17 +182,28 @@ class SageMakerProvider:
 
         return DataCaptureSource.from_context(context)
 
+    def open_feedback(self, context: ProviderContext) -> GroundTruthFeedback:
+        """Model Monitor's ground truth in S3 joined to the endpoint's DataCapture
+        (:mod:`mlrollout_aws.groundtruth`); it also gives ``{jsonl: s3://...}`` feedback the
+        DataCapture predictions to join to."""
+        from mlrollout_aws.groundtruth import GroundTruthFeedback
+
+        return GroundTruthFeedback.from_context(context)
+
 
 def needs_capture(plan: Plan | None) -> bool:
     """Does the plan read SageMaker's DataCapture (a capture section or a prediction gate, and
     no ``{jsonl: ...}`` source of its own)?"""
-    from mlrollout.plan.model import PREDICTION_METRICS
+    from mlrollout.plan.model import LABEL_METRICS, PREDICTION_METRICS
 
     if plan is None:
         return False
     if plan.capture is not None:
         return plan.capture.jsonl is None
-    return any(g.metric in PREDICTION_METRICS for g in plan.analysis.gates)
+    # the quality gates join labels to each variant's captured predictions
+    return any(
+        g.metric in PREDICTION_METRICS or g.metric in LABEL_METRICS for g in plan.analysis.gates
+    )
 
 
 def capture_on(config: Any) -> bool:
@@ -198,14 +220,18 @@ def capture_uri(plan: Plan | None) -> str | None:
 
 def _check_capture(plan: Plan) -> list[PlanProblem]:
     problems: list[PlanProblem] = []
-    uri = plan.target.setting("capture_s3_uri")
-    if uri is not None and not _S3_URI.match(str(uri)):
-        problems.append(
-            PlanProblem(
-                ("target", "capture_s3_uri"),
-                f"{uri!r} is not an S3 location DataCapture writes to (s3://BUCKET/PREFIX)",
+    for key, what in (
+        ("capture_s3_uri", "DataCapture writes to"),
+        ("ground_truth_s3_uri", "Model Monitor's ground truth is under"),
+    ):
+        uri = plan.target.setting(key)
+        if uri is not None and not _S3_URI.match(str(uri)):
+            problems.append(
+                PlanProblem(
+                    ("target", key),
+                    f"{uri!r} is not an S3 location {what} (s3://BUCKET/PREFIX)",
+                )
             )
-        )
     strategy = plan.strategy
     if isinstance(strategy, ShadowStrategy) and not (
         0 < strategy.percent <= naming.MAX_SHADOW_PERCENT

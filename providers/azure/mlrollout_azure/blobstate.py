@@ -92,7 +92,7 @@ class BlobStateStore(ObjectStateStore):
         return False
 
     def _failed(self, what: str, exc: BaseException, attempts: int) -> BaseException:
-        code = _error_code(exc)
+        code = error_code(exc)
         if code == "ContainerNotFound":
             return self._missing("container", self.container_name)
         status = getattr(exc, "status_code", None)
@@ -127,7 +127,7 @@ class BlobStateStore(ObjectStateStore):
                 downloader = blob.download_blob()
                 return bytes(downloader.readall()), str(downloader.properties.etag)
             except aexc.ResourceNotFoundError as exc:
-                if _error_code(exc) == "ContainerNotFound":
+                if error_code(exc) == "ContainerNotFound":
                     raise
                 return None
 
@@ -154,11 +154,11 @@ class BlobStateStore(ObjectStateStore):
             try:
                 blob.upload_blob(body, blob_type="BlockBlob", **conditions)
             except (aexc.ResourceExistsError, aexc.ResourceModifiedError) as exc:
-                if _error_code(exc) == "ContainerNotFound":
+                if error_code(exc) == "ContainerNotFound":
                     raise
                 return False
             except aexc.HttpResponseError as exc:
-                if exc.status_code in (409, 412) and _error_code(exc) != "ContainerNotFound":
+                if exc.status_code in (409, 412) and error_code(exc) != "ContainerNotFound":
                     return False
                 raise
             return True
@@ -176,7 +176,7 @@ class BlobStateStore(ObjectStateStore):
         return list(self._call("listing blobs", listed))
 
 
-def _error_code(exc: BaseException) -> str | None:
+def error_code(exc: BaseException) -> str | None:
     """The service's error code (``ContainerNotFound``), whether the SDK gives it as a string or
     as a ``StorageErrorCode`` member."""
     code = getattr(exc, "error_code", None)
