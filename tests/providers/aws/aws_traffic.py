@@ -69,6 +69,7 @@ class SageMakerTraffic:
         s3: Any = None,
         agreement: dict[str, float] | None = None,
         fixtures: bool = True,
+        routes: Any = None,
     ) -> None:
         self.emulator = emulator
         self.cloudwatch = cloudwatch
@@ -86,12 +87,21 @@ class SageMakerTraffic:
         self.seed = seed
         self.agreement = dict(agreement or {})
         self.fixtures = fixtures
+        #: The application's own routing (a feature flag it evaluates per request): a callable
+        #: giving ``{variant: percent}`` or ``None`` (then the endpoint's split routes).
+        self.routes = routes
         self.captured: dict[str, int] = {}  # variant -> records written (fixtures included)
         self.capture_files: dict[str, int] = {}
 
     def note_weights(self, at: float) -> None:
         weights: dict[str, float] = {}
-        for variant, model, percent in self.emulator.traffic_split(self.endpoint):
+        routed = self.routes() if self.routes is not None else None
+        split = (
+            [(v, None, p) for v, p in routed.items()]
+            if routed is not None
+            else self.emulator.traffic_split(self.endpoint)
+        )
+        for variant, model, percent in split:
             profile = self.models.get(model or "", variant)
             weights[profile] = weights.get(profile, 0.0) + percent
             if percent > 0 or profile not in self.publish_as:
