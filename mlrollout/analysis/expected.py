@@ -20,7 +20,7 @@ from mlrollout.analysis.measures import Criteria
 from mlrollout.analysis.mixture import kl_bernoulli
 from mlrollout.analysis.onset import METHOD as ONSET_METHOD
 from mlrollout.analysis.tail import METHOD as TAIL_METHOD
-from mlrollout.plan.model import LATENCY_METRICS, PREDICTION_METRICS, Gate
+from mlrollout.plan.model import LATENCY_METRICS, PREDICTION_METRICS, QUALITY_METRICS, Gate
 from mlrollout.units import format_duration, format_rate
 
 #: Nats a mixture and the overshoot at 10 s looks cost over a test told the effect (passing).
@@ -100,6 +100,10 @@ def expect(
         from mlrollout.analysis.prediction import expectation
 
         return expectation(gate, alpha)
+    if gate.metric in QUALITY_METRICS:
+        from mlrollout.analysis.quality import expectation as quality_expectation
+
+        return quality_expectation(gate, alpha, share)
     criteria = Criteria.of(gate)
     margin = criteria.margin
     alpha /= criteria.split

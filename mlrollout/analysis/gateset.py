@@ -30,9 +30,11 @@ from dataclasses import dataclass, field, replace
 
 from mlrollout.analysis.calibration import Pace
 from mlrollout.analysis.fixed_horizon import FixedHorizonBonferroni
-from mlrollout.analysis.measures import Criteria
+from mlrollout.analysis.measures import Criteria, custom_counts
 from mlrollout.analysis.prediction import PREDICTION_METRICS
 from mlrollout.analysis.prediction import evaluate as evaluate_prediction
+from mlrollout.analysis.quality import QUALITY_METRICS
+from mlrollout.analysis.quality import evaluate as evaluate_quality
 from mlrollout.analysis.rule import DecisionRule, LookContext
 from mlrollout.analysis.sequential import MixtureSPRT
 from mlrollout.analysis.srm import held_by_mismatch, srm_verdict
@@ -74,7 +76,7 @@ class GateSet:
     >>> print(textwrap.fill(verdict.reasons[0], 80))
     errors: candidate error rate 5% vs baseline 1% (+400%; 97.5% always-valid lower
     bound +204%): worse than the baseline and beyond the +25% margin, evidence 44.0
-    ≥ 3.7 needed, errors 100/2000 vs 50/5000, at 97.5%: roll back
+    ≥ 3.7 needed, errors 100/2,000 vs 50/5,000, at 97.5%: roll back
     >>> verdict.reasons[1]  # dry run: recorded, never decides
     'p99 (dry run): no p99 latency data for the candidate'
     """
@@ -184,12 +186,20 @@ class GateSet:
                 gate_ctx = replace(ctx, criteria=criteria)
                 if gate.metric in PREDICTION_METRICS:  # they judge the capture, in any rule
                     verdicts.append(evaluate_prediction(gate, cand, base, gate_ctx))
+                elif gate.metric in QUALITY_METRICS:  # they judge the labels, in any rule
+                    verdicts.append(evaluate_quality(gate, cand, base, gate_ctx))
                 elif self.winner is not None and gate.name == self.winner[0]:  # an A/B test
                     verdicts.append(
                         evaluate_winner(gate, cand, base, gate_ctx, min_effect=self.winner[1])
                     )
                 else:
-                    verdicts.append(self.rule.evaluate(gate, cand, base, gate_ctx))
+                    verdict = self.rule.evaluate(gate, cand, base, gate_ctx)
+                    if gate.metric == "custom" and verdict.outcome is not Outcome.HOLD:
+                        compared = base if gate.vs_baseline is not None else None
+                        verdict.reason = _with_counts(
+                            verdict.reason, custom_counts(gate, cand, compared)
+                        )
+                    verdicts.append(verdict)
             except Exception as exc:  # a bad gate or a rule bug must not crash the rollout
                 message = f"could not evaluate the gate: {type(exc).__name__}: {exc}"
                 verdicts.append(
@@ -232,6 +242,20 @@ def judged_stages(plan: Plan) -> int:
         or (row.step.kind == "approve" and watching and row.candidate_weight + row.mirror > 0)
     )
     return max(1, count)
+
+
+def _with_counts(reason: str, counts: str) -> str:
+    """A custom gate's reason with what its value is made of, before the confidence and the
+    verdict (``..., at 95%: roll back``), else before the final verdict, else at the end."""
+    if not counts:
+        return reason
+    head, sep, tail = reason.rpartition(", at ")
+    if sep:
+        return f"{head}; {counts}, at {tail}"
+    head, sep, tail = reason.rpartition(": ")
+    if sep and tail in ("roll back", "pass", "keep watching"):
+        return f"{head}; {counts}: {tail}"
+    return f"{reason}; {counts}"
 
 
 def _parse(gates: tuple[Gate, ...]) -> tuple[Criteria | None, ...]:

@@ -22,7 +22,14 @@ from typing import Literal
 
 from mlrollout.analysis.verdict import Numbers, Outcome
 from mlrollout.contracts import LatencyHistogram, Window
-from mlrollout.plan.model import LATENCY_METRICS, Gate, Margin, parse_margin, parse_metric_value
+from mlrollout.plan.model import (
+    LATENCY_METRICS,
+    QUALITY_METRICS,
+    Gate,
+    Margin,
+    parse_margin,
+    parse_metric_value,
+)
 from mlrollout.units import format_latency, format_rate
 
 #: Why a provider percentile's verdict is a weaker guarantee (it says so in its reason).
@@ -143,11 +150,43 @@ def measure(gate: Gate, window: Window, who: str, z: float) -> Counts | Estimate
         return Estimate(point, point, point, bounded=False, note=PERCENTILE_NOTE)
     value = window.custom.get(gate.name)
     if value is None or not value.count > 0 or not math.isfinite(value.mean):
-        return f"no value of {gate.name!r} for the {who}"
+        return f"no value of {gate.name!r} for the {who} (its query returned no total and count)"
     total, count = float(value.total), float(value.count)
     if total.is_integer() and count.is_integer() and 0 <= total <= count:
         return Counts(total, count)
     return Estimate(value.mean, value.mean, value.mean, bounded=False, note=MEAN_NOTE)
+
+
+def custom_counts(gate: Gate, candidate: Window, baseline: Window | None) -> str:
+    """What a ``custom`` gate's value is made of, in words as plain as the error gate's: events
+    counted per request (``conversion counted on 500 of 20,000 candidate requests vs 700 of
+    20,000 baseline requests``) or a total over requests (``revenue 2.5 per request (5,000.5 in
+    total over 2,000 candidate requests) vs ...``). Empty when the candidate has no value (the
+    reason already says so)."""
+    parts, rates = [], True
+    for who, window in (("candidate", candidate), ("baseline", baseline)):
+        value = window.custom.get(gate.name) if window is not None else None
+        if value is None or not value.count > 0 or not math.isfinite(value.mean):
+            if who == "candidate":
+                return ""
+            continue
+        total, count = float(value.total), float(value.count)
+        if total.is_integer() and count.is_integer() and 0 <= total <= count:
+            parts.append(f"{total:,.0f} of {count:,.0f} {who} requests")
+        else:
+            rates = False
+            parts.append(
+                f"{_amount(value.mean)} per request ({_amount(total)} in total over "
+                f"{count:,.0f} {who} requests)"
+            )
+    return f"{gate.name} {'counted on ' if rates else ''}{' vs '.join(parts)}"
+
+
+def _amount(v: float) -> str:
+    """A total or a mean as the custom wording prints it: ``7,000.25``, ``2.5``, ``0.0312``."""
+    if abs(v) >= 1000:
+        return f"{v:,.2f}".rstrip("0").rstrip(".")
+    return f"{v:.4g}"
 
 
 def measure_both(
@@ -185,7 +224,19 @@ def gate_label(gate: Gate) -> str:
         return "error rate"
     if gate.metric in LATENCY_METRICS:
         return f"{gate.metric.removeprefix('latency_')} latency"
+    if gate.metric in QUALITY_METRICS:
+        return _QUALITY_LABELS[gate.metric](gate.positive)
     return gate.metric if gate.metric == "requests" else gate.name
+
+
+#: The quality gates' labels, from the positive class (``None``: a macro average).
+_QUALITY_LABELS: dict[str, Callable[[str | None], str]] = {
+    "accuracy": lambda _: "accuracy",
+    "feedback": lambda _: "positive feedback",
+    "precision": lambda k: "macro precision" if k is None else f"precision of {k!r}",
+    "recall": lambda k: "macro recall" if k is None else f"recall of {k!r}",
+    "f1": lambda k: "macro F1" if k is None else f"F1 of {k!r}",
+}
 
 
 def formatter(kind: Kind) -> Callable[[float], str]:

@@ -16,6 +16,7 @@ from mlrollout.analysis.gateset import GateSet
 from mlrollout.analysis.rule import DecisionRule
 from mlrollout.analysis.verdict import Verdict
 from mlrollout.contracts import CustomValue, LatencyHistogram, Window
+from mlrollout.feedback import QualityCounts
 from mlrollout.plan.model import Analysis
 
 #: Default histogram bounds for :func:`histogram`: 80 log-spaced bounds from 1 ms to 60 s (the
@@ -37,7 +38,9 @@ def histogram(
 
 def merge(total: Window, part: Window) -> Window:
     """``total`` plus one more interval ``part`` (counts, histograms and custom sums add; a
-    provider percentile cannot be added up, so the newest interval's percentiles are kept)."""
+    provider percentile cannot be added up, so the newest interval's percentiles are kept).
+    Quality counts: the labels and ratings that arrived in ``part`` add; how many still wait is
+    the newest interval's (a state, not a flow), as is a source error."""
 
     def add(a: int | None, b: int | None) -> int | None:
         return b if a is None else a if b is None else a + b
@@ -57,7 +60,29 @@ def merge(total: Window, part: Window) -> Window:
         latency=latency,
         latency_percentiles=dict(part.latency_percentiles or total.latency_percentiles),
         custom=custom,
+        quality=_merge_quality(total.quality, part.quality),
     )
+
+
+def _merge_quality(total: QualityCounts | None, part: QualityCounts | None) -> QualityCounts | None:
+    if part is None or total is None:
+        return part if total is None else total
+    if part.error:  # nothing from this interval counts; the look holds on the error
+        return QualityCounts(
+            dict(total.confusion), total.waiting, total.feedback, total.feedback_waiting,
+            total.broken, total.unmatched, part.error,
+        )  # fmt: skip
+    confusion = dict(total.confusion)
+    for key, n in part.confusion.items():
+        confusion[key] = confusion.get(key, 0) + n
+    feedback = total.feedback
+    if part.feedback is not None:
+        old = feedback or (0, 0)
+        feedback = (old[0] + part.feedback[0], old[1] + part.feedback[1])
+    return QualityCounts(
+        confusion, part.waiting, feedback, part.feedback_waiting,
+        total.broken + part.broken, total.unmatched + part.unmatched,
+    )  # fmt: skip
 
 
 @dataclass

@@ -321,12 +321,12 @@ class _Restart:
     def text(self, fmt: Callable[[float], str], noun: str) -> str:
         c = self.c
         if self.b is None:
-            what = f"{fmt(c.rate)} ({c.events:.0f} of {c.trials:.0f})"
+            what = f"{fmt(c.rate)} ({c.events:,.0f} of {c.trials:,.0f})"
         else:
             b = self.b
             what = (
-                f"{fmt(c.rate)} vs {fmt(b.rate)} ({noun} {c.events:.0f}/{c.trials:.0f} vs "
-                f"{b.events:.0f}/{b.trials:.0f})"
+                f"{fmt(c.rate)} vs {fmt(b.rate)} ({noun} {c.events:,.0f}/{c.trials:,.0f} vs "
+                f"{b.events:,.0f}/{b.trials:,.0f})"
             )
         return (
             f"a late onset: over the last {self.looks} looks {what}, evidence {nats(self.fail)} "
@@ -461,7 +461,7 @@ def _rates_vs_baseline(
         numbers |= {"lower": b.rate * r_low, "upper": b.rate * r_high}
         how = "stage-calibrated" if outcome is Outcome.FAIL and ev.lowered > 0 else "always-valid"
         interval = f"{confidence(alpha)} {how} {side} bound {_pct(edge)}"
-    samples = f"{c.events:.0f}/{c.trials:.0f} vs {b.events:.0f}/{b.trials:.0f}"
+    samples = f"{c.events:,.0f}/{c.trials:,.0f} vs {b.events:,.0f}/{b.trials:,.0f}"
     change = _pct(ratio) if b.rate > 0 else "from none"
     if outcome is Outcome.FAIL:
         word = "worse than" if worse == "increase" else "below"
@@ -481,7 +481,7 @@ def _rates_vs_baseline(
         if more is not None:
             numbers["needed_requests"] = more
             verdict += f"; about {more} more candidate requests at these rates"
-    noun = "errors" if label == "error rate" else "events"
+    noun = "errors" if label == "error rate" else label
     bursts = f" ({disp.note(noun)})" if disp.discounted else ""
     found = late.text(fmt, noun) if late is not None else ev.text()
     reason = (
@@ -580,11 +580,11 @@ def _rate_bound(
         ev = _fail_share(ev, alpha, c.trials * bound * (1 - bound) / phi, pace, phi)
         worse: Direction = "increase" if is_max else "decrease"
         late = _restarted(rows, worse, alpha, pace, phi, theta0=bound)
-    noun = "errors" if label == "error rate" else "events"
+    noun = "errors" if label == "error rate" else label
     info = c.trials * max(c.rate * (1 - c.rate), 1 / c.trials)
     z = normal_cs_z(info / phi, alpha) * math.sqrt(phi)  # the interval sqrt(phi) wider
     interval = wilson(c, z)
-    samples = f"{c.events:.0f} of {c.trials:.0f}"
+    samples = f"{c.events:,.0f} of {c.trials:,.0f}"
     if disp.discounted:
         samples += f" ({disp.note(noun)})"
     if late is not None and late.crossed and ev.outcome is not Outcome.FAIL:

@@ -58,7 +58,8 @@ class GateVerdict:
     the relative change or the difference against the baseline for ``vs_baseline``), ``lower``
     and ``upper`` (the candidate's confidence bounds), ``threshold`` (the limit the candidate is
     held to), ``candidate_requests``/``baseline_requests`` (samples per variant), and
-    ``needed_requests`` when the data is short. z-tests add ``statistic`` and ``critical``.
+    ``needed_requests`` when the data is short (the quality gates: ``needed_labels``, labelled
+    predictions or ratings). z-tests add ``statistic`` and ``critical``.
     """
 
     gate: str

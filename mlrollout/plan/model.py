@@ -572,6 +572,8 @@ def parse_metric_value(metric: str, raw: str | float) -> float:
         if not 0 <= share <= 1:
             raise ValueError(f"{metric} is a share from 0% to 100%, got {raw!r}")
         return share
+    if metric == "custom" and isinstance(raw, str) and raw.strip().endswith("%"):
+        return _rate(raw)  # a custom rate (conversions per request) as a percentage
     if metric == "prediction_drift" and isinstance(raw, int | float) and raw < 0:
         raise ValueError(f"a PSI is not negative, got {raw!r}")
     if isinstance(raw, bool) or not isinstance(raw, int | float):

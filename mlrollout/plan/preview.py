@@ -7,7 +7,7 @@ from typing import Any
 
 from mlrollout.contracts import ProviderSpec
 from mlrollout.plan.loader import LoadedPlan
-from mlrollout.plan.model import LATENCY_METRICS, Gate, Plan
+from mlrollout.plan.model import LATENCY_METRICS, QUALITY_METRICS, Gate, Plan
 from mlrollout.plan.timeline import timeline
 from mlrollout.plugins import provider_spec
 from mlrollout.sandbox.world import mean_rps
@@ -20,7 +20,7 @@ def gate_rule(gate: Gate) -> str:
     parts = []
 
     def bound(value: float) -> str:
-        if gate.metric == "error_rate":
+        if gate.metric == "error_rate" or gate.metric in QUALITY_METRICS:
             return format_rate(value)
         if gate.metric in LATENCY_METRICS:
             return format_latency(value)

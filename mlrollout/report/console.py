@@ -21,6 +21,7 @@ from rich.text import Text
 from mlrollout.engine.engine import RolloutState
 from mlrollout.engine.events import EventKind
 from mlrollout.engine.phases import Phase
+from mlrollout.plan.model import QUALITY_METRICS
 from mlrollout.plan.timeline import ExecStep
 from mlrollout.state.base import Event
 from mlrollout.units import format_duration, format_latency, format_rate
@@ -51,8 +52,8 @@ def format_value(metric: str, value: Any) -> str:
     """A gate number in its metric's unit (rates are fractions, latencies seconds)."""
     if not isinstance(value, int | float) or isinstance(value, bool):
         return "-"
-    if metric in ("error_rate", "traffic_share", "agreement"):  # traffic_share: sample ratio
-        return format_rate(value)
+    if metric in ("error_rate", "traffic_share", "agreement") or metric in QUALITY_METRICS:
+        return format_rate(value)  # traffic_share: the sample ratio
     if metric.startswith("latency"):
         return format_latency(value)
     return f"{value:.0f}" if metric == "requests" else f"{value:.4g}"

@@ -158,7 +158,7 @@ def test_a_rollback_verdict_says_everything_in_numbers_and_words() -> None:
     lower = f"{(n['ratio_lower'] - 1) * 100:+.0f}%"
     assert f"95% always-valid lower bound {lower}" in reason
     assert f"evidence {n['statistic']:.1f} ≥ 3.0 needed" in reason
-    assert "errors 63/3000 vs 270/27000" in reason and reason.endswith("at 95%: roll back")
+    assert "errors 63/3,000 vs 270/27,000" in reason and reason.endswith("at 95%: roll back")
 
 
 def test_a_passing_verdict_bounds_the_change_below_the_margin() -> None:
