@@ -101,6 +101,8 @@ class RolloutState:
     #: on the baseline until the promotion.
     flag: dict[str, float] | None = None
     flag_digest: str | None = None
+    #: A fleet's target: the fleet released it (its baseline may be retired).
+    released: bool = False
     #: The bins ``prediction_drift`` uses, fixed from the baseline's outputs at the first look
     #: that had any (:meth:`mlrollout.capture.Bins.to_dict`).
     capture_bins: dict[str, Any] | None = None
@@ -351,6 +353,14 @@ class Engine:
             Phase.PROGRESSING,
             Phase.WAITING,
         ):
+            if phase == Phase.WAITING and (self.state.waiting or {}).get("reason") == "fleet":
+                # The fleet releases its held target: the baseline may now be retired.
+                self.state.waiting = None
+                self.state.released = True
+                self._move(Phase.PROMOTING)
+                return self._result(
+                    self.clock.now(), self.record(EventKind.APPROVED, {"by": who, "fleet": True})
+                )
             if command.data.get("full"):
                 self.state.waiting = None
                 self._move(Phase.PROMOTING)
@@ -971,11 +981,31 @@ class Engine:
         if not _same(live.weights(), target):
             return self._result(now, self._mutate("set_traffic", {"weights": target}))
         if live.variant(state.baseline) is not None:
+            if self.plan.fleet is not None and not state.released:
+                return self._hold_for_fleet(now)
             event = self._mutate("finalize", {"keep": state.candidate, "retire": state.baseline})
             return self._result(self.clock.now(), event)
         self._release_owner()
         self._move(Phase.SUCCEEDED)
         return self._result(None, self.record(EventKind.PROMOTED, {"weights": live.weights()}))
+
+    def _hold_for_fleet(self, now: float) -> TickResult:
+        """A fleet's target: the candidate serves all of it and the baseline is still deployed.
+        It waits there until the fleet releases it (``promote``: every wave has passed) or
+        rolls it back (``abort``: a target failed, ``rollback_all``)."""
+        fleet = self.plan.fleet
+        assert fleet is not None
+        self.state.waiting = {
+            "reason": "fleet",
+            "since": now,
+            "timeout_at": None,
+            "on_timeout": None,
+            "watch_from": None,
+        }
+        self.state.next_look_at = None
+        self._move(Phase.WAITING)
+        event = self.record(EventKind.WAITING, {"reason": "fleet", "fleet": fleet.id})
+        return self._result(None, event)
 
     def _tick_removing(self, live: EndpointState, now: float) -> TickResult:
         """The rollout passed and ends with the candidate removed, the baseline serving as it

@@ -32,7 +32,8 @@ TRANSITIONS: dict[Phase, frozenset[Phase]] = {
         {Phase.PROGRESSING, Phase.WAITING, Phase.PROMOTING, Phase.ROLLING_BACK}
     ),
     Phase.WAITING: frozenset({Phase.PROGRESSING, Phase.PROMOTING, Phase.ROLLING_BACK}),
-    Phase.PROMOTING: frozenset({Phase.SUCCEEDED, Phase.ROLLING_BACK}),
+    # PROMOTING -> WAITING: a fleet's target holds before its baseline is retired.
+    Phase.PROMOTING: frozenset({Phase.SUCCEEDED, Phase.ROLLING_BACK, Phase.WAITING}),
     Phase.ROLLING_BACK: frozenset({Phase.ROLLED_BACK}),
     Phase.SUCCEEDED: frozenset(),
     Phase.ROLLED_BACK: frozenset(),

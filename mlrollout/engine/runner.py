@@ -28,6 +28,7 @@ from mlrollout.errors import (
     ProviderRefused,
     ProviderUnavailable,
     StateUnavailable,
+    UsageError,
 )
 from mlrollout.plan.loader import LoadedPlan, parse_plan
 from mlrollout.plan.model import Plan
@@ -196,13 +197,19 @@ class Runner:
 
     # ------------------------------------------------------------------------------- create
 
-    def create(self, loaded: LoadedPlan) -> RolloutRecord:
+    def create(self, loaded: LoadedPlan, *, rollout_id: str | None = None) -> RolloutRecord:
         """Record a new rollout (nothing changes on the endpoint yet). The store refuses it
-        (:class:`~mlrollout.errors.RolloutActive`) if another is active on the same endpoint."""
+        (:class:`~mlrollout.errors.RolloutActive`) if another is active on the same endpoint.
+        ``rollout_id``: a given id (a fleet's targets have ids derived from the fleet's)."""
         plan = loaded.plan
+        if plan.targets:
+            raise UsageError(
+                "a fleet plan (targets:) runs as a fleet, one rollout per target",
+                hint="`mlrollout run PLAN` starts it (mlrollout.engine.fleet.FleetRunner)",
+            )
         key = plan_endpoint_key(plan)
         record = RolloutRecord(
-            id=new_rollout_id(plan),
+            id=rollout_id or new_rollout_id(plan),
             name=plan.name,
             endpoint_key=key,
             plan={"yaml": loaded.text},

@@ -87,8 +87,17 @@ def _guarded(check: Callable[..., list[Finding]], *args: Any) -> list[Finding]:
 
 def check_plan(plan: Plan) -> list[Finding]:
     """Every problem the plan's parts show together and against the provider. On a partially
-    valid plan (see :class:`InvalidPart`) each check runs if the parts it reads are valid."""
-    found: list[Finding] = []
+    valid plan (see :class:`InvalidPart`) each check runs if the parts it reads are valid. A
+    fleet plan is checked target by target (:func:`mlrollout.plan.fleet.check_fleet`)."""
+    from mlrollout.plan.fleet import check_fleet
+
+    try:
+        fleet = bool(plan.targets)
+    except PartInvalid:  # reported by the loader: the targets cannot be checked one by one
+        return []
+    if fleet:
+        return _guarded(check_fleet, plan)
+    found: list[Finding] = _guarded(check_fleet, plan)  # a plain plan: "waves without targets"
     provider_problems = _guarded(_check_provider, plan)
     found += provider_problems
     provider_known = not any(f.path == ("target", "provider") for f in provider_problems)

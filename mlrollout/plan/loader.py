@@ -106,10 +106,24 @@ def parse_plan(text: str, filename: str = "<plan>") -> LoadedPlan:
             ]
         )
     dropped: list[KeyPath] = []  # mappings an unknown key was dropped from (see _salvage)
+    data, fleet = _fleet_target(data)
+    if fleet and "target" in located.data:
+        line, column = located.mark(("target",), key=True)
+        issues.append(
+            PlanIssue(
+                filename,
+                line,
+                column,
+                "target",
+                "a fleet plan lists its endpoints under targets: remove target (or targets)",
+            )
+        )
     try:
         plan = Plan.model_validate(data)
+        plan._source = data
     except ValidationError as exc:
-        errors = exc.errors()
+        # A fleet's `target` stands in for its first target: its errors are reported there.
+        errors = [e for e in exc.errors() if not (fleet and e["loc"][:1] == ("target",))]
         issues += [_issue(filename, located, err) for err in errors]
         # Every problem in one pass: the checks that can run on the valid parts run too.
         plan, dropped = _salvage(data, errors)
@@ -122,6 +136,19 @@ def parse_plan(text: str, filename: str = "<plan>") -> LoadedPlan:
     if issues:
         raise PlanError(_dedupe(issues))
     return LoadedPlan(plan=plan, path=filename, text=text, warnings=warnings)
+
+
+def _fleet_target(data: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """A fleet plan (``targets:``) validates as a plan whose ``target`` is its first target (the
+    fleet's checks then check every target's plan); other plans as they are."""
+    targets = data.get("targets")
+    if not targets:
+        return data, False
+    first = targets[0] if isinstance(targets, list) else None
+    if not isinstance(first, dict):
+        return data, "target" not in data
+    stand_in = {k: v for k, v in first.items() if k not in ("wave", "sandbox")}
+    return {**data, "target": stand_in}, True
 
 
 def _salvage(data: dict[str, Any], errors: list[Any]) -> tuple[Plan, list[KeyPath]]:

@@ -14,6 +14,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PrivateAttr,
     Tag,
     WithJsonSchema,
     field_validator,
@@ -107,6 +108,41 @@ class Target(BaseModel):
     def settings(self) -> dict[str, Any]:
         data = self.model_dump(exclude_none=True)
         return data
+
+
+class FleetTarget(Target):
+    """One endpoint of a fleet (``targets:``): a target, the wave it is rolled out in, and, on the
+    sandbox, what differs in its simulated world."""
+
+    wave: int = Field(default=1, ge=1, le=1000, description="Waves run in order, from 1.")
+    sandbox: dict[str, Any] | None = Field(
+        default=None,
+        description="provider: local only: changes to the plan's sandbox for this target, "
+        "merged into it (e.g. {variants: {v7: {error_rate: 5%}}}).",
+    )
+
+    def target(self) -> Target:
+        """The plain target (without the fleet's keys)."""
+        data = self.model_dump(exclude_none=True, exclude={"wave", "sandbox"})
+        return Target.model_validate(data)
+
+
+class Waves(StrictModel):
+    """How a fleet's waves run: at most ``max_parallel`` targets at once; after a target fails,
+    ``rollback_all`` rolls back every target already shifted (in reverse wave order) and
+    ``stop`` keeps the finished ones; either way no later wave starts."""
+
+    max_parallel: int = Field(default=1, ge=1, le=1000)
+    on_failure: Literal["rollback_all", "stop"] = "rollback_all"
+
+
+class FleetMember(StrictModel):
+    """Set by mlrollout on each target's rollout of a fleet (never written by hand): the
+    rollout holds with the candidate at 100 % and the baseline still deployed until the fleet
+    releases it (``promote``) or rolls it back (``abort``)."""
+
+    id: str = Field(min_length=1, max_length=128)
+    index: int = Field(ge=0)
 
 
 # ------------------------------------------------------------------------------------ candidate
@@ -1162,6 +1198,10 @@ class Sandbox(StrictModel):
 
 
 class Plan(StrictModel):
+    #: The mapping the plan was validated from (set by the loader): a fleet's target plans are
+    #: built from it (:mod:`mlrollout.plan.fleet`), as units and defaults were written.
+    _source: dict[str, Any] | None = PrivateAttr(default=None)
+
     version: Literal[1] = Field(description="The plan format's version; only 1 exists.")
     name: str = Field(min_length=1, max_length=128, description="Free text, shown in reports.")
     target: Target
@@ -1185,4 +1225,12 @@ class Plan(StrictModel):
         default=None, description="A flagd flag definition written in lockstep with each step."
     )
     mlflow: Mlflow | None = Field(default=None, description="Each rollout an MLflow run.")
+    targets: list[FleetTarget] = Field(
+        default_factory=list,
+        description="Instead of target: the same candidate to many endpoints, in waves.",
+    )
+    waves: Waves | None = Field(default=None, description="How a fleet's waves run.")
+    fleet: FleetMember | None = Field(
+        default=None, description="Set by mlrollout on the rollouts of a fleet's targets."
+    )
     sandbox: Sandbox | None = None
