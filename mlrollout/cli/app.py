@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from mlrollout.cli import plan_cmds, rollout_cmds
+from mlrollout.cli import impact_cmds, plan_cmds, rollout_cmds
 from mlrollout.cli.common import (
     DEBUG_HELP,
     DEFAULT_STATE,
@@ -34,6 +34,7 @@ app = typer.Typer(
 )
 app.add_typer(plan_cmds.app, name="plan")
 rollout_cmds.register(app)
+impact_cmds.register(app)
 accept_global_options_after_commands(app)  # `mlrollout run PLAN --state X` as well
 
 

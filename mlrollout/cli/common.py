@@ -28,6 +28,7 @@ DEBUG_HELP = "Show tracebacks on errors."
 #: Commands that open the state store (or name it): they take ``--state`` after their name too.
 STORE_COMMANDS = frozenset(
     {"run", "resume", "status", "list", "promote", "abort", "reconcile", "report", "demo"}
+    | {"impact"}
     | {"iam-policy"}  # `providers aws iam-policy`: the state bucket's permissions
 )
 

@@ -305,3 +305,88 @@ def render_preview(data: dict[str, object], *, stderr: bool = False) -> None:
     assert isinstance(warnings, list)
     for warning in warnings:
         out.print(f"[yellow]{warning}[/]")
+
+
+@app.command()
+def backtest(
+    ctx: typer.Context,
+    file: Annotated[str, typer.Argument(help="The plan file.", metavar="FILE")],
+    start: Annotated[
+        str,
+        typer.Option(
+            "--from",
+            help="Where the history starts: an ISO date/time (UTC unless it says), now-14d "
+            "(or -14d). The sandbox's world starts here.",
+        ),
+    ] = "now-14d",
+    end: Annotated[str, typer.Option("--to", help="Where the history ends (as --from).")] = "now",
+    variant: Annotated[
+        str | None,
+        typer.Option(
+            "--variant",
+            help="The variant whose history is replayed. [default: the plan's baseline; the "
+            "sandbox's first variant]",
+            show_default=False,
+        ),
+    ] = None,
+    shift: Annotated[
+        str,
+        typer.Option(
+            "--shift",
+            help="The candidate arm is the window this much later (1d: the same hour of the "
+            "day); 0s splits each window in two.",
+        ),
+    ] = "1d",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the arms' random split.")] = 0,
+    state: Annotated[
+        str | None,
+        typer.Option(
+            "--state",
+            show_default=False,
+            help="The state store a provider may read (never written). [default: the global "
+            "--state]",
+        ),
+    ] = None,
+    output: Output = OutputOption,
+) -> None:
+    """Would these gates have rolled back a healthy release? Replays the plan's gates on the
+    baseline's own history (two arms of the same model, in the plan's proportions, at its
+    interval) and reports how many simulated rollouts would have rolled back, held or passed,
+    and why: the plan's false-rollback rate on this endpoint's traffic. Read-only."""
+    import time
+
+    from mlrollout.cli.common import settings
+    from mlrollout.errors import UsageError
+    from mlrollout.history import history_source, parse_instant, read_history
+    from mlrollout.plan import backtest as replay
+    from mlrollout.plan.loader import load_plan
+    from mlrollout.units import parse_duration
+
+    plan = load_plan(file).plan
+    replay.check_plan(plan)
+    now = time.time()
+    t1, t2 = parse_instant(start, now), parse_instant(end, now)
+    try:
+        shift_seconds = parse_duration(shift, allow_zero=True)
+    except ValueError as exc:
+        raise UsageError(f"--shift: {exc}") from None
+    if t2 <= t1:
+        raise UsageError(f"--to ({end}) is not after --from ({start})")
+    name = variant or (plan.baseline if plan.baseline != "auto" else None)
+    if name is None and plan.sandbox is not None:
+        name = next(iter(plan.sandbox.variants))
+    if name is None:
+        raise UsageError(
+            "the plan's baseline is auto: name the variant whose history to replay",
+            hint="--variant NAME (the one serving the endpoint)",
+        )
+    source = history_source(plan, origin=t1, state=state or settings(ctx).state)
+    gates = [g for g in plan.analysis.gates if g.name in replay.judged(plan)]
+    history = read_history(
+        source, start=t1, end=t2, step=plan.analysis.interval, variants=(name,), gates=gates
+    )
+    result = replay.run(plan, history, variant=name, shift=shift_seconds, seed=seed)
+    if output == Output.json:
+        print_json(result.to_dict())
+        return
+    sys.stdout.write(replay.render(result))
