@@ -38,10 +38,14 @@ def validate(
             if output == Output.text:
                 for warning in loaded.warnings:
                     sys.stderr.write(f"{warning}\n")
-                sys.stdout.write(
-                    f"{name}: valid ({loaded.plan.strategy.type} on "
-                    f"{loaded.plan.target.provider})\n"
+                plan = loaded.plan
+                where = (
+                    f"a fleet of {len(plan.targets)} targets in "
+                    f"{len({t.wave for t in plan.targets})} wave(s)"
+                    if plan.targets
+                    else plan.target.provider
                 )
+                sys.stdout.write(f"{name}: valid ({plan.strategy.type} on {where})\n")
         except PlanError as exc:
             failed = True
             results.append(
@@ -253,6 +257,11 @@ def render_preview(data: dict[str, object], *, stderr: bool = False) -> None:
         f"{analysis['no_data']} (up to {analysis['max_hold']}, then {analysis['on_inconclusive']})"
         f", alpha {analysis['alpha']}"
     )
+    fleet = data.get("fleet")
+    if isinstance(fleet, dict):
+        from mlrollout.cli.fleet_cmds import render_fleet
+
+        render_fleet(data, stderr=stderr)
     flags = data.get("flags")
     if isinstance(flags, dict):
         out.print(

@@ -282,6 +282,10 @@ def run(
             sys.stderr.write("not started\n")
             return 0
     store = settings(ctx).store()
+    if loaded.plan.targets:  # a fleet: one rollout per target, in waves
+        from mlrollout.cli.fleet_cmds import run_fleet
+
+        return run_fleet(store, loaded, output)
     record = Runner(store).create(loaded)
     if output == Output.text:
         sys.stderr.write(f"rollout {record.id} started (state: {store.location})\n")
@@ -305,8 +309,18 @@ def resume(
     on_interrupt: OnInterrupt = OnInterruptOption,
     output: Output = OutputOption,
 ) -> int:
-    """Continue a rollout from its journal (after a kill, an exit 3, or `promote`)."""
-    record = settings(ctx).store().get_rollout(rollout_id)
+    """Continue a rollout from its journal (after a kill, an exit 3, or `promote`); or a fleet,
+    by its id."""
+    from mlrollout.cli import fleet_cmds
+
+    store = settings(ctx).store()
+    fleet = fleet_cmds.find(store, rollout_id)
+    if fleet is not None:
+        if fleet.done:
+            sys.stderr.write(f"fleet {fleet.id} already ended: {fleet.phase}\n")
+            return fleet_cmds.FLEET_EXIT[fleet.phase]
+        return fleet_cmds.drive_fleet(store, fleet.id, output)
+    record = store.get_rollout(rollout_id)
     if Phase(record.phase).terminal:
         sys.stderr.write(f"rollout {record.id} already ended: {record.phase}\n")
         return 0 if record.phase == "succeeded" else 1
@@ -337,7 +351,23 @@ def promote(
 def abort(
     ctx: typer.Context, rollout_id: IdArg, reason: Annotated[str | None, ReasonOption] = None
 ) -> int:
-    """Roll back now: traffic to the baseline first, then remove the candidate."""
+    """Roll back now: traffic to the baseline first, then remove the candidate. A fleet's id:
+    every target already shifted is rolled back, and no later wave starts."""
+    from mlrollout.cli import fleet_cmds
+
+    store = settings(ctx).store()
+    fleet = fleet_cmds.find(store, rollout_id)
+    if fleet is not None:
+        from mlrollout.engine.fleet import FleetRunner
+        from mlrollout.engine.runner import actor
+
+        who = actor() + (f" ({reason})" if reason else "")
+        FleetRunner(store).abort(fleet.id, by=who)
+        sys.stderr.write(
+            f"abort recorded for fleet {fleet.id}; its driver rolls back every target already "
+            f"shifted, or continue with `mlrollout resume {fleet.id}`\n"
+        )
+        return 0
     return _command(ctx, rollout_id, "abort", reason=reason)
 
 
@@ -444,12 +474,16 @@ def status(
     """Where a rollout is: phase, step, weights, each gate's value and verdict.
 
     With --watch, what `run` shows, from another terminal or a later CI job, until the end."""
+    from mlrollout.cli import fleet_cmds
     from mlrollout.engine.engine import RolloutState
     from mlrollout.engine.runner import plan_of
     from mlrollout.plan.timeline import expand_steps
     from mlrollout.report.markdown import render_status, status_summary
 
     store = settings(ctx).store()
+    if fleet_cmds.find(store, rollout_id) is not None:
+        assert rollout_id is not None
+        return fleet_cmds.fleet_status(store, rollout_id, output)
     record = _record(store, rollout_id)
     if watch:
         return _watch(store, record, output, interval, _timeout(timeout))
@@ -609,10 +643,22 @@ def report(
     """
     import json
 
+    from mlrollout.cli import fleet_cmds
     from mlrollout.engine.runner import plan_of
     from mlrollout.plan.timeline import expand_steps
 
     store = settings(ctx).store()
+    if fleet_cmds.find(store, rollout_id) is not None:
+        from mlrollout.engine.fleet import fleet_status as status_of
+
+        data = status_of(store, rollout_id).to_dict()
+        text = (
+            json.dumps(data, indent=2) + "\n"
+            if output == ReportFormat.json
+            else fleet_cmds.fleet_markdown(data)
+        )
+        _write_report(text, file, f"report of fleet {rollout_id}")
+        return
     record = store.get_rollout(rollout_id)
     events = store.events(record.id)
     if output == ReportFormat.json:
@@ -637,6 +683,11 @@ def report(
             from mlrollout.report.markdown import markdown_report
 
             text = markdown_report(record, events, steps)
+    _write_report(text, file, f"{output.value} report of {record.id}")
+
+
+def _write_report(text: str, file: str | None, what: str = "the report") -> None:
+    """``report``'s text to stdout, or to ``--file``."""
     if file is None:
         sys.stdout.write(text)
         return
@@ -647,7 +698,7 @@ def report(
             stream.write(text)
     except OSError as exc:
         raise UsageError(f"cannot write the report to {file}: {exc.strerror or exc}") from exc
-    sys.stderr.write(f"{output.value} report of {record.id} written to {file}\n")
+    sys.stderr.write(f"{what} written to {file}\n")
 
 
 providers_app = typer.Typer(

@@ -140,8 +140,35 @@ def _flags(plan: Plan) -> dict[str, Any] | None:
     }
 
 
+def _fleet_preview(loaded: LoadedPlan) -> dict[str, Any]:
+    """A fleet's preview: each target's rollout as the first target's preview shows it, and the
+    fleet's waves (``fleet``)."""
+    from mlrollout.plan.fleet import member_plan, waves_of
+
+    plan = loaded.plan
+    first = LoadedPlan(plan=member_plan(plan, 0), path=loaded.path, text=loaded.text)
+    data = build_preview(first)
+    data["endpoint"] = (
+        f"{len(plan.targets)} targets ({', '.join(t.endpoint for t in plan.targets)})"
+    )
+    waves = plan.waves
+    data["fleet"] = {
+        "targets": [
+            {"wave": t.wave, "provider": t.provider, "endpoint": t.endpoint, "changes": t.sandbox}
+            for t in plan.targets
+        ],
+        "waves": waves_of(plan),
+        "max_parallel": waves.max_parallel if waves else 1,
+        "on_failure": waves.on_failure if waves else "rollback_all",
+        "alpha_per_target": plan.analysis.alpha,
+    }
+    return data
+
+
 def build_preview(loaded: LoadedPlan) -> dict[str, Any]:
     plan: Plan = loaded.plan
+    if plan.targets:
+        return _fleet_preview(loaded)
     spec: ProviderSpec = provider_spec(plan.target.provider)
     calls = spec.describe_calls(plan)
     source = plan.analysis.source
