@@ -1197,7 +1197,19 @@ class Sandbox(StrictModel):
 # ----------------------------------------------------------------------------------------- plan
 
 
+def _target_or_targets(schema: dict[str, Any]) -> None:
+    """In the JSON Schema: a plan names its endpoint in ``target`` or, a fleet, ``targets``
+    (the loader stands the first target in for ``target``)."""
+    schema["required"] = [k for k in schema.get("required", []) if k != "target"]
+    schema["oneOf"] = [
+        {"required": ["target"], "not": {"required": ["targets"]}},
+        {"required": ["targets"], "not": {"required": ["target"]}},
+    ]
+
+
 class Plan(StrictModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_target_or_targets)
+
     #: The mapping the plan was validated from (set by the loader): a fleet's target plans are
     #: built from it (:mod:`mlrollout.plan.fleet`), as units and defaults were written.
     _source: dict[str, Any] | None = PrivateAttr(default=None)
