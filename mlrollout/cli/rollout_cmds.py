@@ -398,42 +398,204 @@ def _command(
     return 0
 
 
-def reconcile(ctx: typer.Context, output: Output = OutputOption) -> int:
+def _reconcile_row(
+    record: RolloutRecord, result: RunOutcome | Exception
+) -> tuple[dict[str, Any], int | None]:
+    """One rollout of a pass as shown (text or JSON), with its exit code (None: another runner
+    drives it, which is not a failure)."""
+    from mlrollout.errors import ExitCode, LeaseHeld, MlrolloutError
+
+    if isinstance(result, LeaseHeld):  # another runner drives it: normal, not a failure
+        return {"id": record.id, "phase": record.phase, "driven_by": result.message}, None
+    if isinstance(result, Exception):
+        message = result.message if isinstance(result, MlrolloutError) else repr(result)
+        code = result.exit_code if isinstance(result, MlrolloutError) else ExitCode.BUG
+        return {"id": record.id, "error": message, "exit_code": code}, code
+    code = result.exit_code
+    return {"id": record.id, "phase": result.phase.value, "exit_code": code}, code
+
+
+def _reconcile_line(row: dict[str, Any]) -> str:
+    if "driven_by" in row:
+        return f"{row['id']}: {row['phase']}, {row['driven_by']}\n"
+    return f"{row['id']}: {row.get('phase') or 'error: ' + row['error']}\n"
+
+
+def _reconcile_watch(
+    ctx: typer.Context, output: Output, workers: int, interval: float, max_passes: int | None
+) -> int:
+    """`reconcile --watch`: pass after pass with N workers (see :mod:`mlrollout.engine.watch`),
+    a heartbeat line per pass, a line per rollout that ended or failed; a first SIGTERM/SIGINT
+    finishes the ticks in flight and hands the leases back (exit 0), a second stops at once."""
+    import json
+    import threading
+    import time
+
+    from mlrollout.engine.watch import PassReport, Watcher
+    from mlrollout.state.open import open_store
+
+    location = settings(ctx).state
+    out = _ClosableStdout(sys.stdout)
+    lock = threading.Lock()
+    watcher = Watcher(lambda: open_store(location), workers=workers, interval=interval)
+
+    def on_pass(report: PassReport) -> None:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(report.at))
+        shown = [_reconcile_row(d.record, d.result)[0] | {"by": d.holder} for d in report.done]
+        if output == Output.json:
+            line = {
+                "pass": report.number,
+                "at": stamp,
+                "active": report.active,
+                "driven": report.driven,
+                "elsewhere": report.elsewhere,
+                "ended": len(report.ended),
+                "errors": len(report.errors),
+                "worst": report.worst,
+                "seconds": round(report.seconds, 3),
+                "next_in": round(report.next_in, 3),
+                "rollouts": shown,
+            }
+            if report.error is not None:
+                line["error"] = report.error.message
+            text = json.dumps(line, separators=(",", ":"), default=str) + "\n"
+        else:
+            text = (
+                f"{stamp} pass {report.number}: {report.active} active, {report.driven} driven, "
+                f"{report.elsewhere} driven elsewhere, {len(report.ended)} ended, "
+                f"{len(report.errors)} errors in {report.seconds:.2f}s; "
+                f"next in {round(report.next_in, 1):g}s\n"
+            )
+            if report.error is not None:
+                text += f"error: {report.error.message} (trying again at the next pass)\n"
+            ended = {d.record.id for d in report.ended} | {d.record.id for d in report.errors}
+            text += "".join(_reconcile_line(row) for row in shown if row["id"] in ended)
+        with lock:
+            out.write(text)
+            out.flush()
+
+    def request_stop(signum: int, frame: object) -> None:
+        if watcher.stop_requested:  # the second signal: stop now
+            raise KeyboardInterrupt
+        watcher.stop()
+        sys.stderr.write(
+            "\nstopping: finishing the ticks in flight, handing the leases back "
+            "(again to stop at once)\n"
+        )
+
+    handlers = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = watcher.run(max_passes=max_passes, on_pass=on_pass)
+    except KeyboardInterrupt:
+        sys.stderr.write(
+            "stopped at once: a tick cut short is finished by the next `reconcile` or `resume`\n"
+        )
+        return 3
+    finally:
+        for sig, previous in handlers.items():
+            signal.signal(sig, previous)
+    if watcher.stop_requested:
+        sys.stderr.write(f"stopped after pass {watcher.passes}; leases handed back\n")
+    return code
+
+
+def reconcile(
+    ctx: typer.Context,
+    output: Output = OutputOption,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            help="Keep going: pass after pass, sleeping until the next work is due (at most "
+            "--interval); a heartbeat line per pass. SIGTERM/SIGINT finish the ticks in flight, "
+            "hand the leases back and exit 0. Several watchers may share one state store.",
+        ),
+    ] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            metavar="N",
+            help="Rollouts driven at once (--watch; default 1), each by one worker through its "
+            "endpoint's lease.",
+        ),
+    ] = None,
+    interval: Annotated[
+        float | None,
+        typer.Option(
+            "--interval",
+            min=0.01,
+            metavar="SECONDS",
+            help="Longest sleep between two passes (--watch; default 30): how soon a new rollout "
+            "or a command is noticed.",
+        ),
+    ] = None,
+    max_passes: Annotated[
+        int | None,
+        typer.Option(
+            "--max-passes",
+            min=1,
+            metavar="N",
+            help="Stop after N passes (--watch; for tests and CI): exit with the worst outcome "
+            "on the way.",
+        ),
+    ] = None,
+) -> int:
     """One pass over every active rollout: do the work that is due, then exit (for cron).
 
     Exit code: the worst real outcome of the pass, from best to worst 0 (nothing ended badly;
     rollouts still going, promoted, or driven by another runner), 3 (a rollout waits for a
     human), 1 (one rolled back), 4 (a stored plan is no longer valid), 6 (a provider error),
-    5 (one needs a human), 70 (a bug in mlrollout).
+    5 (one needs a human), 70 (a bug in mlrollout). With --watch: 0 once stopped by a signal.
     """
     from mlrollout.engine.runner import Runner, worse
-    from mlrollout.errors import ExitCode, LeaseHeld, MlrolloutError
+    from mlrollout.engine.watch import DEFAULT_INTERVAL
+    from mlrollout.errors import MlrolloutError, UsageError
 
-    results = Runner(settings(ctx).store()).reconcile()
+    if not watch:
+        given = [
+            name
+            for name, value in (
+                ("--workers", workers),
+                ("--interval", interval),
+                ("--max-passes", max_passes),
+            )
+            if value is not None
+        ]
+        if given:
+            raise UsageError(
+                f"{', '.join(given)} only applies to `reconcile --watch`",
+                hint=f"add --watch to keep reconciling, or drop {', '.join(given)} for one pass",
+            )
+    else:
+        chosen = DEFAULT_INTERVAL if interval is None else interval
+        return _reconcile_watch(ctx, output, workers or 1, chosen, max_passes)
+    from mlrollout.engine.fleet import reconcile_fleets
+
+    store = settings(ctx).store()
+    results = Runner(store).reconcile()
     rows: list[dict[str, Any]] = []
     worst = 0
     for record, result in results:
-        if isinstance(result, LeaseHeld):  # another runner drives it: normal, not a failure
-            rows.append({"id": record.id, "phase": record.phase, "driven_by": result.message})
-            continue
-        if isinstance(result, Exception):
-            message = result.message if isinstance(result, MlrolloutError) else repr(result)
-            code = result.exit_code if isinstance(result, MlrolloutError) else ExitCode.BUG
-            rows.append({"id": record.id, "error": message, "exit_code": code})
+        row, code = _reconcile_row(record, result)
+        rows.append(row)
+        if code is not None:
+            worst = worse(worst, code)
+    for fleet_id, fleet in reconcile_fleets(store):  # then the fleets their targets belong to
+        if isinstance(fleet, Exception):
+            message = fleet.message if isinstance(fleet, MlrolloutError) else repr(fleet)
+            rows.append({"id": fleet_id, "error": message})
+            worst = worse(worst, getattr(fleet, "exit_code", 70))
         else:
-            code = result.exit_code
-            rows.append({"id": record.id, "phase": result.phase.value, "exit_code": code})
-        worst = worse(worst, code)
+            rows.append({"id": fleet_id, "phase": f"fleet {fleet.phase}"})
     if output == Output.json:
         print_json({"rollouts": rows})
     else:
         if not rows:
             sys.stdout.write("no active rollouts\n")
         for row in rows:
-            if "driven_by" in row:
-                sys.stdout.write(f"{row['id']}: {row['phase']}, {row['driven_by']}\n")
-            else:
-                sys.stdout.write(f"{row['id']}: {row.get('phase') or 'error: ' + row['error']}\n")
+            sys.stdout.write(_reconcile_line(row))
     return worst
 
 

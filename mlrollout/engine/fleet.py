@@ -440,3 +440,39 @@ def fleet_status(store: StateStore, fleet_id: str) -> FleetStatus:
     runner = FleetRunner(store)
     record = runner._load(fleet_id)
     return FleetStatus(record, [v.row_dict() for v in runner.views(record)])
+
+
+def reconcile_fleets(
+    store: StateStore, *, holder: str = "mlrollout", records: Iterable[RolloutRecord] | None = None
+) -> list[tuple[str, FleetRecord | Exception]]:
+    """One pass of every fleet that has an active target (``reconcile``): each fleet whose lease
+    is free is advanced once (a wave started, a release or a rollback moved on); a fleet another
+    driver holds is left to it. ``records``: the active rollouts already listed."""
+    from mlrollout.engine.runner import plan_of
+
+    fleets: list[str] = []
+    listed = store.list_rollouts(active_only=True, limit=1000) if records is None else records
+    for record in listed:
+        try:
+            member = plan_of(record).fleet
+        except Exception:  # a stored plan that no longer loads is reported by the rollouts' pass
+            continue
+        if member is not None and member.id not in fleets:
+            fleets.append(member.id)
+    out: list[tuple[str, FleetRecord | Exception]] = []
+    for fleet_id in fleets:
+        runner = FleetRunner(store, holder=holder)
+        try:
+            runner._take_lease(fleet_id)
+        except LeaseHeld:
+            continue
+        try:
+            fleet = runner._load(fleet_id)
+            if not fleet.done:
+                runner.advance(fleet)
+            out.append((fleet_id, runner._load(fleet_id)))
+        except Exception as exc:  # one stuck fleet must not stop the others
+            out.append((fleet_id, exc))
+        finally:
+            runner._release_lease()
+    return out

@@ -4,6 +4,7 @@ loop ticks on the right clock until the rollout ends or waits for a human."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import getpass
 import os
 import re
@@ -144,8 +145,15 @@ def new_rollout_id(plan: Plan) -> str:
 
 
 def plan_of(record: RolloutRecord) -> Plan:
-    """The plan a rollout was started with (stored verbatim, re-validated)."""
-    return parse_plan(str(record.plan["yaml"]), record.plan_path).plan
+    """The plan a rollout was started with (stored verbatim, re-validated; parsed once per
+    process for each text: a reconcile pass over a thousand rollouts would spend nearly all of
+    its time parsing YAML)."""
+    return _parsed_plan(str(record.plan["yaml"]), record.plan_path)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed_plan(text: str, path: str) -> Plan:
+    return parse_plan(text, path).plan  # frozen models: safe to share
 
 
 def clock_for(

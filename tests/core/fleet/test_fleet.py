@@ -287,3 +287,25 @@ def test_a_fleet_killed_at_every_write_is_finished_by_the_next_driver(tmp_path, 
             _check_journals(store, fleet.record.id, 3)
     assert tried == 2 * (total - 1)
     print(f"fleet kill sweep: {tried} kill points, every one finished as the uninterrupted run")
+
+
+def test_reconcile_passes_finish_a_fleet_its_driver_left(tmp_path):
+    """cron's `reconcile` does a fleet's due work too: the fleets of the active rollouts are
+    advanced once a pass, so a fleet whose `run` went away is finished pass by pass."""
+    from mlrollout.engine.fleet import find_fleet, reconcile_fleets
+    from mlrollout.engine.runner import Runner
+
+    fleet = Fleet(tmp_path, small(0.01))
+    fleet.runner.drive(fleet.record.id, max_passes=2)  # wave 1 started and held, then gone
+    passes = 0
+    while passes < 40:
+        passes += 1
+        Runner(fleet.store).reconcile()
+        reconcile_fleets(fleet.store)
+        record = find_fleet(fleet.store, fleet.record.id)
+        assert record is not None
+        if record.done:
+            break
+    assert record.phase == "succeeded", (passes, record.reason)
+    for name in ("us", "eu", "sa"):
+        assert fleet.endpoint(name) == {"v2": 100.0}
