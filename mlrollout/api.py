@@ -281,6 +281,49 @@ class Rollouts:
         except LeaseHeld:
             return self.status(record.id)
 
+    # -------------------------------------------------------------------------------- fleets
+
+    def create_fleet(self, plan: LoadedPlan | str | os.PathLike[str]) -> str:
+        """Record a new fleet of a plan with ``targets:`` and return its id (nothing changes on
+        any endpoint yet); see :mod:`mlrollout.engine.fleet`."""
+        loaded = plan if isinstance(plan, LoadedPlan) else load_plan(plan)
+        fleet_id: str = self._fleets().create(loaded).id
+        return fleet_id
+
+    def drive_fleet(self, fleet_id: str, *, max_passes: int | None = None) -> dict[str, Any]:
+        """Drive the fleet wave after wave until it ends (``max_passes``: at most that many
+        passes), and return :meth:`fleet_status`."""
+        self._fleets().drive(fleet_id, max_passes=max_passes)
+        return self.fleet_status(fleet_id)
+
+    def run_fleet(self, plan: LoadedPlan | str | os.PathLike[str]) -> dict[str, Any]:
+        """:meth:`create_fleet` then :meth:`drive_fleet`."""
+        return self.drive_fleet(self.create_fleet(plan))
+
+    def fleet_status(self, fleet_id: str) -> dict[str, Any]:
+        """The fleet (``phase``: running, releasing, rolling_back, stopping, or its end
+        succeeded, rolled_back, stopped; ``reason``) and a row per target, as ``mlrollout status
+        FLEET -o json`` prints it."""
+        from mlrollout.engine.fleet import fleet_status
+
+        return fleet_status(self.store, fleet_id).to_dict()
+
+    def abort_fleet(self, fleet_id: str) -> None:
+        """Record an abort of the fleet: its driver rolls back every target already shifted."""
+        from mlrollout.engine.runner import actor
+
+        self._fleets().abort(fleet_id, by=self._holder or actor())
+
+    def _fleets(self) -> Any:
+        from mlrollout.engine.fleet import FleetRunner
+
+        on_event = self._on_event
+        listeners: list[Listener] = []
+        if on_event is not None:
+            listeners.append(lambda event, state: on_event(event))
+        holder = self._runner().holder  # the same holder as this object's rollouts
+        return FleetRunner(self.store, holder=holder, listeners=listeners)
+
     def stop(self) -> None:
         """Ask the drive in progress (from a signal handler, another thread) to stop after the
         change in flight is recorded; it returns with ``interrupted`` set, and :meth:`resume`

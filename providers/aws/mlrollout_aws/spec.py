@@ -176,6 +176,13 @@ class SageMakerProvider:
         endpoint.preflight(context.plan.candidate)  # unknown endpoint or model: exit 6 now
         return endpoint, CloudWatchMetrics.from_context(context)
 
+    def open_metrics(self, context: ProviderContext) -> MetricsSource:
+        """CloudWatch alone, for reading history (``impact``, ``plan backtest``): no SageMaker
+        call, so an old rollout whose candidate model is gone can still be assessed."""
+        from mlrollout_aws.cloudwatch import CloudWatchMetrics
+
+        return CloudWatchMetrics.from_context(context)
+
     def open_capture(self, context: ProviderContext) -> CaptureSource:
         """The endpoint's DataCapture files in S3 (:mod:`mlrollout_aws.capture`)."""
         from mlrollout_aws.capture import DataCaptureSource
