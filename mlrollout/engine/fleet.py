@@ -31,7 +31,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from mlrollout.clock import Clock
@@ -356,21 +356,35 @@ class FleetRunner:
         command: Literal["promote", "abort"],
         end: str,
     ) -> bool:
-        """Give every started target that has not ended ``command`` (once), latest wave first
-        for a rollback, and drive it; the fleet ends as ``end`` once they all have."""
-        order = sorted(views, key=lambda v: v.row.wave, reverse=command == "abort")
+        """Give every started target that has not ended ``command`` (once) and drive it; the
+        fleet ends as ``end`` once they all have. A release commands every target at once (the
+        watchers' workers then drive them side by side); a rollback goes wave by wave, the
+        latest first, the next wave only once every target of the later one has ended."""
         moved = False
-        for view in order:
-            if view.record is None or view.ended:
-                continue
-            if command == "promote" and not view.held:
-                moved = self._drive(view.record.id) or moved  # stopping: let it reach its hold
-                continue
-            if not self._commanded(view.record, command):
-                self._runner().command(
-                    view.record.id, command, by=f"fleet {record.id}", reason=record.reason
-                )
-            moved = self._drive(view.record.id) or moved
+        waves = sorted({v.row.wave for v in views}, reverse=command == "abort")
+        if command == "promote":  # one group: every target commanded before any is driven
+            waves = [0]
+            views = [replace(v, row=replace(v.row, wave=0)) for v in views]
+        for wave in waves:
+            going = [v for v in _in(views, wave) if v.record is not None and not v.ended]
+            commanded = []
+            for view in going:
+                assert view.record is not None
+                if command == "promote" and not view.held:
+                    commanded.append(view)  # stopping: let it reach its hold first
+                    continue
+                if not self._commanded(view.record, command):
+                    self._runner().command(
+                        view.record.id, command, by=f"fleet {record.id}", reason=record.reason
+                    )
+                commanded.append(view)
+            for view in commanded:
+                assert view.record is not None
+                moved = self._drive(view.record.id) or moved
+            if command == "abort" and any(
+                not v.ended for v in self.views(record) if v.row.wave == wave and v.record
+            ):
+                break  # the earlier waves wait until this one has rolled back
         views = self.views(record)
         if all(v.record is None or v.ended for v in views):
             record.phase = end

@@ -84,3 +84,16 @@ def test_the_capture_benchmark_reads_pairs_and_judges_a_look() -> None:
     assert "peak RSS MB" in out
     row = out.strip().splitlines()[-1].split()
     assert int(row[0].replace(",", "")) > 4000  # records read in the look
+
+
+@pytest.mark.slow
+def test_the_fleet_benchmark_runs_a_small_fleet_through_three_watchers() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "fleet.py"), "--targets", "6", "--waves", "2",
+         "--parallel", "3", "--speed", "240", "--timeout", "240"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert figures["fleet_phase"] == "succeeded" and figures["target_phases"] == ["succeeded"]
+    assert figures["rollouts_witnessed"] == 6

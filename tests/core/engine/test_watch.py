@@ -27,8 +27,8 @@ from mlrollout.engine.runner import Runner
 from mlrollout.engine.watch import PassReport, Watcher
 from mlrollout.errors import LeaseHeld, StateUnavailable
 from mlrollout.plan.loader import parse_plan
-from mlrollout.state.base import Event, Lease
 from mlrollout.state.sqlite import SqliteStateStore
+from mlrollout.testing.witness import Witness, WitnessedStore, assert_one_driver_at_a_time
 
 REPO = Path(__file__).resolve().parents[3]
 GOOD = (REPO / "plans" / "local-canary-good.yaml").read_text()
@@ -87,69 +87,6 @@ def vt(tmp_path: Path) -> Iterator[OnVirtualTime]:
     )
     yield world
     world.store.close()
-
-
-class Witness:
-    """Who held which endpoint's lease, seen by every store of the test (one per worker): an
-    acquire while another holder is marked as driving the endpoint is an overlap. The mark is set
-    after the store granted the lease and cleared before the store releases it, so a hand-over
-    never looks like an overlap; only two drivers at once do. Also every journal write with the
-    lease it was fenced by and the thread that made it."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.driving: dict[str, str] = {}
-        self.overlaps: list[str] = []
-        self.writes: list[
-            tuple[str, int, str, int, int]
-        ] = []  # rollout, seq, holder, token, thread
-
-
-class WitnessedStore(SqliteStateStore):
-    def __init__(self, path: Path, witness: Witness, **kwargs: Any) -> None:
-        super().__init__(path, **kwargs)
-        self.witness = witness
-
-    def acquire_lease(self, endpoint_key: str, holder: str, ttl: float) -> Lease:
-        lease = super().acquire_lease(endpoint_key, holder, ttl)
-        w = self.witness
-        with w.lock:
-            other = w.driving.get(endpoint_key)
-            if other is not None and other != f"{holder}/{threading.get_ident()}":
-                w.overlaps.append(f"{endpoint_key}: {holder} while {other}")
-            w.driving[endpoint_key] = f"{holder}/{threading.get_ident()}"
-        return lease
-
-    def release_lease(self, lease: Lease) -> None:
-        with self.witness.lock:
-            if self.witness.driving.get(lease.endpoint_key, "").startswith(f"{lease.holder}/"):
-                del self.witness.driving[lease.endpoint_key]
-        super().release_lease(lease)
-
-    def append_event(self, rollout_id: str, kind: str, data: dict[str, Any], **kw: Any) -> Event:
-        event = super().append_event(rollout_id, kind, data, **kw)
-        lease: Lease | None = kw.get("lease")
-        if lease is not None:
-            with self.witness.lock:
-                self.witness.writes.append(
-                    (rollout_id, event.seq, lease.holder, lease.token, threading.get_ident())
-                )
-        return event
-
-
-def assert_one_driver_at_a_time(writes: list[tuple[str, int, str, int, int]]) -> None:
-    """From the journal writes: per rollout, the fencing tokens only grow along the journal, each
-    token has one holder and one thread — the segments two drivers wrote never interleave."""
-    by_rollout: dict[str, list[tuple[int, str, int, int]]] = {}
-    for rollout, seq, holder, token, thread in writes:
-        by_rollout.setdefault(rollout, []).append((seq, holder, token, thread))
-    for rollout, rows in by_rollout.items():
-        rows.sort()
-        tokens = [token for _, _, token, _ in rows]
-        assert tokens == sorted(tokens), (rollout, rows)
-        for token, group in itertools.groupby(rows, key=lambda row: row[2]):
-            drivers = {(holder, thread) for _, holder, _, thread in group}
-            assert len(drivers) == 1, (rollout, token, drivers)
 
 
 def phases(path: Path) -> dict[str, str]:
