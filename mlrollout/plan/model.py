@@ -6,6 +6,7 @@ capabilities live in :mod:`mlrollout.plan.checks`. Every model rejects unknown k
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -688,28 +689,29 @@ class Analysis(StrictModel):
     gates: list[Gate] = Field(default_factory=list)
 
 
-def _capture_source(value: object) -> object:
-    """``default`` (the provider's own capture) or ``{jsonl: PATH-or-URI}``."""
-    if value is None or value == "default":
-        return "default"
-    if isinstance(value, dict) and set(value) == {"jsonl"}:
-        where = value["jsonl"]
-        if not isinstance(where, str) or not where.strip():
-            raise ValueError(
-                f"jsonl names a file, a directory of *.jsonl files or a file:// URI, not {where!r}"
-            )
-        return {"jsonl": where}
-    raise ValueError(
-        "a capture source is `default` (the provider's own: SageMaker DataCapture, Azure ML's "
-        "data collector, the sandbox's) or {jsonl: PATH-or-URI} (records "
-        f"{{inference_id, variant, output, time}} the application writes), not {value!r}"
-    )
+def _jsonl_check(what: str, where: str, default: str, records: str) -> Callable[[object], object]:
+    """The check of a ``default | {jsonl: PATH-or-URI}`` source key: ``what`` names it in
+    errors, ``where`` says what a jsonl location may be, ``default`` what the provider's own is,
+    ``records`` what a line holds."""
+
+    def check(value: object) -> object:
+        if value is None or value == "default":
+            return "default"
+        if isinstance(value, dict) and set(value) == {"jsonl"}:
+            found = value["jsonl"]
+            if not isinstance(found, str) or not found.strip():
+                raise ValueError(f"jsonl names {where}, not {found!r}")
+            return {"jsonl": found}
+        raise ValueError(
+            f"a {what} source is `default` (the provider's own: {default}) or "
+            f"{{jsonl: PATH-or-URI}} ({records}), not {value!r}"
+        )
+
+    return check
 
 
-CaptureSourceName = Annotated[
-    Literal["default"] | dict[Literal["jsonl"], str],
-    BeforeValidator(_capture_source),
-    WithJsonSchema(
+def _jsonl_schema(description: str) -> WithJsonSchema:
+    return WithJsonSchema(
         {
             "anyOf": [
                 {"const": "default"},
@@ -720,10 +722,24 @@ CaptureSourceName = Annotated[
                     "additionalProperties": False,
                 },
             ],
-            "description": "default (the provider's own capture) or {jsonl: PATH-or-URI}: "
-            "JSON lines {inference_id, variant, output, time}; a directory means every "
-            "*.jsonl in it.",
+            "description": description,
         }
+    )
+
+
+CaptureSourceName = Annotated[
+    Literal["default"] | dict[Literal["jsonl"], str],
+    BeforeValidator(
+        _jsonl_check(
+            "capture",
+            "a file, a directory of *.jsonl files or a file:// URI",
+            "SageMaker DataCapture, Azure ML's data collector, the sandbox's",
+            "records {inference_id, variant, output, time} the application writes",
+        )
+    ),
+    _jsonl_schema(
+        "default (the provider's own capture) or {jsonl: PATH-or-URI}: JSON lines "
+        "{inference_id, variant, output, time}; a directory means every *.jsonl in it."
     ),
 ]
 
@@ -746,43 +762,20 @@ class Capture(StrictModel):
         return self.source.get("jsonl") if isinstance(self.source, dict) else None
 
 
-def _feedback_source(value: object) -> object:
-    """``default`` (the provider's own labels) or ``{jsonl: PATH-or-URI}``."""
-    if value is None or value == "default":
-        return "default"
-    if isinstance(value, dict) and set(value) == {"jsonl"}:
-        where = value["jsonl"]
-        if not isinstance(where, str) or not where.strip():
-            raise ValueError(
-                "jsonl names a file, a directory of *.jsonl files, an s3:// prefix or an Azure "
-                f"blob URL, not {where!r}"
-            )
-        return {"jsonl": where}
-    raise ValueError(
-        "a feedback source is `default` (the provider's own: SageMaker Model Monitor's ground "
-        "truth, the sandbox's simulated labels) or {jsonl: PATH-or-URI} (lines "
-        f"{{inference_id, label}} or {{inference_id, value}}), not {value!r}"
-    )
-
-
 FeedbackSourceName = Annotated[
     Literal["default"] | dict[Literal["jsonl"], str],
-    BeforeValidator(_feedback_source),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"const": "default"},
-                {
-                    "type": "object",
-                    "properties": {"jsonl": {"type": "string", "minLength": 1}},
-                    "required": ["jsonl"],
-                    "additionalProperties": False,
-                },
-            ],
-            "description": "default (the provider's own labels) or {jsonl: PATH-or-URI}: JSON "
-            "lines {inference_id, label} or {inference_id, value}, joined to the captured "
-            "predictions by inference id.",
-        }
+    BeforeValidator(
+        _jsonl_check(
+            "feedback",
+            "a file, a directory of *.jsonl files, an s3:// prefix or an Azure blob URL",
+            "SageMaker Model Monitor's ground truth, the sandbox's simulated labels",
+            "lines {inference_id, label} or {inference_id, value}",
+        )
+    ),
+    _jsonl_schema(
+        "default (the provider's own labels) or {jsonl: PATH-or-URI}: JSON lines "
+        "{inference_id, label} or {inference_id, value}, joined to the captured predictions by "
+        "inference id."
     ),
 ]
 

@@ -269,8 +269,11 @@ def test_the_library_monitor_runs_the_winner_test_look_by_look() -> None:
     while outcome is not Outcome.PASS and looks < 200:
         looks += 1
         n = 20_000
-        cand = Window(requests=n, errors=binomial(rng, n, 0.01),
-                      custom={"conversion": CustomValue(binomial(rng, n, 0.036), n)})
+        cand = Window(
+            requests=n,
+            errors=binomial(rng, n, 0.01),
+            custom={"conversion": CustomValue(binomial(rng, n, 0.036), n)},
+        )
         base = Window(requests=n, errors=binomial(rng, n, 0.01),
                       custom={"conversion": CustomValue(binomial(rng, n, 0.030), n)})  # fmt: skip
         verdict = monitor.observe(cand, base)

@@ -28,7 +28,7 @@ pytest.importorskip(
     reason="the flagd evaluator is missing: pip install 'mlrollout[flagd]'",
 )
 
-from mlrollout.flags import evaluate  # noqa: E402
+from mlrollout.flags import evaluate
 
 PLAN = """
 version: 1
@@ -136,7 +136,7 @@ def test_staff_get_the_candidate_from_the_first_step_and_everyone_stays_on_one_v
 
 
 def test_a_bad_candidate_is_rolled_back_and_the_flag_sends_everyone_to_the_baseline(tmp_path):
-    run, watch, flag_file = _run(tmp_path, 0.06)
+    run, watch, _ = _run(tmp_path, 0.06)
     outcome = run.drive()
     assert outcome.exit_code == ExitCode.ROLLED_BACK, outcome.state.reason
     weights, assigned = watch.seen[-1]
