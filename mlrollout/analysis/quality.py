@@ -425,17 +425,7 @@ def _versus(
         f"{label} {_pct(vc)} (±{_pp((high_c - low_c) / 2)}) vs {_pct(vb)} "
         f"(±{_pp((high_b - low_b) / 2)}) on the baseline: {_difference(vc, vb, margin)}"
     )
-    numbers: Numbers = {
-        "candidate": vc,
-        "baseline": vb,
-        "estimate": (vc / vb - 1 if vb > 0 else 0.0) if margin.kind == "relative" else vc - vb,
-        "lower": low_c,
-        "upper": high_c,
-        "baseline_lower": low_b,
-        "baseline_upper": high_b,
-        "threshold": max(0.0, limit),
-        "alpha": alpha,
-    }
+    numbers = _compared(vc, vb, margin, (low_c, high_c), (low_b, high_b), limit, alpha)
     if limit <= 0:
         return Result(Outcome.PASS, f"{head}, the {_margin_text(margin)} allows any value", numbers)
     # The misses' rate ratio (candidate / baseline) the margin allows, at the baseline's value.
@@ -563,19 +553,33 @@ def _macro_versus(
         f"{_difference(vc, vb, margin)}, {verdict}, over {k} classes (Bonferroni; "
         f"{_per_class(gate, names, c, b)}), at {confidence(alpha)}: {_VERDICT[outcome]}"
     )
-    numbers: Numbers = {
+    numbers = _compared(vc, vb, margin, (low_c, high_c), (low_b, high_b), _limit(margin, vb), alpha)
+    numbers["classes"] = float(k)
+    return Result(outcome, reason, numbers)
+
+
+def _compared(
+    vc: float,
+    vb: float,
+    margin: Margin,
+    candidate: tuple[float, float],
+    baseline: tuple[float, float],
+    limit: float,
+    alpha: float,
+) -> Numbers:
+    """A comparing verdict's numbers: both values, the change, both intervals, the limit."""
+    change = (vc / vb - 1 if vb > 0 else 0.0) if margin.kind == "relative" else vc - vb
+    return {
         "candidate": vc,
         "baseline": vb,
-        "estimate": (vc / vb - 1 if vb > 0 else 0.0) if margin.kind == "relative" else vc - vb,
-        "lower": low_c,
-        "upper": high_c,
-        "baseline_lower": low_b,
-        "baseline_upper": high_b,
-        "threshold": max(0.0, _limit(margin, vb)),
+        "estimate": change,
+        "lower": candidate[0],
+        "upper": candidate[1],
+        "baseline_lower": baseline[0],
+        "baseline_upper": baseline[1],
+        "threshold": max(0.0, limit),
         "alpha": alpha,
-        "classes": float(k),
     }
-    return Result(outcome, reason, numbers)
 
 
 def _macro_bound(
