@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -103,6 +104,14 @@ def preview(
             "only. [default: the global --state]",
         ),
     ] = None,
+    backtest: Annotated[
+        str | None,
+        typer.Option(
+            "--backtest",
+            metavar="FILE",
+            help="Cite a backtest of this plan: the JSON `plan backtest PLAN -o json` wrote.",
+        ),
+    ] = None,
     output: Output = OutputOption,
 ) -> None:
     """Show what `run` would do: the timeline (weights, shortest and worst-case time), the gates
@@ -114,6 +123,8 @@ def preview(
 
     loaded = load_plan(file)
     data = build_preview(loaded)
+    if backtest is not None:
+        data["backtest"] = _cited_backtest(backtest, loaded.text)
     if not live:
         if output == Output.json:
             print_json(data)
@@ -257,6 +268,9 @@ def render_preview(data: dict[str, object], *, stderr: bool = False) -> None:
         f"{analysis['no_data']} (up to {analysis['max_hold']}, then {analysis['on_inconclusive']})"
         f", alpha {analysis['alpha']}"
     )
+    cited = data.get("backtest")
+    if isinstance(cited, dict):
+        out.print(f"backtest: {cited['text']}")
     fleet = data.get("fleet")
     if isinstance(fleet, dict):
         from mlrollout.cli.fleet_cmds import render_fleet
@@ -314,6 +328,38 @@ def render_preview(data: dict[str, object], *, stderr: bool = False) -> None:
     assert isinstance(warnings, list)
     for warning in warnings:
         out.print(f"[yellow]{warning}[/]")
+
+
+def _cited_backtest(path: str, plan_text: str) -> dict[str, object]:
+    """A saved backtest, summed up for the preview (and whether it is of this very plan)."""
+    import hashlib
+    import json
+
+    from mlrollout.errors import UsageError
+    from mlrollout.units import format_duration
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        rate, runs = data["false_rollback_rate"], int(data["rollouts"])
+        low, high = data.get("false_rollback_interval95") or (None, None)
+        span = float(data["to"]) - float(data["from"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(
+            f"--backtest {path}: not a backtest's JSON ({type(exc).__name__}: {exc})",
+            hint="write one with `mlrollout plan backtest PLAN -o json > FILE`",
+        ) from None
+    same = data.get("plan_sha256") == hashlib.sha256(plan_text.encode()).hexdigest()
+    if rate is None:
+        text = f"no simulated rollout fitted in the {format_duration(span)} of history"
+    else:
+        bounds = f" (95%: {low:.2%}–{high:.2%})" if low is not None else ""
+        text = (
+            f"{rate:.2%} of {runs} simulated rollouts on {format_duration(span)} of "
+            f"{data.get('variant')}'s own history would have rolled back{bounds}"
+        )
+    if not same:
+        text += "; it was run on another version of this plan"
+    return {"file": path, "rate": rate, "rollouts": runs, "same_plan": same, "text": text}
 
 
 @app.command()
@@ -396,6 +442,12 @@ def backtest(
     )
     result = replay.run(plan, history, variant=name, shift=shift_seconds, seed=seed)
     if output == Output.json:
-        print_json(result.to_dict())
+        import hashlib
+
+        data = result.to_dict()
+        # `plan preview --backtest FILE` cites it, and says when the plan has changed since
+        text = Path(file).read_bytes()
+        data["plan_sha256"] = hashlib.sha256(text).hexdigest()
+        print_json(data)
         return
     sys.stdout.write(replay.render(result))

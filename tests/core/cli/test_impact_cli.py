@@ -141,6 +141,22 @@ def test_plan_backtest_reports_the_false_rollback_rate(
     assert "simulated rollouts:" in text.out and "false-rollback rate" in text.out
     assert "every rollback here is false" in text.out
     assert not (tmp_path / "state").exists()  # read-only: no state store created
+    # the plan's preview cites the saved backtest, and notices when the plan has changed since
+    saved = tmp_path / "backtest.json"
+    saved.write_text(result.out)
+    cited = cli("plan", "preview", plan, "--backtest", saved)
+    assert cited.code == 0, cited.both
+    rate = f"{data['false_rollback_rate']:.2%}"
+    runs = data["rollouts"]
+    assert f"backtest: {rate} of {runs} simulated rollouts on 2d of v1's own" in cited.out
+    assert "another version" not in cited.out
+    plan.write_text(PLAN.replace("max_increase: 50%", "max_increase: 60%"))
+    changed = cli("plan", "preview", plan, "--backtest", saved)
+    assert "it was run on another version of this plan" in changed.out
+    broken = tmp_path / "broken.json"
+    broken.write_text("{}")
+    refused = cli("plan", "preview", plan, "--backtest", broken)
+    assert refused.code == 2 and "not a backtest's JSON" in refused.err
 
 
 def test_plan_backtest_refuses_bad_instants_and_short_spans(cli: Cli, tmp_path: Path) -> None:
