@@ -7,7 +7,10 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-PROVIDERS := $(wildcard providers/*/pyproject.toml)
+# The dev venv gets every provider but Airflow's (tested in its own venv, .peers/airflow: its pins
+# would fight ours); the wheels are built for all of them.
+WHEEL_PROVIDERS := $(wildcard providers/*/pyproject.toml)
+PROVIDERS := $(filter-out providers/airflow/pyproject.toml,$(WHEEL_PROVIDERS))
 
 .PHONY: setup demo test lint typecheck unit bench wheels clean
 
@@ -46,7 +49,7 @@ bench: $(STAMP)  ## benchmark figures (not timed tests); BENCH_ARGS="--runs 200"
 
 wheels:  ## build the core and every provider as wheels in dist/ (then: pip install --find-links dist ".[aws]")
 	@test -n "$(PYTHON)" || { echo "error: Python 3.11 or newer is needed (set PYTHON=...)"; exit 2; }
-	$(PYTHON) -m pip wheel -q --no-deps -w dist . $(foreach p,$(PROVIDERS),./$(patsubst %/,%,$(dir $(p))))
+	$(PYTHON) -m pip wheel -q --no-deps -w dist . $(foreach p,$(WHEEL_PROVIDERS),./$(patsubst %/,%,$(dir $(p))))
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache dist
