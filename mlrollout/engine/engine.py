@@ -448,6 +448,8 @@ class Engine:
         current = self.state.flag
         if current is not None and _same(current, target):
             return None
+        if current is None and target.get(self.state.candidate, 0.0) <= 0.0:
+            return None  # a rollback before any flag was written: nothing routes to the candidate
         return self._mutate("set_flag", {"weights": target})
 
     def _split_now(self) -> dict[str, float]:
