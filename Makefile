@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml $(PROVIDERS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
 		echo "venv is unavailable; trying virtualenv"; \
 		$(PYTHON) -m pip install --user -q virtualenv && $(PYTHON) -m virtualenv $(VENV); }
+	@# The pip a venv starts with may be old (23.x with Python 3.11): its resolver dead-ends on the
+	@# cloud SDKs' opentelemetry pins beside mlflow's ("InconsistentCandidate"); a current one
+	@# resolves the same requirements in seconds.
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade "pip>=25"
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[dev]" \
 		$(foreach p,$(PROVIDERS),-e ./$(patsubst %/,%,$(dir $(p))))
 	@touch $(STAMP)
