@@ -46,14 +46,20 @@ def resume(cursor: Cursor | None, query: CaptureQuery, *where: object) -> Cursor
     if cursor is None:
         pairing = Pairing(query.baseline, query.candidate, query.tolerance, query.bins)
         cursor = Cursor(key, pairing)
+    catch_up(cursor, query.end)
+    return cursor
+
+
+def catch_up(cursor: Cursor, end: float) -> None:
+    """Feed ``cursor``'s pairing the records it held back that a look ending at ``end``
+    reaches (a source continuing a cursor of its caller's does this first)."""
     still: list[Ahead] = []
     for item in cursor.ahead:
-        if item[0] > query.end:
+        if item[0] > end:
             still.append(item)
         else:
             cursor.pairing.add_at(item[1], item[2], item[3], item[4])
     cursor.ahead = still
-    return cursor
 
 
-__all__ = ["MAX_AHEAD", "Ahead", "Cursor", "resume"]
+__all__ = ["MAX_AHEAD", "Ahead", "Cursor", "catch_up", "resume"]

@@ -36,7 +36,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from mlrollout.capture import CaptureQuery, PredictionSummary
-from mlrollout.capture.cursor import MAX_AHEAD, Cursor, resume
+from mlrollout.capture.cursor import MAX_AHEAD, Cursor, catch_up, resume
 from mlrollout.capture.jsonl import parse_time
 from mlrollout.capture.jsonpath import MISSING, Path, PathError, compile_path
 from mlrollout.capture.pairing import Unparsable, read_output
@@ -133,14 +133,32 @@ class DataCaptureSource:
 
     def read(self, query: CaptureQuery) -> PredictionSummary:
         try:
-            path = compile_path(query.output)
-        except PathError as exc:
-            return PredictionSummary(error=str(exc))
-        try:
+            compile_path(query.output)
             bucket, prefix = self.destination()
-        except ProviderError as exc:
+        except (PathError, ProviderError) as exc:
             return PredictionSummary(error=str(exc))
         cursor = resume(self._cursor if self.use_cursor else None, query, bucket, prefix)
+        error = self._feed_window(cursor, query)
+        if error is not None:
+            self._cursor = None
+            return PredictionSummary(error=error)
+        self._cursor = cursor if self.use_cursor else None
+        return cursor.pairing.summary()
+
+    def read_into(self, cursor: Cursor, query: CaptureQuery) -> str | None:
+        """One look's new records of the window fed to ``cursor``'s pairing (whatever it
+        counts: the prediction gates' pairs, or the quality gates' predictions by id), after the
+        records it held back that the look reaches; the hour folders and files it already saw
+        are skipped. The error, if the look failed (the cursor is then half-fed: start anew)."""
+        catch_up(cursor, query.end)
+        return self._feed_window(cursor, query)
+
+    def _feed_window(self, cursor: Cursor, query: CaptureQuery) -> str | None:
+        try:
+            path = compile_path(query.output)
+            bucket, prefix = self.destination()
+        except (PathError, ProviderError) as exc:
+            return str(exc)
         first = int(query.start // HOUR)
         last = int(query.end // HOUR)
         try:
@@ -158,10 +176,8 @@ class DataCaptureSource:
                         self._feed(bucket, name, i, cursor, path, query)
                         cursor.read.add(name)
         except ProviderError as exc:
-            self._cursor = None
-            return PredictionSummary(error=f"could not read DataCapture of {self.endpoint}: {exc}")
-        self._cursor = cursor if self.use_cursor else None
-        return cursor.pairing.summary()
+            return f"could not read DataCapture of {self.endpoint}: {exc}"
+        return None
 
     def _list(self, bucket: str, folder: str) -> list[str]:
         keys: list[str] = []

@@ -70,23 +70,18 @@ class DataCapturePredictions:
         if not self.use_cursor or key != self._key:
             self._key = key
             self._cursors = []
-            for names in groups:
-                cq = self._capture_query(query, names)
-                # the key resume() gives this query there: the capture source goes on with it
-                where = (bucket, prefix, cq.start, cq.baseline, cq.candidate, cq.output, 0.0)
-                self._cursors.append(Cursor(where, PredictionIndex(names)))
+            self._cursors = [Cursor((key, names), PredictionIndex(names)) for names in groups]
         index = PredictionIndex(query.variants)
         for g, names in enumerate(groups):
             # The capture source's own look (its listing, its files read once, its parsing),
             # on a cursor whose records go to this index instead of a pairing.
-            source._cursor = cursor = self._cursors[g]
-            summary = source.read(self._capture_query(query, names))
-            if summary.error is not None or source._cursor is not cursor:
+            cursor = self._cursors[g]
+            error = source.read_into(cursor, self._capture_query(query, names))
+            if error is not None:
                 self._key = None  # a look that failed half-way: the next one starts again
-                raise ProviderError(summary.error or "DataCapture was not read")
+                raise ProviderError(error)
             assert isinstance(cursor.pairing, PredictionIndex)
             index.merge(cursor.pairing)
-        source._cursor = None
         return index
 
     @staticmethod
