@@ -802,12 +802,14 @@ class Engine:
             counts = self.feedback.read(query)
         except ProviderError as exc:
             counts = {name: QualityCounts(error=str(exc)) for name in variants}
-        for name in variants:
-            window = windows.setdefault(name, Window())
-            window.quality = counts.get(name) or QualityCounts(
-                error=f"the feedback source returned nothing for {name!r}"
-            )
-        self._labelled = {name: windows[name].quality for name in variants}  # type: ignore[misc]
+        labelled = {
+            name: counts.get(name)
+            or QualityCounts(error=f"the feedback source returned nothing for {name!r}")
+            for name in variants
+        }
+        for name, quality in labelled.items():
+            windows.setdefault(name, Window()).quality = quality
+        self._labelled = labelled
 
     def _look_data(self, look: dict[str, Any]) -> dict[str, Any]:
         """A look's journal entry, with what the capture paired at it (counts, and at most
