@@ -229,6 +229,11 @@ class Engine:
             phase=self.state.phase,
             snapshot=self.state.to_dict(),
         )
+        if event.seq == self.state.commands_seen + 1:
+            # Nothing came between the last event read and this one, which is the engine's own
+            # (not a command): the next command read need not fetch it back (on object storage
+            # each event read is a request).
+            self.state.commands_seen = event.seq
         for listener in self.listeners:
             # What is shown or sent about an event never stops the rollout (a closed stdout, a
             # broken reporter): the event is recorded, and the engine goes on.

@@ -371,6 +371,7 @@ class Runner:
         max_ticks: int | None = None,
         until_idle: bool = False,
         adopt: bool = False,
+        listed: RolloutRecord | None = None,
     ) -> RunOutcome:
         """Tick the rollout until it ends, or waits for a human and ``on_wait`` says detach.
 
@@ -380,8 +381,10 @@ class Runner:
         With ``until_idle`` it returns as soon as the next tick lies in the future (for
         ``reconcile``); virtual clocks have no future to wait for and run on. With ``adopt``, the
         live endpoint's weights are taken as the journal's (after a change made by hand).
+        ``listed``: the rollout's record as a listing just read it (saves reading it twice: it
+        is read again once the lease is taken).
         """
-        record = self.store.get_rollout(rollout_id)
+        record = listed if listed is not None else self.store.get_rollout(rollout_id)
         self._take_lease(record.endpoint_key)
         engine: Engine | None = None
         try:
@@ -533,15 +536,84 @@ class Runner:
     def reconcile(
         self, *, clock_for_record: Callable[[RolloutRecord], Clock | None] | None = None
     ) -> list[tuple[RolloutRecord, RunOutcome | Exception]]:
-        """One pass over every active rollout: do whatever work is due, then move on."""
+        """One pass over every active rollout: do whatever work is due, then move on.
+
+        A pass remembers, in the store (:data:`DUE_INDEX`), each rollout's journal position and
+        when its next tick is due; the next pass skips a rollout whose journal has not moved
+        and whose work is not yet due, without its lease or its journal (a cron job's pass is
+        mostly that: on object storage one read per rollout instead of a dozen). A command
+        (`promote`, `abort`), a `resume` elsewhere or any other write moves the journal, and
+        the rollout is driven at once. What is remembered is only a hint: a lost or stale
+        index costs a drive, never a missed one."""
+        from mlrollout.engine.watch import WorkerRunner
+
+        worker = WorkerRunner(
+            self.store,
+            listeners=self.listeners,
+            holder=self.holder,
+            wall=self.wall,
+            lease_ttl=self.lease_ttl,
+        )
+        worker.real_sleep = self.real_sleep
+        known = _read_due_index(self.store)
+        remembered: dict[str, list[float | None]] = {}
         results: list[tuple[RolloutRecord, RunOutcome | Exception]] = []
         for record in self.store.list_rollouts(active_only=True, limit=1000):
+            entry = known.get(record.id)
+            if entry is not None and _not_due(entry, record, self.wall()):
+                remembered[record.id] = entry
+                state = RolloutState.from_dict(record.snapshot)
+                results.append((record, RunOutcome(record.id, Phase(record.phase), state)))
+                continue
             try:
                 clock = clock_for_record(record) if clock_for_record else None
-                outcome = self.drive(
-                    record.id, on_wait=lambda engine: "detach", clock=clock, until_idle=True
+                worker.due_at, worker.last_seq, worker.written = None, record.last_seq, 0
+                outcome = worker.drive(
+                    record.id,
+                    on_wait=lambda engine: "detach",
+                    clock=clock,
+                    until_idle=True,
+                    listed=record,
                 )
                 results.append((record, outcome))
+                if not outcome.phase.terminal and not outcome.interrupted:
+                    remembered[record.id] = [float(worker.last_seq), worker.due_at]
             except Exception as exc:  # one stuck rollout must not stop the others
                 results.append((record, exc))
+        if remembered != known:
+            with contextlib.suppress(MlrolloutError):  # a hint: the next pass drives them all
+                self.store.put_value(*DUE_INDEX, {"v": 1, "rollouts": remembered}, lease=None)
         return results
+
+
+#: Where `reconcile` keeps when each active rollout is next due (namespace, key).
+DUE_INDEX = ("reconcile", "due")
+
+
+def _read_due_index(store: StateStore) -> dict[str, list[float | None]]:
+    """The due index's entries (``{rollout id: [journal seq, due at or None]}``); anything
+    unreadable or of another shape reads as empty (every rollout is driven)."""
+    try:
+        value = store.get_value(*DUE_INDEX)
+    except MlrolloutError:
+        return {}
+    rollouts = value.get("rollouts") if isinstance(value, dict) and value.get("v") == 1 else None
+    if not isinstance(rollouts, dict):
+        return {}
+    return {
+        str(rid): [entry[0], entry[1]]
+        for rid, entry in rollouts.items()
+        if isinstance(entry, list)
+        and len(entry) == 2
+        and isinstance(entry[0], int | float)
+        and (entry[1] is None or isinstance(entry[1], int | float))
+    }
+
+
+def _not_due(entry: list[float | None], record: RolloutRecord, now: float) -> bool:
+    """True when the index says the rollout has nothing to do now: its journal is where the
+    last drive left it and its next tick lies ahead (or it waits for a human)."""
+    seq, due_at = entry
+    if seq != record.last_seq:
+        return False
+    return due_at is None or due_at > now
