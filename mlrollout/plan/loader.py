@@ -78,10 +78,12 @@ def load_plan(path: str | os.PathLike[str]) -> LoadedPlan:
         raise PlanError(
             [PlanIssue(name, 0, 0, "", f"not UTF-8 text (bad byte at offset {exc.start})")]
         ) from None
-    return parse_plan(text, name)
+    return parse_plan(text, name, by_hand=True)
 
 
-def parse_plan(text: str, filename: str = "<plan>") -> LoadedPlan:
+def parse_plan(text: str, filename: str = "<plan>", *, by_hand: bool = False) -> LoadedPlan:
+    """Validate a plan's text. ``by_hand``: a plan a user wrote (a file), which may not set
+    what only mlrollout sets (``fleet``, on the rollouts of a fleet's targets)."""
     try:
         located = load_located(text)
     except YamlProblem as exc:
@@ -127,6 +129,18 @@ def parse_plan(text: str, filename: str = "<plan>") -> LoadedPlan:
         issues += [_issue(filename, located, err) for err in errors]
         # Every problem in one pass: the checks that can run on the valid parts run too.
         plan, dropped = _salvage(data, errors)
+    if by_hand and "fleet" in data:
+        line, column = located.mark(("fleet",), key=True)
+        issues.append(
+            PlanIssue(
+                filename,
+                line,
+                column,
+                "fleet",
+                "fleet is set by mlrollout on the rollouts of a fleet's targets, never by hand: "
+                "remove it (a fleet lists its endpoints under targets:)",
+            )
+        )
     warnings: list[PlanIssue] = []
     for finding in check_plan(plan):
         if finding.path in dropped:

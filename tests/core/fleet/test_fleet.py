@@ -309,3 +309,25 @@ def test_reconcile_passes_finish_a_fleet_its_driver_left(tmp_path):
     assert record.phase == "succeeded", (passes, record.reason)
     for name in ("us", "eu", "sa"):
         assert fleet.endpoint(name) == {"v2": 100.0}
+
+
+def test_a_hand_written_plan_may_not_set_fleet(tmp_path):
+    """`fleet:` makes a rollout hold at 100 % until its fleet releases it: in a plan a user
+    wrote, with no fleet to release it, it would hold for ever, so the file is refused where
+    the key is; the rollouts mlrollout makes for a fleet's targets still carry it."""
+    from mlrollout.plan.loader import load_plan
+
+    plain = "\n".join(
+        line
+        for line in fleet_text().splitlines()
+        if not line.startswith(("  - {provider", "waves:"))
+    ).replace("targets:", "target: {provider: local, endpoint: x}")
+    plain = plain.lstrip("\n") + "\n"
+    path = tmp_path / "plan.yaml"
+    path.write_text(plain + "fleet: {id: f-1, index: 0}\n")
+    with pytest.raises(PlanError) as err:
+        load_plan(path)
+    [issue] = err.value.issues
+    assert (issue.path, issue.line, issue.column) == ("fleet", plain.count("\n") + 1, 1)
+    assert "set by mlrollout" in issue.message
+    assert parse_plan(plain + "fleet: {id: f-1, index: 0}\n").plan.fleet is not None
