@@ -734,10 +734,23 @@ def list_(
     limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 20,
     output: Output = OutputOption,
 ) -> None:
-    """The rollouts in the state store, newest first."""
+    """The rollouts in the state store, newest first; a fleet's targets name their fleet, and
+    the fleets they belong to follow (`mlrollout status FLEET` shows one as a table)."""
     from datetime import UTC, datetime
 
-    records = settings(ctx).store().list_rollouts(active_only=active, limit=limit)
+    from mlrollout.engine.fleet import find_fleet
+    from mlrollout.engine.runner import plan_of
+
+    store = settings(ctx).store()
+    records = store.list_rollouts(active_only=active, limit=limit)
+
+    def fleet_of(record: RolloutRecord) -> str | None:
+        try:
+            member = plan_of(record).fleet
+        except Exception:  # a stored plan that no longer loads: `status ID` says why
+            return None
+        return None if member is None else member.id
+
     rows = [
         {
             "id": r.id,
@@ -746,18 +759,24 @@ def list_(
             "phase": r.phase,
             "created": datetime.fromtimestamp(r.created_at, UTC).strftime("%Y-%m-%d %H:%M"),
             "reason": r.snapshot.get("reason"),
+            "fleet": fleet_of(r),
         }
         for r in records
     ]
+    fleets = []
+    for fleet_id in dict.fromkeys(row["fleet"] for row in rows if row["fleet"]):
+        fleet = find_fleet(store, str(fleet_id))
+        if fleet is not None:
+            fleets.append({"id": fleet.id, "phase": fleet.phase, "targets": len(fleet.targets)})
     if output == Output.json:
-        print_json(rows)
+        print_json(rows)  # a target's row names its fleet (`status FLEET -o json`: the fleet)
         return
     from rich.table import Table
 
     table = Table(show_edge=False, pad_edge=False)
     for column in ("id", "phase", "endpoint", "created", "reason"):
         table.add_column(column)
-    for row in rows:
+    for row in rows:  # a target's id is its fleet's id and its index: no column of its own
         table.add_row(
             row["id"], row["phase"], row["endpoint"], row["created"], (row["reason"] or "")[:60]
         )
@@ -765,6 +784,12 @@ def list_(
         console().print(table)
     else:
         sys.stdout.write("no rollouts yet: try `mlrollout demo`\n")
+    if fleets:
+        sys.stdout.write(
+            "\nfleets: "
+            + "; ".join(f"{f['id']} ({f['phase']}, {f['targets']} targets)" for f in fleets)
+            + "\n"
+        )
 
 
 class ReportFormat(StrEnum):

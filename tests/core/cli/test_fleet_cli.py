@@ -49,6 +49,10 @@ def test_a_fleet_with_a_bad_region_is_rolled_back_and_reported_as_a_table(
         "churn-ap-south": "rolled_back",
         "churn-sa-east": "not started",
     }
+    # `list` names each target's fleet, and the fleets after the rollouts
+    listed = json.loads(cli("--state", state, "list", "-o", "json").out)
+    assert {row["fleet"] for row in listed} == {fid} and len(listed) == 3
+    assert f"fleets: {fid} (rolled_back, 4 targets)" in cli("--state", state, "list").out
     report = cli("--state", state, "report", fid)
     assert report.code == 0
     assert report.out.startswith(f"# Fleet {fid}: rolled back")
