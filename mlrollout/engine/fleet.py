@@ -38,7 +38,7 @@ from mlrollout.clock import Clock
 from mlrollout.engine.events import COMMANDS, EventKind
 from mlrollout.engine.phases import TERMINAL, Phase
 from mlrollout.engine.runner import Runner
-from mlrollout.errors import LeaseHeld, UsageError
+from mlrollout.errors import LeaseHeld, MlrolloutError, UsageError
 from mlrollout.plan.fleet import member_text, waves_of
 from mlrollout.plan.loader import LoadedPlan, parse_plan
 from mlrollout.plan.model import Plan
@@ -111,6 +111,31 @@ def member_id(fleet_id: str, index: int) -> str:
 def new_fleet_id(plan: Plan) -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", plan.name.lower()).strip("-")[:32] or "fleet"
     return f"fleet-{slug}-{secrets.token_hex(3)}"
+
+
+#: The fleets not yet ended (``{"v": 1, "ids": [...]}``): the key/value space cannot be listed,
+#: and a fleet none of whose targets is active (its `run` killed before the first target was
+#: created, or after the last one ended but before the fleet recorded its end) would otherwise
+#: never be seen by `reconcile` again. A hint, rewritten without a lock: a fleet lost from it by
+#: a race is still found through its active targets.
+ACTIVE = "_active"
+
+
+def _active_fleets(store: StateStore) -> list[str]:
+    try:
+        value = store.get_value(FLEETS, ACTIVE)
+    except MlrolloutError:
+        return []
+    ids = value.get("ids") if isinstance(value, dict) and value.get("v") == 1 else None
+    return [str(i) for i in ids] if isinstance(ids, list) else []
+
+
+def _note_active(store: StateStore, *, add: str | None = None, drop: Iterable[str] = ()) -> None:
+    ids = _active_fleets(store)
+    new = [i for i in ids if i not in set(drop)] + ([add] if add and add not in ids else [])
+    if new != ids:
+        with contextlib.suppress(MlrolloutError):  # a hint (see ACTIVE)
+            store.put_value(FLEETS, ACTIVE, {"v": 1, "ids": new}, lease=None)
 
 
 def find_fleet(store: StateStore, fleet_id: str) -> FleetRecord | None:
@@ -225,6 +250,8 @@ class FleetRunner:
             on_failure=waves.on_failure if waves else "rollback_all",
         )
         assert waves_of(plan) == record.waves()
+        # noted first: killed between the two writes, the note names no fleet and is dropped
+        _note_active(self.store, add=fleet_id)
         self.store.put_value(FLEETS, fleet_id, record.to_dict(), lease=None)
         return record
 
@@ -464,17 +491,25 @@ def reconcile_fleets(
     driver holds is left to it. ``records``: the active rollouts already listed."""
     from mlrollout.engine.runner import plan_of
 
-    fleets: list[str] = []
+    noted = _active_fleets(store)
+    fleets: list[str] = list(noted)
     listed = store.list_rollouts(active_only=True, limit=1000) if records is None else records
+    from_targets: set[str] = set()
     for record in listed:
         try:
             member = plan_of(record).fleet
         except Exception:  # a stored plan that no longer loads is reported by the rollouts' pass
             continue
-        if member is not None and member.id not in fleets:
-            fleets.append(member.id)
+        if member is not None:
+            from_targets.add(member.id)
+            if member.id not in fleets:
+                fleets.append(member.id)
     out: list[tuple[str, FleetRecord | Exception]] = []
+    ended: list[str] = []
     for fleet_id in fleets:
+        if fleet_id in noted and find_fleet(store, fleet_id) is None:
+            ended.append(fleet_id)  # removed from the store by hand: nothing to drive
+            continue
         runner = FleetRunner(store, holder=holder)
         try:
             runner._take_lease(fleet_id)
@@ -482,11 +517,19 @@ def reconcile_fleets(
             continue
         try:
             fleet = runner._load(fleet_id)
-            if not fleet.done:
+            was_done = fleet.done
+            if not was_done:
                 runner.advance(fleet)
-            out.append((fleet_id, runner._load(fleet_id)))
+                fleet = runner._load(fleet_id)
+            if fleet.done:
+                ended.append(fleet_id)
+                if was_done and fleet_id in noted and fleet_id not in from_targets:
+                    continue  # it ended in an earlier pass: not this pass's news
+            out.append((fleet_id, fleet))
         except Exception as exc:  # one stuck fleet must not stop the others
             out.append((fleet_id, exc))
         finally:
             runner._release_lease()
+    if ended:
+        _note_active(store, drop=ended)
     return out

@@ -12,19 +12,9 @@ Cli = Callable[..., Any]
 
 
 def fleet_id(cli: Cli, state: str) -> str:
-    from mlrollout.engine.fleet import FLEETS
-    from mlrollout.state.open import open_store
-
-    store = open_store(state)
-    try:
-        import sqlite3
-
-        db = Path(store.location)
-        rows = sqlite3.connect(db).execute("SELECT key FROM kv WHERE namespace = ?", (FLEETS,))
-        [(found,)] = list(rows)
-        return str(found)
-    finally:
-        store.close()
+    """The fleet the store's rollouts belong to, as `list` names it."""
+    [found] = {row["fleet"] for row in json.loads(cli("--state", state, "list", "-o", "json").out)}
+    return str(found)
 
 
 def test_a_fleet_with_a_bad_region_is_rolled_back_and_reported_as_a_table(

@@ -261,7 +261,9 @@ def test_a_fleet_killed_at_every_write_is_finished_by_the_next_driver(tmp_path, 
     total = counting.writes
     assert total > 20
     tried = 0
-    for die_at in range(2, total + 1):  # the first write records the fleet itself
+    # the first two writes note the fleet active and record it (a kill between them leaves a
+    # note that names no fleet: see test_reconcile_finds_a_fleet_whose_run_died_...)
+    for die_at in range(3, total + 1):
         for before in (True, False):
             folder = tmp_path / f"{die_at}-{before}"
             folder.mkdir()
@@ -285,7 +287,7 @@ def test_a_fleet_killed_at_every_write_is_finished_by_the_next_driver(tmp_path, 
             again.drive()
             assert _ends(again, fleet.record.id) == expected, (die_at, before)
             _check_journals(store, fleet.record.id, 3)
-    assert tried == 2 * (total - 1)
+    assert tried == 2 * (total - 2)
     print(f"fleet kill sweep: {tried} kill points, every one finished as the uninterrupted run")
 
 
@@ -331,3 +333,30 @@ def test_a_hand_written_plan_may_not_set_fleet(tmp_path):
     assert (issue.path, issue.line, issue.column) == ("fleet", plain.count("\n") + 1, 1)
     assert "set by mlrollout" in issue.message
     assert parse_plan(plain + "fleet: {id: f-1, index: 0}\n").plan.fleet is not None
+
+
+def test_reconcile_finds_a_fleet_whose_run_died_before_its_first_target(tmp_path):
+    """A fleet recorded, then its `run` killed before any target's rollout existed: no active
+    rollout leads to it, and yet the next `reconcile` passes start it and finish it."""
+    from mlrollout.engine.fleet import find_fleet, reconcile_fleets
+    from mlrollout.engine.runner import Runner
+
+    fleet = Fleet(tmp_path, small(0.01))  # created, never driven
+    assert fleet.store.list_rollouts() == []
+    # and one whose `run` was killed between noting it and recording it: nothing to drive
+    fleet.store.put_value(
+        "fleets", "_active", {"v": 1, "ids": ["fleet-gone-000000", fleet.record.id]}, lease=None
+    )
+    seen = []
+    for _ in range(40):
+        Runner(fleet.store).reconcile()
+        seen += [fid for fid, _ in reconcile_fleets(fleet.store)]
+        record = find_fleet(fleet.store, fleet.record.id)
+        assert record is not None
+        if record.done:
+            break
+    assert record.phase == "succeeded"
+    assert seen.count(fleet.record.id) >= 2
+    # once it has ended and been reported, later passes leave it (and the hint) alone
+    assert reconcile_fleets(fleet.store) == []
+    assert fleet.store.get_value("fleets", "_active") == {"v": 1, "ids": []}
