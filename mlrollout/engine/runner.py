@@ -577,7 +577,10 @@ class Runner:
                 )
                 results.append((record, outcome))
                 if not outcome.phase.terminal and not outcome.interrupted:
-                    remembered[record.id] = [float(worker.last_seq), worker.due_at]
+                    # waiting for a human: still looked at now and then (a change made to the
+                    # endpoint by hand meanwhile is noticed, as the wait's own ticks do)
+                    due = worker.due_at if worker.due_at is not None else self.wall() + RECHECK
+                    remembered[record.id] = [float(worker.last_seq), due]
             except Exception as exc:  # one stuck rollout must not stop the others
                 results.append((record, exc))
         if remembered != known:
@@ -588,6 +591,8 @@ class Runner:
 
 #: Where `reconcile` keeps when each active rollout is next due (namespace, key).
 DUE_INDEX = ("reconcile", "due")
+#: Wall seconds after which `reconcile` drives a rollout that waits for a human again.
+RECHECK = 300.0
 
 
 def _read_due_index(store: StateStore) -> dict[str, list[float | None]]:

@@ -123,3 +123,26 @@ def test_the_rollouts_finish_as_without_the_index(tmp_path: Path) -> None:
             break
         wall.advance(60.0)
     assert [store.get_rollout(rid).phase for rid in ids] == ["succeeded", "succeeded"]
+
+
+def test_a_rollout_waiting_for_a_human_is_still_looked_at_now_and_then(tmp_path: Path) -> None:
+    """A wait has no next tick, but its ticks notice a change made to the endpoint by hand: a
+    pass drives it again after RECHECK seconds, and at once after `promote`."""
+    from mlrollout.engine.runner import RECHECK
+
+    wall = VirtualClock(START)
+    store = CountingStore(tmp_path / "state.db", wall)
+    runner = Runner(store, wall=wall.now, holder="cron@host pid 1")
+    text = PLAN.replace("ENDPOINT", "ep").replace("    - analyze: 10m\n", "    - approve: {}\n")
+    rid = runner.create(parse_plan(text, "p.yaml")).id
+    runner.reconcile()
+    assert store.get_rollout(rid).phase == "waiting"
+    store.calls.clear()
+    runner.reconcile()
+    assert store.calls["acquire_lease"] == 0
+    wall.advance(RECHECK + 1)
+    runner.reconcile()
+    assert store.calls["acquire_lease"] == 1
+    runner.command(rid, "promote", by="alice")
+    runner.reconcile()
+    assert store.get_rollout(rid).phase == "succeeded"
