@@ -33,12 +33,16 @@ def waves_of(plan: Plan) -> list[int]:
 
 def member_data(data: dict[str, Any], index: int, fleet_id: str | None) -> dict[str, Any]:
     """The plan mapping of target ``index`` of the fleet plan mapping ``data``: ``target`` for
-    ``targets``, the target's ``sandbox`` changes merged into the sandbox, ``fleet`` set."""
+    ``targets``, the target's ``sandbox`` changes merged into the sandbox, ``fleet`` set. The
+    fleet's ``sandbox`` is the world of its ``local`` targets: a target on a real platform (a
+    fleet may mix them) gets none, but its own ``sandbox`` changes stay (and are refused)."""
     out = {k: copy.deepcopy(v) for k, v in data.items() if k not in ("targets", "waves")}
     raw = dict(data["targets"][index])
     changes = raw.pop("sandbox", None)
     raw.pop("wave", None)
     out["target"] = raw
+    if raw.get("provider", "local") != "local":
+        out.pop("sandbox", None)
     if isinstance(changes, dict):
         out["sandbox"] = _merged(out.get("sandbox") or {}, changes)
     name = str(data.get("name", "fleet"))
@@ -88,6 +92,14 @@ def check_fleet(plan: Plan) -> list[Finding]:
         if plan.waves is not None:
             found.append(Finding(("waves",), "waves only apply to a fleet: list its targets"))
         return found
+    if plan.sandbox is not None and all(t.provider != "local" for t in plan.targets):
+        found.append(
+            Finding(
+                ("sandbox",),
+                "a fleet's sandbox section is the world of its provider: local targets, and it "
+                "has none; remove it",
+            )
+        )
     if plan.fleet is not None:
         found.append(Finding(("fleet",), "fleet is set by mlrollout on a fleet's targets"))
     strategy = plan.strategy
