@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -292,7 +292,13 @@ def render_preview(data: dict[str, object], *, stderr: bool = False) -> None:
     out.print(f"rollback: {auto}; {rollback['how']}")
     before = data["before"]
     assert isinstance(before, dict)
-    out.print("API calls `run` would make:")
+    fleet = data.get("fleet")
+    fleet_targets: list[dict[str, Any]] = fleet["targets"] if isinstance(fleet, dict) else []
+    first_provider = fleet_targets[0]["provider"] if fleet_targets else None
+    if any(t["provider"] != first_provider for t in fleet_targets):
+        out.print(f"API calls `run` would make (for each {first_provider} target):")
+    else:
+        out.print("API calls `run` would make:")
     out.print(f"  before:        {', '.join(before['api_calls'])}")
     ownership = data.get("ownership")
     if isinstance(ownership, dict) and ownership["api_calls"]:

@@ -151,6 +151,9 @@ def _fleet_preview(loaded: LoadedPlan) -> dict[str, Any]:
     data["endpoint"] = (
         f"{len(plan.targets)} targets ({', '.join(t.endpoint for t in plan.targets)})"
     )
+    providers = list(dict.fromkeys(t.provider for t in plan.targets))
+    if len(providers) > 1:  # a mixed fleet: the timeline and the API calls are the first's
+        data["provider"] = " and ".join(providers)
     waves = plan.waves
     data["fleet"] = {
         "targets": [

@@ -102,3 +102,11 @@ def test_a_bad_candidate_on_sagemaker_rolls_the_rehearsal_back_too(world: Any) -
     ]
     rehearsal = runner.store.get_value("sandbox", "churn-rehearsal")
     assert rehearsal is not None and sorted(rehearsal["variants"]) == ["v1"]
+
+
+def test_the_preview_of_a_mixed_fleet_names_both_platforms(world: Any) -> None:
+    from mlrollout.plan.preview import build_preview
+
+    data = build_preview(load_plan(str(world.plan(FLEET))))
+    assert data["provider"] == "local and sagemaker"
+    assert [t["provider"] for t in data["fleet"]["targets"]] == ["local", "sagemaker"]
