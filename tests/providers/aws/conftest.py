@@ -54,7 +54,12 @@ class World:
         self.url = emulator.url
         self.sagemaker = boto3.client("sagemaker", region_name=REGION, endpoint_url=self.url)
         self.cloudwatch = boto3.client("cloudwatch", region_name=REGION, endpoint_url=self.url)
-        self.s3 = boto3.client("s3", region_name=REGION, endpoint_url=self.url)
+        from botocore.config import Config
+
+        # the test's own writes (captured traffic) ride out the faults a test injects for
+        # the code under test: with a fifth of all calls throttled, 3 attempts lose some
+        patient = Config(retries={"mode": "standard", "max_attempts": 12})
+        self.s3 = boto3.client("s3", region_name=REGION, endpoint_url=self.url, config=patient)
 
     def model(self, name: str) -> None:
         self.sagemaker.create_model(
