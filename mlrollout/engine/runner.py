@@ -566,15 +566,7 @@ class Runner:
                 results.append((record, RunOutcome(record.id, Phase(record.phase), state)))
                 continue
             try:
-                clock = clock_for_record(record) if clock_for_record else None
-                worker.due_at, worker.last_seq, worker.written = None, record.last_seq, 0
-                outcome = worker.drive(
-                    record.id,
-                    on_wait=lambda engine: "detach",
-                    clock=clock,
-                    until_idle=True,
-                    listed=record,
-                )
+                outcome = worker.drive_due(record, clock_for_record or (lambda r: None))
                 results.append((record, outcome))
                 if not outcome.phase.terminal and not outcome.interrupted:
                     # waiting for a human: still looked at now and then (a change made to the

@@ -158,6 +158,7 @@ class WorkerRunner(Runner):
             on_wait=lambda engine: "detach",
             clock=clock_for_record(record),
             until_idle=True,
+            listed=record,
         )
 
 
