@@ -17,7 +17,8 @@ shares (the local sandbox and the AWS, GCP and Azure providers use it instead of
   ends it is an mlrollout error already (raised as it is), a bug (re-raised as it is, never
   wrapped as a provider error, so it exits 70), or mapped by the provider; throttling is
   recognised by one table (HTTP 429/503, ``Throttling*``, ``TooManyRequests*``,
-  ``ResourceExhausted``...) and becomes :class:`~mlrollout.errors.ProviderThrottled`.
+  ``ResourceExhausted``...) and becomes :class:`~mlrollout.errors.ProviderThrottled`; each
+  attempt may take a token of an API budget first (:mod:`mlrollout.budget`).
 
 Nothing here imports a cloud SDK.
 """
@@ -29,6 +30,7 @@ from collections.abc import Callable, Collection, Mapping
 from enum import Enum
 from typing import TYPE_CHECKING, TypeVar
 
+from mlrollout.budget import Spend, budgeted
 from mlrollout.clock import Clock
 from mlrollout.errors import ProviderAuthError, ProviderError, ProviderThrottled
 from mlrollout.retry import RetryPolicy
@@ -280,13 +282,19 @@ def call_mapped(
     retryable: Callable[[BaseException], bool],
     map_error: Callable[[BaseException, int], BaseException],
     applied: Callable[[], bool] | None = None,
+    spend: Spend | None = None,
+    throttled: Callable[[BaseException], bool] | None = None,
 ) -> T | None:
     """``fn()`` retried by ``retry`` while it raises an error ``retryable`` accepts. The error
     that ends it is raised as it is when it is an mlrollout error or a bug
     (:func:`is_programming_error`), else as ``map_error(error, attempts)`` (chained to it).
 
     ``applied``: for a mutation, returns True when the change is already in effect; asked before
-    each retry, and a True ends the call without sending it again (the result is then None)."""
+    each retry, and a True ends the call without sending it again (the result is then None).
+    ``spend``: the API budget (:mod:`mlrollout.budget`) each attempt takes a token of; an error
+    ``throttled`` accepts slows that bucket down."""
+    if spend is not None:
+        fn = budgeted(fn, spend, throttled or (lambda exc: False))
 
     def failed(exc: BaseException, attempts: int) -> BaseException:
         if isinstance(exc, ProviderError) or is_programming_error(exc):

@@ -16,6 +16,7 @@ from mlrollout.cli.common import (
     STATE_HELP,
     Settings,
     accept_global_options_after_commands,
+    publish_api_budgets,
     stdout_to_devnull,
 )
 
@@ -126,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
             "and report it\n"
         )
         code = ExitCode.BUG
+    publish_api_budgets()
     try:
         sys.stdout.flush()
     except OSError:  # the reader of stdout has gone: nothing left to say there

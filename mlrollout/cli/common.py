@@ -33,6 +33,26 @@ STORE_COMMANDS = frozenset(
 )
 
 
+API_SHARE_HELP = (
+    "The part of each platform API limit (SageMaker, CloudWatch, Vertex AI, Resource Manager...) "
+    "this process may use, in percent: the rest stays for the account's other users. "
+    "[env var: MLROLLOUT_API_SHARE; default: 50]"
+)
+#: ``--api-share`` (in ``Annotated[str | None, ApiShareOption] = None``).
+ApiShareOption = typer.Option(
+    "--api-share", metavar="PERCENT", show_default=False, help=API_SHARE_HELP
+)
+
+
+def apply_api_share(value: str | None) -> None:
+    """``--api-share`` given: every API budget of the process uses that share
+    (:mod:`mlrollout.budget`); a value that is not a percent in 1..100 is a usage error."""
+    if value is not None:
+        from mlrollout import budget
+
+        budget.configure(share=budget.parse_share(value, where="--api-share"))
+
+
 class Output(StrEnum):
     text = "text"
     json = "json"
@@ -52,7 +72,25 @@ class Settings:
     def store(self) -> StateStore:
         if self._store is None:
             self._store = open_store(self.state)
+            OPENED.append(self._store)
         return self._store  # type: ignore[no-any-return]
+
+
+#: The state stores this command opened: at its end the process's API budget figures go to them
+#: (:func:`publish_api_budgets`).
+OPENED: list[Any] = []
+
+
+def publish_api_budgets() -> None:
+    """What this process's API budgets did, to every store it opened (``status FLEET`` shows
+    it); never an error of the command's."""
+    import time
+
+    from mlrollout import budget
+
+    for store in OPENED:
+        budget.publish_quietly(store, now=time.time(), force=True)
+    OPENED.clear()
 
 
 def settings(ctx: typer.Context) -> Settings:

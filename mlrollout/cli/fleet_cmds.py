@@ -141,7 +141,28 @@ def fleet_markdown(data: dict[str, Any]) -> str:
             f"| {row['wave']} | {row['endpoint']} ({row['provider']}) | {row['rollout'] or '-'} "
             f"| {row['phase']} | {weights} | {why} |"
         )
+    if data.get("api_budget"):
+        lines += ["", *budget_markdown(data["api_budget"])]
     return "\n".join(lines) + "\n"
+
+
+def budget_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    """The API budgets as a table: what each platform allows, the share mlrollout takes, the
+    rate it runs at now (lower after throttled answers), and the calls of the last hour."""
+    lines = [
+        "## API budget (every runner of this state store, the last hour)",
+        "",
+        "| provider | account/region | service | class | limit /s | share | now /s | calls "
+        "| waited | throttled |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for b in rows:
+        lines.append(
+            f"| {b['provider']} | {b['scope']} | {b['service']} | {b['class']} "
+            f"| {b['limit_per_s']:g} | {b['share_percent']:g}% | {b['rate_per_s']:g} "
+            f"| {b['calls']} | {b['waited_s']:g} s | {b['throttled']} |"
+        )
+    return lines
 
 
 def find(store: StateStore, some_id: str | None) -> FleetRecord | None:

@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING, Annotated, Any, TextIO
 import typer
 
 from mlrollout.cli.common import (
+    ApiShareOption,
     Output,
     OutputOption,
+    apply_api_share,
     console,
     interactive,
     print_json,
@@ -258,6 +260,7 @@ def run(
     ] = False,
     on_interrupt: OnInterrupt = OnInterruptOption,
     output: Output = OutputOption,
+    api_share: Annotated[str | None, ApiShareOption] = None,
 ) -> int:
     """Validate the plan, show the preview, ask once, then drive the rollout to its end.
 
@@ -269,6 +272,7 @@ def run(
     from mlrollout.plan.loader import load_plan
     from mlrollout.plan.preview import build_preview
 
+    apply_api_share(api_share)
     loaded = load_plan(plan_file)
     if not yes:
         if not interactive():
@@ -308,11 +312,13 @@ def resume(
     ] = False,
     on_interrupt: OnInterrupt = OnInterruptOption,
     output: Output = OutputOption,
+    api_share: Annotated[str | None, ApiShareOption] = None,
 ) -> int:
     """Continue a rollout from its journal (after a kill, an exit 3, or `promote`); or a fleet,
     by its id."""
     from mlrollout.cli import fleet_cmds
 
+    apply_api_share(api_share)
     store = settings(ctx).store()
     fleet = fleet_cmds.find(store, rollout_id)
     if fleet is not None:
@@ -541,6 +547,7 @@ def reconcile(
             "on the way.",
         ),
     ] = None,
+    api_share: Annotated[str | None, ApiShareOption] = None,
 ) -> int:
     """One pass over every active rollout: do the work that is due, then exit (for cron).
 
@@ -553,6 +560,7 @@ def reconcile(
     from mlrollout.engine.watch import DEFAULT_INTERVAL
     from mlrollout.errors import MlrolloutError, UsageError
 
+    apply_api_share(api_share)
     if not watch:
         given = [
             name

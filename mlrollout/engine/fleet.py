@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
+from mlrollout import budget
 from mlrollout.clock import Clock
 from mlrollout.engine.events import COMMANDS, EventKind
 from mlrollout.engine.phases import TERMINAL, Phase
@@ -464,6 +465,8 @@ class FleetStatus:
 
     record: FleetRecord
     rows: list[dict[str, Any]] = field(default_factory=list)
+    #: The API budgets of the targets' providers (mlrollout.budget.read), one row per bucket.
+    api_budget: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -474,13 +477,19 @@ class FleetStatus:
             "max_parallel": self.record.max_parallel,
             "on_failure": self.record.on_failure,
             "targets": self.rows,
+            "api_budget": self.api_budget,
         }
 
 
 def fleet_status(store: StateStore, fleet_id: str) -> FleetStatus:
+    """The fleet, a row per target, and the API budgets of its targets' providers as the
+    runners published them (:func:`mlrollout.budget.read`)."""
     runner = FleetRunner(store)
     record = runner._load(fleet_id)
-    return FleetStatus(record, [v.row_dict() for v in runner.views(record)])
+    rows = [v.row_dict() for v in runner.views(record)]
+    providers = {row["provider"] for row in rows}
+    spent = [b for b in budget.read(store, now=time.time()) if b["provider"] in providers]
+    return FleetStatus(record, rows, spent)
 
 
 def reconcile_fleets(

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from mlrollout import budget
 from mlrollout.clock import Clock, SystemClock
 from mlrollout.contracts import ProviderContext, ProviderSpec, default_lease_key
 from mlrollout.engine.engine import Engine, Listener, RolloutState, TickResult
@@ -414,6 +415,7 @@ class Runner:
                 result = self._tick(engine)
                 ticks += 1
                 self._renew_lease()
+                budget.publish_quietly(self.store, now=self.wall())
                 if result.done or (max_ticks is not None and ticks >= max_ticks):
                     break
                 if self.stop_requested:
@@ -445,6 +447,7 @@ class Runner:
             for notifier in notifiers:  # a bounded flush; none after a stop (do not hold it up)
                 with contextlib.suppress(Exception):  # never mask the error in flight
                     notifier.close(0.0 if self.stop_requested else None)
+            budget.publish_quietly(self.store, now=self.wall())
             self._release_lease()
 
     def _after_failure(

@@ -7,6 +7,9 @@ Every call goes through :func:`call`, which
   off, so there is exactly one retry policy and call counts are what they look like);
 - for a mutation, asks ``applied()`` before each retry whether the earlier attempt already took
   effect (the response may be lost after the change was made), so no mutation is applied twice;
+- given a :class:`~mlrollout.budget.Meter`, takes a token of the API budget of the account
+  (profile) and region before each attempt (:mod:`mlrollout.budget`: SageMaker, CloudWatch and
+  S3 limits), and slows that budget down on a throttled answer;
 - maps what is left to the mlrollout error tree at the boundary, classified by the core's table
   (:func:`mlrollout.adapters.classify`, AWS's auth and transient codes first), naming the call
   and the IAM action it needs::
@@ -40,6 +43,8 @@ from mlrollout.adapters import (
     is_throttling,
     retryable_kind,
 )
+from mlrollout.budget import Meter
+from mlrollout.clock import Clock
 from mlrollout.errors import ProviderAuthError, ProviderError
 from mlrollout.retry import RetryPolicy
 
@@ -141,13 +146,13 @@ def make_client(
 
 def iam_action(client: Any, operation: str) -> str:
     service = client.meta.service_model.service_name
-    api = client.meta.method_to_api_mapping.get(operation, operation)
+    api = api_of(client, operation)
     return _IAM_ACTION.get((service, api)) or f"{_IAM_PREFIX.get(service, service)}:{api}"
 
 
 def api_name(client: Any, operation: str) -> str:
     service = client.meta.service_model.service_id
-    api = client.meta.method_to_api_mapping.get(operation, operation)
+    api = api_of(client, operation)
     return f"{service.replace(' ', '')}.{api}"
 
 
@@ -172,6 +177,15 @@ def kind_of(exc: bex.ClientError) -> ErrorKind:
     return classify(_status(exc), code)
 
 
+def throttled(exc: BaseException) -> bool:
+    return isinstance(exc, bex.ClientError) and kind_of(exc) is ErrorKind.THROTTLED
+
+
+def budget_meter(clock: Clock, *, region: str | None, profile: str | None = None) -> Meter:
+    """The API budget of calls made with ``profile`` (the account behind it) in ``region``."""
+    return Meter("sagemaker", f"{profile or 'default'}@{region or 'default'}", clock)
+
+
 def retryable(exc: BaseException) -> bool:
     if isinstance(exc, _CONNECTION_ERRORS):
         return True
@@ -184,18 +198,27 @@ def call(
     *,
     retry: RetryPolicy,
     applied: Callable[[], bool] | None = None,
+    meter: Meter | None = None,
     **params: Any,
 ) -> Any:
     """``client.<operation>(**params)`` through :func:`mlrollout.adapters.call_mapped` (see the
-    module doc; ``applied`` as there)."""
+    module doc; ``applied`` as there; ``meter``: the API budget it spends, if any)."""
     method = getattr(client, operation)
+    service = client.meta.service_model.service_name
     return call_mapped(
         lambda: method(**params),
         retry=retry,
         retryable=retryable,
         map_error=lambda exc, attempts: map_error(client, operation, exc, attempts=attempts),
         applied=applied,
+        spend=None if meter is None else meter.spend(service, api_of(client, operation)),
+        throttled=throttled,
     )
+
+
+def api_of(client: Any, operation: str) -> str:
+    """The API name of a client method (``get_metric_data`` -> ``GetMetricData``)."""
+    return str(client.meta.method_to_api_mapping.get(operation, operation))
 
 
 def map_error(client: Any, operation: str, exc: BaseException, *, attempts: int) -> BaseException:

@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from mlrollout.budget import Meter
 from mlrollout.capture import CaptureQuery, PredictionSummary
 from mlrollout.capture.cursor import MAX_AHEAD, Cursor, catch_up, resume
 from mlrollout.capture.jsonl import parse_time
@@ -43,7 +44,7 @@ from mlrollout.capture.pairing import Unparsable, read_output
 from mlrollout.contracts import ProviderContext
 from mlrollout.errors import ProviderError
 from mlrollout.retry import RetryPolicy
-from mlrollout_aws._aws import call, make_client
+from mlrollout_aws._aws import budget_meter, call, make_client
 from mlrollout_aws.spec import capture_uri
 
 HOUR = 3600.0
@@ -78,11 +79,13 @@ class DataCaptureSource:
         retry: RetryPolicy | None = None,
         uri: str | None = None,
         cursor: bool = True,
+        meter: Meter | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.s3 = s3
         self.sagemaker = sagemaker
         self.retry = retry or RetryPolicy()
+        self.meter = meter  # the API budget of the account and region, if any
         self.fallback_uri = uri
         self.use_cursor = cursor
         self._destination: tuple[str, str] | None = None
@@ -110,6 +113,7 @@ class DataCaptureSource:
             client("sagemaker"),
             retry=RetryPolicy(sleep=context.clock.sleep),
             uri=capture_uri(context.plan),
+            meter=budget_meter(context.clock, region=region, profile=profile),
         )
 
     # ------------------------------------------------------------------------------ reading
@@ -119,7 +123,11 @@ class DataCaptureSource:
         if self._destination is None:
             self.describes += 1
             raw = call(
-                self.sagemaker, "describe_endpoint", retry=self.retry, EndpointName=self.endpoint
+                self.sagemaker,
+                "describe_endpoint",
+                retry=self.retry,
+                meter=self.meter,
+                EndpointName=self.endpoint,
             )
             uri = (raw.get("DataCaptureConfig") or {}).get("DestinationS3Uri")
             uri = uri or self.fallback_uri
@@ -188,6 +196,7 @@ class DataCaptureSource:
                 self.s3,
                 "list_objects_v2",
                 retry=self.retry,
+                meter=self.meter,
                 Bucket=bucket,
                 Prefix=folder,
                 **({"ContinuationToken": token} if token else {}),
@@ -202,7 +211,9 @@ class DataCaptureSource:
     ) -> None:
         """Stream one capture file into the cursor's pairing, line by line."""
         self.gets += 1
-        body = call(self.s3, "get_object", retry=self.retry, Bucket=bucket, Key=name)["Body"]
+        body = call(
+            self.s3, "get_object", retry=self.retry, meter=self.meter, Bucket=bucket, Key=name
+        )["Body"]
         try:
             for raw in body.iter_lines():
                 if not raw.strip():

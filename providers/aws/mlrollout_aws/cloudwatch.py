@@ -31,12 +31,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from mlrollout.adapters import complete_periods
+from mlrollout.budget import Meter
 from mlrollout.clock import Clock
 from mlrollout.contracts import CustomValue, MetricsQuery, ProviderContext, Window
 from mlrollout.plan.model import LATENCY_METRICS, Gate
 from mlrollout.retry import RetryPolicy
 from mlrollout_aws import naming
-from mlrollout_aws._aws import call, make_client
+from mlrollout_aws._aws import budget_meter, call, make_client
 from mlrollout_aws.alarms import metric_stat
 
 MICROSECONDS = naming.MICROSECONDS
@@ -68,12 +69,14 @@ class CloudWatchMetrics:
         *,
         retry: RetryPolicy | None = None,
         delay: float = 0.0,
+        meter: Meter | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.delay = delay  # CloudWatch's ingestion delay beyond the plan's (seconds)
         self.client = client
         self.clock = clock
         self.retry = retry or RetryPolicy(sleep=clock.sleep)
+        self.meter = meter  # the API budget of the account and region, if any
 
     @classmethod
     def from_context(cls, context: ProviderContext) -> CloudWatchMetrics:
@@ -84,7 +87,10 @@ class CloudWatchMetrics:
             profile=target.setting("profile"),
             endpoint_url=target.metrics_url or target.endpoint_url,
         )
-        return cls(target.endpoint, client, context.clock)
+        budget = budget_meter(
+            context.clock, region=target.setting("region"), profile=target.setting("profile")
+        )
+        return cls(target.endpoint, client, context.clock, meter=budget)
 
     # ------------------------------------------------------------------------------- query
 
@@ -172,7 +178,9 @@ class CloudWatchMetrics:
             }
             if token:
                 params["NextToken"] = token
-            page = call(self.client, "get_metric_data", retry=self.retry, **params)
+            page = call(
+                self.client, "get_metric_data", retry=self.retry, meter=self.meter, **params
+            )
             for result in page.get("MetricDataResults", []):
                 found = series.setdefault(result["Id"], _Series())
                 found.values += [float(v) for v in result.get("Values", [])]

@@ -71,7 +71,13 @@ class NativeBlueGreen:
     # ------------------------------------------------------------------------------ plumbing
 
     def _cw(self, operation: str, **params: Any) -> Any:
-        return call(self.cloudwatch, operation, retry=self.endpoint.retry, **params)
+        return call(
+            self.cloudwatch,
+            operation,
+            retry=self.endpoint.retry,
+            meter=self.endpoint.meter,
+            **params,
+        )
 
     def _config_name(self, rollout_id: str) -> str:
         return naming.native_config_name(self.endpoint.name, rollout_id)
@@ -146,6 +152,7 @@ class NativeBlueGreen:
                 ep.client,
                 "update_endpoint",
                 retry=ep.retry,
+                meter=ep.meter,
                 applied=lambda: self._started(ep._raw(), rollout_id),
                 EndpointName=ep.name,
                 EndpointConfigName=ours,
@@ -211,6 +218,7 @@ class NativeBlueGreen:
                 ep.client,
                 "add_tags",
                 retry=ep.retry,
+                meter=ep.meter,
                 ResourceArn=arn,
                 Tags=[{"Key": naming.TAG_NATIVE_STARTED, "Value": "true"}],
             )
@@ -354,6 +362,7 @@ class NativeBlueGreen:
                 self.cloudwatch,
                 "delete_alarms",
                 retry=ep.retry,
+                meter=ep.meter,
                 applied=lambda: not set(mine) & set(self._alarms(rollout_id)),
                 AlarmNames=mine,
             )

@@ -42,6 +42,7 @@ from mlrollout.adapters import (
     check_weights,
     wait_until,
 )
+from mlrollout.budget import Meter
 from mlrollout.clock import Clock
 from mlrollout.contracts import (
     OWNER_KEYS,
@@ -55,7 +56,7 @@ from mlrollout.errors import ProviderError
 from mlrollout.plan.model import Candidate, Plan
 from mlrollout.retry import RetryPolicy
 from mlrollout_aws import naming
-from mlrollout_aws._aws import AwsCallError, call, make_client
+from mlrollout_aws._aws import AwsCallError, budget_meter, call, make_client
 from mlrollout_aws.native import NativeBlueGreen
 from mlrollout_aws.spec import CAPABILITIES, capture_on, capture_uri, needs_capture
 
@@ -106,12 +107,15 @@ class SageMakerEndpoint:
         update_timeout: float = UPDATE_TIMEOUT,
         plan: Plan | None = None,
         cloudwatch: Any = None,
+        meter: Meter | None = None,
     ) -> None:
         self.name = name
         self.client = client
         self.clock = clock
         self.region = region
         self.retry = retry or RetryPolicy(sleep=clock.sleep)
+        #: The API budget of the account and region (None: calls are not budgeted).
+        self.meter = meter
         self.poll = poll
         self.update_timeout = update_timeout
         self._models: set[str] = set()  # models known to exist
@@ -134,7 +138,14 @@ class SageMakerEndpoint:
             profile=target.setting("profile"),
             endpoint_url=target.endpoint_url,
         )
-        endpoint = cls(target.endpoint, client, context.clock, region=region, plan=context.plan)
+        endpoint = cls(
+            target.endpoint,
+            client,
+            context.clock,
+            region=region,
+            plan=context.plan,
+            meter=budget_meter(context.clock, region=region, profile=target.setting("profile")),
+        )
         endpoint._cloudwatch_factory = lambda: make_client(
             "cloudwatch",
             region=region or None,
@@ -168,7 +179,7 @@ class SageMakerEndpoint:
     # ------------------------------------------------------------------------------ plumbing
 
     def _call(self, operation: str, **params: Any) -> Any:
-        return call(self.client, operation, retry=self.retry, **params)
+        return call(self.client, operation, retry=self.retry, meter=self.meter, **params)
 
     def _raw(self) -> dict[str, Any]:
         try:
@@ -367,6 +378,7 @@ class SageMakerEndpoint:
             self.client,
             "update_endpoint_weights_and_capacities",
             retry=self.retry,
+            meter=self.meter,
             applied=lambda: self._weights_are(self._raw(), weights),
             EndpointName=self.name,
             DesiredWeightsAndCapacities=desired,
@@ -525,6 +537,7 @@ class SageMakerEndpoint:
                 self.client,
                 "delete_tags",
                 retry=self.retry,
+                meter=self.meter,
                 applied=lambda: not any(k in self._tags(arn) for k in OWNER_KEYS),
                 ResourceArn=arn,
                 TagKeys=list(OWNER_KEYS),
@@ -540,6 +553,7 @@ class SageMakerEndpoint:
             self.client,
             "add_tags",
             retry=self.retry,
+            meter=self.meter,
             applied=applied,
             ResourceArn=arn,
             Tags=[{"Key": k, "Value": v} for k, v in wanted.items()],
@@ -657,6 +671,7 @@ class SageMakerEndpoint:
                 self.client,
                 "create_endpoint_config",
                 retry=self.retry,
+                meter=self.meter,
                 # Asked before each retry: a lost response may hide a config that was made.
                 applied=lambda: self._config_exists(name),
                 EndpointConfigName=name,
@@ -680,6 +695,7 @@ class SageMakerEndpoint:
             self.client,
             "update_endpoint",
             retry=self.retry,
+            meter=self.meter,
             applied=applied,
             EndpointName=self.name,
             EndpointConfigName=config,
@@ -741,6 +757,7 @@ class SageMakerEndpoint:
                     self.client,
                     "delete_endpoint_config",
                     retry=self.retry,
+                    meter=self.meter,
                     applied=functools.partial(self._config_gone, name),
                     EndpointConfigName=name,
                 )

@@ -8,7 +8,9 @@ as the AWS and GCP providers use it). The SDKs' own retry policies are switched 
 errors with exponential backoff and full jitter, sleeping on the rollout's clock, so a virtual
 clock makes retries instant. For a mutation it asks ``applied()`` before each retry whether the
 attempt whose answer was lost took effect after all (a DELETE answered 503 after it was applied,
-a dropped connection): if so nothing is sent again.
+a dropped connection): if so nothing is sent again. Given a :class:`~mlrollout.budget.Meter`, each
+attempt first takes a token of the subscription's Resource Manager budget for its class (reads,
+writes, deletes: :mod:`mlrollout.budget`), and a throttled answer slows that budget down.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from azure.core.exceptions import (
 )
 
 from mlrollout.adapters import ErrorKind, call_mapped, classify, retryable_kind
+from mlrollout.budget import Meter
 from mlrollout.clock import Clock
 from mlrollout.errors import MlrolloutError, ProviderAuthError, ProviderError, ProviderThrottled
 from mlrollout.retry import RetryPolicy
@@ -71,6 +74,21 @@ def transient(exc: BaseException) -> bool:
     return False
 
 
+def throttled(exc: BaseException) -> bool:
+    return isinstance(exc, HttpResponseError) and (
+        classify(status_of(exc), error_code(exc)) is ErrorKind.THROTTLED
+    )
+
+
+def budget_meter(clock: Clock, subscription_id: str) -> Meter:
+    """The API budget of calls in ``subscription_id`` (Resource Manager counts per subscription)."""
+    return Meter("azureml", subscription_id or "default", clock)
+
+
+#: The Resource Manager class (mlrollout.budget) of each permission a call needs.
+_CLASSES = {"write": "write", "deploy": "write", "delete": "delete"}
+
+
 def error_code(exc: BaseException) -> str | None:
     """The service's error code (``TooManyRequests``, ``BadArgument``...), if it sent one."""
     code = getattr(getattr(exc, "error", None), "code", None)
@@ -85,10 +103,12 @@ def call(
     what: str,
     permission: str,
     applied: Callable[[], bool] | None = None,
+    meter: Meter | None = None,
 ) -> T | None:
     """``fn()`` through :func:`mlrollout.adapters.call_mapped`, retried on transient errors; an
     Azure error that ends it is raised as :func:`provider_error` (``action``, ``what``,
-    ``permission``), anything else as it is (``applied`` as there)."""
+    ``permission``), anything else as it is (``applied`` as there; ``meter``: the API budget it
+    spends, if any, in the class of ``permission``)."""
 
     def mapped(exc: BaseException, attempts: int) -> BaseException:
         if type(exc).__module__.startswith("azure.") or transient(exc):
@@ -97,7 +117,15 @@ def call(
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # azure-ai-ml's deprecation and experimental notices
-        return call_mapped(fn, retry=retry, retryable=transient, map_error=mapped, applied=applied)
+        return call_mapped(
+            fn,
+            retry=retry,
+            retryable=transient,
+            map_error=mapped,
+            applied=applied,
+            spend=None if meter is None else meter.spend("arm", _CLASSES.get(permission, "read")),
+            throttled=throttled,
+        )
 
 
 def describe_error(exc: BaseException, *, first_line: bool = False) -> str:

@@ -47,6 +47,7 @@ from mlrollout.adapters import (
     wait_until,
     whole_percents,
 )
+from mlrollout.budget import Meter
 from mlrollout.clock import Clock
 from mlrollout.contracts import (
     OWNER_KEYS,
@@ -121,6 +122,7 @@ class AzureMLEndpoint:
         lro_timeout: float = LRO_TIMEOUT,
         poll_every: float = POLL_EVERY,
         mirrors: bool = False,
+        meter: Meter | None = None,
     ) -> None:
         self.client = client
         #: the plan judges the candidate on mirror_traffic (shadow, blue-green with preview 0)
@@ -129,6 +131,8 @@ class AzureMLEndpoint:
         self.clock = clock
         self.candidate = candidate
         self.retry = retry or _azure.retry_policy(clock)
+        #: The API budget of the subscription (None: calls are not budgeted).
+        self.meter = meter
         self.lro_timeout = lro_timeout
         self.poll_every = poll_every
         self.location: str | None = None
@@ -147,6 +151,7 @@ class AzureMLEndpoint:
             context.clock,
             candidate=context.plan.candidate,
             mirrors=mirrors(context.plan),
+            meter=_azure.budget_meter(context.clock, target.subscription_id),
         )
 
     # ------------------------------------------------------------------------------ calls
@@ -163,7 +168,13 @@ class AzureMLEndpoint:
         """``fn()`` through :func:`_azure.call`; a mutation passes ``applied`` (then the result
         is None when a retry found the change already in effect)."""
         return _azure.call(
-            self.retry, fn, action=action, what=what, permission=permission, applied=applied
+            self.retry,
+            fn,
+            action=action,
+            what=what,
+            permission=permission,
+            applied=applied,
+            meter=self.meter,
         )
 
     def _endpoint(self) -> OnlineEndpoint:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlrollout.adapters import complete_periods
+from mlrollout.budget import Meter
 from mlrollout.clock import Clock
 from mlrollout.contracts import CustomValue, MetricsQuery, ProviderContext, Window
 from mlrollout.errors import ProviderError
@@ -79,6 +80,7 @@ class AzureMonitorMetrics:
         *,
         retry: RetryPolicy | None = None,
         delay: float = 0.0,
+        meter: Meter | None = None,
     ) -> None:
         self._factory = client_factory
         self.delay = delay  # Azure Monitor's ingestion delay beyond the plan's (seconds)
@@ -86,6 +88,7 @@ class AzureMonitorMetrics:
         self.target = target
         self.clock = clock
         self.retry = retry or _azure.retry_policy(clock)
+        self.meter = meter  # the subscription's API budget, if any
         self.calls = 0
 
     @classmethod
@@ -108,7 +111,7 @@ class AzureMonitorMetrics:
                 base = f"https://{endpoint.location}.metrics.monitor.azure.com"
             return MetricsClient(base, credential, retry_total=0)
 
-        return cls(factory, target, context.clock)
+        return cls(factory, target, context.clock, meter=endpoint.meter)
 
     @property
     def client(self) -> Any:
@@ -216,6 +219,7 @@ class AzureMonitorMetrics:
             action=f"read Azure Monitor metrics {', '.join(group.metrics)}",
             what=f"metrics of {group.resource_id}",
             permission="metrics",
+            meter=self.meter,
         )
         out: dict[str, list[Any]] = defaultdict(list)
         for result in results or ():

@@ -9,6 +9,9 @@ Every call goes through :func:`call`, which
   client, so there is exactly one retry policy and call counts are what they look like;
 - for a mutation, asks ``applied()`` before each retry whether the earlier attempt already took
   effect (the response may be lost after the change was made), so no mutation is applied twice;
+- given a :class:`~mlrollout.budget.Meter`, takes a token of the project and region's API
+  budget before each attempt (:mod:`mlrollout.budget`: the Vertex AI and Cloud Monitoring
+  limits), and slows that budget down on a throttled answer;
 - maps what is left to the mlrollout error tree at the boundary, by HTTP code only (the REST
   transport turns FAILED_PRECONDITION into ``BadRequest``), naming the call and the IAM
   permission it needs::
@@ -42,6 +45,8 @@ from mlrollout.adapters import (
     is_programming_error,
     retryable_kind,
 )
+from mlrollout.budget import Meter
+from mlrollout.clock import Clock
 from mlrollout.errors import ProviderAuthError, ProviderError
 from mlrollout.retry import RetryPolicy
 
@@ -114,6 +119,21 @@ def http_code(exc: BaseException) -> int:
     return 0
 
 
+def throttled(exc: BaseException) -> bool:
+    return isinstance(exc, gexc.GoogleAPICallError) and (
+        classify(http_code(exc)) is ErrorKind.THROTTLED
+    )
+
+
+def budget_meter(clock: Clock, *, project: str, location: str) -> Meter:
+    """The API budget of calls to ``project`` in ``location``."""
+    return Meter("vertex", f"{project or 'default'}/{location or 'global'}", clock)
+
+
+#: The service of a client method, where it is not Vertex AI's (the API budget's buckets).
+_SERVICES = {"list_time_series": "monitoring"}
+
+
 def retryable(exc: BaseException) -> bool:
     if isinstance(exc, _CONNECTION_ERRORS):
         return True
@@ -128,16 +148,20 @@ def call(
     *,
     retry: RetryPolicy,
     applied: Callable[[], bool] | None = None,
+    meter: Meter | None = None,
     **params: Any,
 ) -> Any:
     """``method(**params)`` through :func:`mlrollout.adapters.call_mapped` (see the module doc;
-    ``applied`` as there)."""
+    ``applied`` as there; ``meter``: the API budget it spends, if any)."""
+    service = _SERVICES.get(operation, "aiplatform")
     return call_mapped(
         lambda: method(**params),
         retry=retry,
         retryable=retryable,
         map_error=lambda exc, attempts: map_error(operation, exc, attempts=attempts),
         applied=applied,
+        spend=None if meter is None else meter.spend(service, operation),
+        throttled=throttled,
     )
 
 

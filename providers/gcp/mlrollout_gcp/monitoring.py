@@ -271,7 +271,13 @@ class CloudMonitoringMetrics:
             method = functools.partial(
                 self.client.list_time_series, retry=None, timeout=CALL_TIMEOUT
             )
-            page = call(method, "list_time_series", retry=self.retry, request=request)
+            page = call(
+                method,
+                "list_time_series",
+                retry=self.retry,
+                meter=self.endpoint.meter,
+                request=request,
+            )
             for series in page.time_series:
                 model_id = str(series.metric.labels.get("deployed_model_id", ""))
                 if model_id not in ids.values():

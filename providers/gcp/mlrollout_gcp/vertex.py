@@ -45,6 +45,7 @@ from mlrollout.adapters import (
     wait_until,
     whole_percents,
 )
+from mlrollout.budget import Meter
 from mlrollout.clock import Clock
 from mlrollout.contracts import (
     OWNER_KEYS,
@@ -59,6 +60,7 @@ from mlrollout.plan.model import Candidate
 from mlrollout.retry import RetryPolicy
 from mlrollout_gcp._gcp import (
     GcpCallError,
+    budget_meter,
     call,
     credentials_for,
     map_error,
@@ -103,6 +105,7 @@ class VertexEndpoint:
         candidate: Candidate | None = None,
         retry: RetryPolicy | None = None,
         deploy_timeout: float = DEPLOY_TIMEOUT,
+        meter: Meter | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.client = client
@@ -112,6 +115,8 @@ class VertexEndpoint:
         self.location = location
         self.candidate = candidate
         self.retry = retry or RetryPolicy(sleep=clock.sleep)
+        #: The API budget of the project and region (None: calls are not budgeted).
+        self.meter = meter
         self.deploy_timeout = deploy_timeout
         self._resource: str | None = None
         self._model_checked = False
@@ -147,6 +152,7 @@ class VertexEndpoint:
             location=location,
             model_client=models,
             candidate=context.plan.candidate,
+            meter=budget_meter(context.clock, project=project, location=location),
         )
 
     # ------------------------------------------------------------------------------ plumbing
@@ -154,7 +160,13 @@ class VertexEndpoint:
     def _call(self, operation: str, *, applied: Any = None, **params: Any) -> Any:
         method = getattr(self.client, operation)
         return call(
-            method, operation, retry=self.retry, applied=applied, timeout=CALL_TIMEOUT, **params
+            method,
+            operation,
+            retry=self.retry,
+            meter=self.meter,
+            applied=applied,
+            timeout=CALL_TIMEOUT,
+            **params,
         )
 
     @property
@@ -290,6 +302,7 @@ class VertexEndpoint:
                 self.model_client.get_model,
                 "get_model",
                 retry=self.retry,
+                meter=self.meter,
                 name=name,
                 timeout=CALL_TIMEOUT,
             )
@@ -474,7 +487,16 @@ class VertexEndpoint:
         name = operation.operation.name
 
         def done() -> bool | None:
-            return True if call(operation.done, "get_operation", retry=self.retry) else None
+            return (
+                True
+                if call(
+                    operation.done,
+                    "get_operation",
+                    retry=self.retry,
+                    meter=self.meter,
+                )
+                else None
+            )
 
         def timed_out() -> bool:
             raise ProviderError(

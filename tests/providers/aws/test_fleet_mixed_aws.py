@@ -10,6 +10,7 @@ from aws_traffic import BAD, GOOD
 from mlrollout_aws._aws import RetryPolicy
 from mlrollout_aws.s3state import S3StateStore
 
+from mlrollout.cli.fleet_cmds import fleet_markdown
 from mlrollout.clock import VirtualClock
 from mlrollout.engine.fleet import FleetRunner, fleet_status, member_id
 from mlrollout.plan.loader import load_plan
@@ -79,11 +80,20 @@ def test_a_fleet_of_a_sandbox_and_a_sagemaker_endpoint_promotes_both(world: Any)
     assert [(v["VariantName"], v["CurrentWeight"]) for v in live["ProductionVariants"]] == [
         ("v2", 1.0)
     ]
-    rows = {row["endpoint"]: row for row in fleet_status(runner.store, fleet_id).rows}
+    status = fleet_status(runner.store, fleet_id)
+    rows = {row["endpoint"]: row for row in status.rows}
     assert {e: (r["provider"], r["phase"]) for e, r in rows.items()} == {
         "churn-rehearsal": ("local", "succeeded"),
         "churn": ("sagemaker", "succeeded"),
     }
+    # the runner published its API budgets while it drove: the SageMaker account's are shown
+    # (the sandbox has none)
+    assert {b["provider"] for b in status.api_budget} == {"sagemaker"}
+    assert {(b["service"], b["class"]) for b in status.api_budget} >= {("sagemaker", "read")}
+    text = fleet_markdown(status.to_dict())
+    assert (
+        "## API budget" in text and "| sagemaker | default@us-east-1 | sagemaker | read |" in text
+    )
     # the sagemaker target's plan carries no sandbox section: only the local target's does
     plans = {i: runner.store.get_rollout(member_id(fleet_id, i)).plan["yaml"] for i in (0, 1)}
     assert "sandbox:" in plans[0] and "sandbox:" not in plans[1]
