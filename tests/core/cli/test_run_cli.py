@@ -522,3 +522,27 @@ def test_providers_and_validate_share_what_the_engine_runs(cli, tmp_path, monkey
     local = next(row for row in rows if row["name"] == "local")
     assert local["strategies"] == ["ab_test", "canary", "linear"]
     assert cli("plan", "validate", plan).code == 0
+
+
+@pytest.mark.parametrize("share", ["150", "0", "most"])
+def test_an_api_share_that_is_not_a_percent_is_refused_before_anything_starts(
+    cli, state, plans, share
+):
+    result = cli(
+        "--state", state, "run", "--yes", plans / "local-canary-good.yaml", "--api-share", share
+    )
+    assert result.code == 2, result.both
+    assert f"--api-share: {share!r} is not a percent in 1..100" in result.err
+    no_traceback(result)
+    assert cli("--state", state, "list", "-o", "json").out.strip() in ("[]", "")
+
+
+def test_the_api_share_given_is_the_share_of_every_budget_of_the_run(cli, state, plans):
+    from mlrollout import budget
+
+    result = cli(
+        "--state", state, "run", "--yes", plans / "local-canary-good.yaml", "--api-share", "30%"
+    )
+    assert result.code == 0, result.both
+    assert budget.current_share() == 30.0
+    assert budget.bucket("sagemaker", "p@r", "sagemaker", "read").full_rate == 3.0
