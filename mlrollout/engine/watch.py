@@ -36,7 +36,15 @@ from typing import Protocol
 
 from mlrollout.clock import Clock, SystemClock
 from mlrollout.engine.engine import Engine, Listener, RolloutState, TickResult
-from mlrollout.engine.runner import LEASE_TTL, Runner, RunOutcome, holder_name, worse
+from mlrollout.engine.runner import (
+    LEASE_TTL,
+    Runner,
+    RunOutcome,
+    _not_due,
+    _read_due_index,
+    holder_name,
+    worse,
+)
 from mlrollout.errors import ExitCode, LeaseHeld, MlrolloutError
 from mlrollout.state.base import Event, RolloutRecord, StateStore
 
@@ -351,12 +359,14 @@ class Watcher:
         try:
             if self._store is None:
                 self._store = self.open_store()
-            for source in self.sources:
-                for record in source.active(self._store):
-                    active.add(record.id)
-                    listed.append(record)
-                    if self._due(record, start):
-                        jobs.append((source, record))
+            found = [(s, r) for s in self.sources for r in s.active(self._store)]
+            if self.passes == 1:
+                self._seed([record for _, record in found], start)
+            for source, record in found:
+                active.add(record.id)
+                listed.append(record)
+                if self._due(record, start):
+                    jobs.append((source, record))
         except MlrolloutError as exc:
             if self.passes == 1:
                 raise  # a store that never answered: a wrong --state, missing credentials
@@ -390,6 +400,18 @@ class Watcher:
             done=done,
             next_in=self._next_in(now),
         )
+
+    def _seed(self, listed: list[RolloutRecord], now: float) -> None:
+        """A new watcher's first pass: what the last runs left in the due index (``reconcile``'s,
+        another watcher's) is taken as seen, so the rollouts with nothing due are not driven
+        again at once (a restarted pod costs one pass of listing, not a drive of everything)."""
+        index = _read_due_index(self._store) if self._store is not None else {}
+        with self._lock:
+            for record in listed:
+                entry = index.get(record.id)
+                known = record.id in self._seen
+                if not known and entry is not None and _not_due(entry, record, now):
+                    self._seen[record.id] = _Seen(record.last_seq, entry[1])
 
     def _fleets(self, listed: list[RolloutRecord]) -> None:
         """The fleets the active rollouts belong to, advanced once each (a wave started, a

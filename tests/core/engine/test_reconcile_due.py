@@ -146,3 +146,24 @@ def test_a_rollout_waiting_for_a_human_is_still_looked_at_now_and_then(tmp_path:
     runner.command(rid, "promote", by="alice")
     runner.reconcile()
     assert store.get_rollout(rid).phase == "succeeded"
+
+
+def test_a_new_watcher_takes_the_due_index_as_seen_and_drives_only_what_is_due(
+    tmp_path: Path,
+) -> None:
+    from mlrollout.engine.watch import Watcher
+
+    store, runner, wall, ids = _fleet(tmp_path)
+    runner.reconcile()  # cron's pass: every rollout started, the index written
+    seqs = {rid: store.get_rollout(rid).last_seq for rid in ids}
+    store.calls.clear()
+    watcher = Watcher(lambda: store, clock=wall, holder="pod@host pid 2")
+    first = watcher.run_pass()  # a restarted pod: nothing is due yet
+    assert first.done == [] and store.calls["acquire_lease"] == 0
+    assert {rid: store.get_rollout(rid).last_seq for rid in ids} == seqs
+    assert 0 < first.next_in <= 120.0  # it wakes for the first look, not after the interval
+
+    wall.advance(120.0)
+    second = watcher.run_pass()
+    assert sorted(d.record.id for d in second.done) == sorted(ids)
+    assert all(store.get_rollout(rid).last_seq > seqs[rid] for rid in ids)
