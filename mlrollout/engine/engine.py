@@ -174,8 +174,13 @@ class Engine:
         capture: CaptureSource | None = None,
         feedback: FeedbackSource | None = None,
         flags: FlagWriter | None = None,
+        journal_seq: int | None = None,
     ) -> None:
         self.rollout_id = rollout_id
+        #: The journal's last seq as read once the lease was taken, for a started rollout whose
+        #: snapshot an engine event wrote (``Runner.open_engine``): when no later event can be a
+        #: command, the first tick need not read the journal for one.
+        self._journal_seq = journal_seq
         self.plan = plan
         self.adapter = adapter
         self.metrics = metrics
@@ -330,6 +335,13 @@ class Engine:
 
     def _read_command(self) -> Event | None:
         """The newest unread command from the journal (abort wins over promote)."""
+        known, self._journal_seq = self._journal_seq, None
+        if known is not None and known <= self.state.commands_seen + 1:
+            # The journal as read under the lease ends at most one event past what was seen:
+            # that event is the one the snapshot was written with (the engine's own, whose
+            # snapshot still says seq - 1), so there is no command to read.
+            self.state.commands_seen = max(self.state.commands_seen, known)
+            return None
         events = self.store.events(self.rollout_id, after=self.state.commands_seen)
         if not events:
             return None

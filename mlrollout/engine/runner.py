@@ -241,6 +241,7 @@ class Runner:
             from mlrollout.report.mlflow import resolved_candidate
 
             plan = resolved_candidate(written, self.store.events(record.id))
+        started = record.phase != Phase.PENDING.value
         state = RolloutState.from_dict(record.snapshot) if record.snapshot else None
         if state is None:
             state = RolloutState(candidate=plan.candidate.name)
@@ -293,6 +294,8 @@ class Runner:
             state=state,
             holder=self.holder,
             wall=self.wall,
+            # a started rollout's snapshot is always its last engine event's (never a create's)
+            journal_seq=record.last_seq if started and self._lease is not None else None,
         )
 
     def lease(self) -> Lease | None:
