@@ -97,3 +97,13 @@ def test_the_fleet_benchmark_runs_a_small_fleet_through_three_watchers() -> None
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     assert figures["fleet_phase"] == "succeeded" and figures["target_phases"] == ["succeeded"]
     assert figures["rollouts_witnessed"] == 6
+
+
+def test_the_api_budget_benchmark_holds_the_workers_to_the_budget() -> None:
+    pytest.importorskip("moto")
+    out = run("api_budget.py", "--workers", "4", "--seconds", "2")
+    cases = {c["case"]: c for c in json.loads(out.splitlines()[-1])["cases"]}
+    for share in ("share 50 %", "share 100 %"):
+        assert 0 < cases[share]["calls"] <= cases[share]["allowed"], cases[share]
+    # unbudgeted, the same workers go as fast as the server answers: far past the budget
+    assert cases["no budget"]["per_second"] > 2 * cases["share 100 %"]["per_second"]
