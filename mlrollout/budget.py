@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from mlrollout.clock import Clock
+from mlrollout.clock import Clock, SystemClock
 from mlrollout.errors import UsageError
 
 if TYPE_CHECKING:
@@ -253,19 +253,29 @@ class Bucket:
 
 
 _LOCK = threading.Lock()
-_BUCKETS: dict[tuple[str, str, str, str], Bucket] = {}
+#: (provider, scope, service, class, timeline) -> Bucket; the timeline is None for the wall
+#: clock, else the id of the clock (whose bucket keeps it alive, so the id is never reused).
+_BUCKETS: dict[tuple[str, str, str, str, int | None], Bucket] = {}
+_CLOCKS: dict[int, Clock] = {}
 
 
-def bucket(provider: str, scope: str, service: str, klass: str) -> Bucket:
+def bucket(
+    provider: str, scope: str, service: str, klass: str, clock: Clock | None = None
+) -> Bucket:
     """The process's bucket for calls of ``klass`` to ``service`` of ``provider`` in ``scope``
-    (an account or project and a region), made on first use."""
-    key = (provider, scope, service, klass)
+    (an account or project and a region), made on first use. Every rollout on the wall clock
+    (:class:`~mlrollout.clock.SystemClock`) shares it; a rollout on a clock of its own (virtual
+    or sped-up time: tests, rehearsals) gets its own, since a bucket refills on one timeline."""
+    timeline = None if clock is None or isinstance(clock, SystemClock) else id(clock)
+    key = (provider, scope, service, klass, timeline)
     with _LOCK:
         found = _BUCKETS.get(key)
         if found is None:
             found = _BUCKETS[key] = Bucket(
                 provider, scope, service, klass, limit_of(service, klass), current_share()
             )
+            if timeline is not None and clock is not None:
+                _CLOCKS[timeline] = clock
         return found
 
 
@@ -275,15 +285,37 @@ def reset() -> None:
     global _share, _published_at
     with _LOCK:
         _BUCKETS.clear()
+        _CLOCKS.clear()
     _share = None
     _published_at = None
 
 
 def snapshot() -> list[dict[str, Any]]:
-    """What every bucket of the process has done, one row each, in a stable order."""
+    """What the buckets of the process have done, one row per provider, scope, service and
+    class (the buckets of several timelines summed), in a stable order."""
     with _LOCK:
-        buckets = sorted(_BUCKETS.values(), key=lambda b: (b.provider, b.scope, b.service, b.klass))
-    return [b.row() for b in buckets]
+        buckets = list(_BUCKETS.values())
+    return merge([b.row() for b in buckets])
+
+
+def merge(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` summed per provider, scope, service and class: calls, waits, throttled answers,
+    the lowest current rate, and the ``runners`` they came from (when they name them)."""
+    merged: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+    for row in rows:
+        key = (row["provider"], row["scope"], row["service"], row["class"])
+        seen = merged.get(key)
+        if seen is None:
+            merged[key] = {**row, **({"runners": list(row["runners"])} if "runners" in row else {})}
+            continue
+        for total in ("calls", "waits", "throttled"):
+            seen[total] = seen[total] + row[total]
+        seen["waited_s"] = round(seen["waited_s"] + row["waited_s"], 3)
+        seen["rate_per_s"] = min(seen["rate_per_s"], row["rate_per_s"])
+        for name in row.get("runners", ()):
+            if name not in seen.setdefault("runners", []):
+                seen["runners"].append(name)
+    return [merged[key] for key in sorted(merged)]
 
 
 # ----------------------------------------------------------------------------------- spend
@@ -313,7 +345,7 @@ class Meter:
 
     def spend(self, service: str, operation: str) -> Spend:
         klass = call_class(service, operation)
-        return Spend(bucket(self.provider, self.scope, service, klass), self.clock)
+        return Spend(bucket(self.provider, self.scope, service, klass, self.clock), self.clock)
 
 
 def budgeted(
@@ -375,24 +407,13 @@ def publish(
 
 def read(store: StateStore, *, now: float) -> list[dict[str, Any]]:
     """The published rows of every runner seen in the last :data:`SHOWN_FOR`, summed per bucket
-    (calls, waits, throttled answers; the lowest current rate), each with the runners it came
-    from."""
+    (:func:`merge`), each with the runners it came from."""
     value = store.get_value(*KEY) or {}
-    merged: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+    rows: list[dict[str, Any]] = []
     for name, entry in sorted(dict(value.get("runners") or {}).items()):
-        if not isinstance(entry, Mapping) or now - float(entry.get("at") or 0) >= SHOWN_FOR:
-            continue
-        for row in entry.get("buckets") or []:
-            key = (row["provider"], row["scope"], row["service"], row["class"])
-            seen = merged.get(key)
-            if seen is None:
-                merged[key] = {**row, "runners": [name]}
-                continue
-            for total in ("calls", "waits", "waited_s", "throttled"):
-                seen[total] = seen[total] + row[total]
-            seen["rate_per_s"] = min(seen["rate_per_s"], row["rate_per_s"])
-            seen["runners"].append(name)
-    return [merged[key] for key in sorted(merged)]
+        if isinstance(entry, Mapping) and now - float(entry.get("at") or 0) < SHOWN_FOR:
+            rows += [{**row, "runners": [name]} for row in entry.get("buckets") or []]
+    return merge(rows)
 
 
 def publish_quietly(store: StateStore, *, now: float, force: bool = False) -> None:

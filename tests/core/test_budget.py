@@ -213,3 +213,22 @@ def test_runners_publish_at_most_once_a_minute_and_status_sums_them(tmp_path: Pa
         ["runner-b"]
     ]
     assert budget.read(store, now=1031.0 + budget.SHOWN_FOR) == []
+
+
+def test_rollouts_on_the_wall_clock_share_a_bucket_and_each_own_timeline_has_its_own() -> None:
+    from mlrollout.clock import SystemClock
+
+    one, two = SystemClock(), SystemClock()
+    a = budget.Meter("sagemaker", "p@r", one).spend("sagemaker", "describe_endpoint")
+    b = budget.Meter("sagemaker", "p@r", two).spend("sagemaker", "describe_endpoint")
+    assert a.bucket is b.bucket  # one process, one account: one budget
+    early, late = VirtualClock(0.0), VirtualClock(10_000.0)
+    c = budget.Meter("sagemaker", "p@r", early).spend("sagemaker", "describe_endpoint")
+    d = budget.Meter("sagemaker", "p@r", late).spend("sagemaker", "describe_endpoint")
+    assert c.bucket is not d.bucket and c.bucket is not a.bucket
+    for _ in range(30):
+        d.take()  # the late timeline's waits are its own ...
+    c.take()
+    assert early.now() == 0.0  # ... and never the early one's
+    [row] = budget.snapshot()  # one row for the account's reads, whatever the timelines
+    assert row["calls"] == 31
