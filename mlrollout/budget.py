@@ -395,10 +395,11 @@ def publish(
             return False
         _published_at = now
     value = store.get_value(*KEY) or {}
+    kept = value.get("runners")
     runners = {
         name: entry
-        for name, entry in dict(value.get("runners") or {}).items()
-        if isinstance(entry, Mapping) and now - float(entry.get("at") or 0) < SHOWN_FOR
+        for name, entry in (kept.items() if isinstance(kept, Mapping) else ())
+        if isinstance(entry, Mapping) and _fresh(entry.get("at"), now)
     }
     runners[runner or process_name()] = {"at": now, "buckets": rows}
     store.put_value(*KEY, {"v": 1, "runners": runners}, lease=None)
@@ -409,11 +410,30 @@ def read(store: StateStore, *, now: float) -> list[dict[str, Any]]:
     """The published rows of every runner seen in the last :data:`SHOWN_FOR`, summed per bucket
     (:func:`merge`), each with the runners it came from."""
     value = store.get_value(*KEY) or {}
+    kept = value.get("runners")
     rows: list[dict[str, Any]] = []
-    for name, entry in sorted(dict(value.get("runners") or {}).items()):
-        if isinstance(entry, Mapping) and now - float(entry.get("at") or 0) < SHOWN_FOR:
-            rows += [{**row, "runners": [name]} for row in entry.get("buckets") or []]
+    for name, entry in sorted(kept.items() if isinstance(kept, Mapping) else ()):
+        if isinstance(entry, Mapping) and _fresh(entry.get("at"), now):
+            rows += [{**row, "runners": [name]} for row in entry.get("buckets") or [] if _row(row)]
     return merge(rows)
+
+
+_TEXTS = ("provider", "scope", "service", "class")
+_NUMBERS = ("calls", "waits", "waited_s", "throttled", "rate_per_s")
+
+
+def _fresh(at: object, now: float) -> bool:
+    return isinstance(at, int | float) and now - float(at) < SHOWN_FOR
+
+
+def _row(row: object) -> bool:
+    """A published row of the shape :meth:`Bucket.row` writes (anything else, from a damaged or
+    foreign object, is left out: the figures are a display)."""
+    return (
+        isinstance(row, Mapping)
+        and all(isinstance(row.get(k), str) for k in _TEXTS)
+        and all(isinstance(row.get(k), int | float) for k in _NUMBERS)
+    )
 
 
 def publish_quietly(store: StateStore, *, now: float, force: bool = False) -> None:

@@ -232,3 +232,42 @@ def test_rollouts_on_the_wall_clock_share_a_bucket_and_each_own_timeline_has_its
     assert early.now() == 0.0  # ... and never the early one's
     [row] = budget.snapshot()  # one row for the account's reads, whatever the timelines
     assert row["calls"] == 31
+
+
+def test_a_damaged_published_object_is_read_as_what_is_whole_in_it(tmp_path: Path) -> None:
+    store = SqliteStateStore(tmp_path / "state.db")
+    whole = {
+        "at": 1000.0,
+        "buckets": [
+            dict(
+                budget.Bucket(
+                    "sagemaker",
+                    "p@r",
+                    "sagemaker",
+                    "read",
+                    budget.limit_of("sagemaker", "read"),
+                    50.0,
+                ).row()
+            )
+        ],
+    }
+    store.put_value(
+        *budget.KEY,
+        {
+            "v": 1,
+            "runners": {
+                "good": whole,
+                "bad-at": {"at": "yesterday", "buckets": whole["buckets"]},
+                "bad-rows": {"at": 1000.0, "buckets": [{"provider": 1}, "x", None]},
+                "not-a-map": [1, 2],
+            },
+        },
+        lease=None,
+    )
+    rows = budget.read(store, now=1010.0)
+    assert [(r["service"], r["runners"]) for r in rows] == [("sagemaker", ["good"])]
+    store.put_value(*budget.KEY, {"runners": "garbage"}, lease=None)
+    assert budget.read(store, now=1010.0) == []
+    spend(VirtualClock(0.0)).take()
+    assert budget.publish(store, now=1010.0, runner="me")  # and a runner writes over it
+    assert [r["runners"] for r in budget.read(store, now=1010.0)] == [["me"]]
