@@ -104,15 +104,25 @@ class Dispersion:
     estimate: float | None = None
     intervals: int = 0
     known: bool = False
+    #: True when the factor is the early guard's (too few intervals to rule bursts out), not
+    #: bursts the counts show.
+    guarded: bool = False
 
     @property
     def discounted(self) -> bool:
         return self.factor >= NOTE_AT
 
     def note(self, noun: str) -> str:
-        """``'errors arrive in bursts: evidence discounted ×1.8'`` (empty when not discounted)."""
+        """``'errors arrive in bursts: evidence discounted ×1.8'`` (empty when not discounted);
+        while the early guard sets it, ``'errors: too few intervals yet (3) to rule out bursts:
+        evidence discounted ×4.1'`` (clean traffic says nothing of bursts at first)."""
         if not self.discounted:
             return ""
+        if self.guarded:
+            return (
+                f"{noun}: too few intervals yet ({self.intervals}) to rule out bursts: "
+                f"evidence discounted ×{self.factor:.2g}"
+            )
         return f"{noun} arrive in bursts: evidence discounted ×{self.factor:.2g}"
 
     def numbers(self) -> Numbers:
@@ -238,13 +248,9 @@ def two_sample(rows: Sequence[tuple[float, float, float, float]]) -> Dispersion:
         return Dispersion(1.0, None, split.used, True)
     # the baseline's own bursts, as a shape, carried over to the split: 1 + 2 v / k
     shape = alone.excess(NOISE_SD) / alone.per_interval if alone.per_interval > 0 else 0.0
-    factor = max(
-        1.0,
-        1.0 + split.excess(SPLIT_NOISE_SD),
-        1.0 + 2.0 * split.per_interval * shape,
-        split.guard(2.0, alone.bursts_weight()),
-    )
-    return Dispersion(factor, split.estimate, split.used, True)
+    shown = max(1.0, 1.0 + split.excess(SPLIT_NOISE_SD), 1.0 + 2.0 * split.per_interval * shape)
+    guard = split.guard(2.0, alone.bursts_weight())
+    return Dispersion(max(shown, guard), split.estimate, split.used, True, guard > shown)
 
 
 def one_sample(rows: Sequence[tuple[float, float]]) -> Dispersion:
@@ -274,8 +280,9 @@ def one_sample(rows: Sequence[tuple[float, float]]) -> Dispersion:
     fit = _Fit(sq, v, v2, noise, used)
     if fit.v <= 0:
         return Dispersion(1.0, None, fit.used, True)
-    factor = max(1.0, 1.0 + fit.excess(NOISE_SD), fit.guard(1.0, fit.bursts_weight()))
-    return Dispersion(factor, fit.estimate, fit.used, True)
+    shown = max(1.0, 1.0 + fit.excess(NOISE_SD))
+    guard = fit.guard(1.0, fit.bursts_weight())
+    return Dispersion(max(shown, guard), fit.estimate, fit.used, True, guard > shown)
 
 
 def _count(gate: Gate, window: Window) -> tuple[float, float] | None:

@@ -186,3 +186,14 @@ def test_a_monitor_still_catches_a_bursty_regression() -> None:
         if verdict.outcome is Outcome.FAIL:
             break
     assert verdict is not None and verdict.outcome is Outcome.FAIL
+
+
+def test_a_discount_from_the_early_guard_does_not_claim_bursts() -> None:
+    clean = two_sample([(10, 1000, 90, 9000), (12, 1000, 88, 9000)])  # two even intervals
+    assert clean.guarded and clean.discounted
+    note = clean.note("errors")
+    assert note.startswith("errors: too few intervals yet (2) to rule out bursts: evidence")
+    assert "arrive in bursts" not in note
+    parts = intervals(3, 40, 2.0)
+    shown = two_sample([(c.errors, c.requests, b.errors, b.requests) for c, b in parts])
+    assert not shown.guarded and shown.note("errors").startswith("errors arrive in bursts")
