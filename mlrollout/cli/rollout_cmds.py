@@ -658,12 +658,27 @@ def status(
     if watch:
         return _watch(store, record, output, interval, _timeout(timeout))
     state = RolloutState.from_dict(record.snapshot)
-    steps = expand_steps(plan_of(record))
+    plan = plan_of(record)
+    steps = expand_steps(plan)
+    spent = _api_budget(store, plan.target.provider)
     if output == Output.json:
-        print_json(status_summary(record, state, steps))
+        print_json(status_summary(record, state, steps) | {"api_budget": spent})
     else:
         console().print(render_status(record, state, steps))
+        if spent:
+            from mlrollout.cli.fleet_cmds import budget_markdown
+
+            console().print("\n".join(["", *budget_markdown(spent)]))
     return 0
+
+
+def _api_budget(store: StateStore, provider: str) -> list[dict[str, Any]]:
+    """What the runners of ``store`` spent of ``provider``'s API budgets in the last hour."""
+    import time
+
+    from mlrollout import budget
+
+    return [b for b in budget.read(store, now=time.time()) if b["provider"] == provider]
 
 
 def _timeout(text: str | None) -> float | None:

@@ -546,3 +546,24 @@ def test_the_api_share_given_is_the_share_of_every_budget_of_the_run(cli, state,
     assert result.code == 0, result.both
     assert budget.current_share() == 30.0
     assert budget.bucket("sagemaker", "p@r", "sagemaker", "read").full_rate == 3.0
+
+
+def test_status_shows_what_the_runners_spent_of_the_rollouts_platform_budget(cli, state, plans):
+    import time
+
+    from mlrollout import budget
+    from mlrollout.clock import VirtualClock
+
+    result = cli("--state", state, "run", "--yes", plans / "local-canary-good.yaml")
+    rid = started_id(result)
+    assert status_json(cli, state, rid)["api_budget"] == []  # the sandbox has no API limits
+    # a runner of the same store, say on another machine, published its figures
+    meter = budget.Meter("local", "acct@region", VirtualClock(0.0))
+    for _ in range(3):
+        meter.spend("sagemaker", "describe_endpoint").take()
+    store = open_sqlite_store(state)
+    assert budget.publish(store, now=time.time(), runner="other-host:42")
+    [row] = status_json(cli, state, rid)["api_budget"]
+    assert (row["scope"], row["calls"], row["runners"]) == ("acct@region", 3, ["other-host:42"])
+    text = cli("--state", state, "status", rid).out
+    assert "## API budget" in text and "| local | acct@region | sagemaker | read |" in text
