@@ -15,32 +15,32 @@ runner is injected, so "a minute later" needs no waiting:
 Targets: a pass over 1,000 rollouts within 2 s on SQLite and 20 s on S3, calls growing linearly.
 
 Run: .venv/bin/python benchmarks/reconcile.py [--sizes 100,300,1000] [--backends sqlite,s3]
-     [--passes 10000] [--no-memory] [--plan-cache] [--workers 8]
+     [--passes 10000] [--no-memory] [--workers 8]
 Prints a table per part and one JSON line with every figure.
 
-Measured 2026-12-02 on a shared 2-core machine (load average 3-6 during the runs, so the times
-are pessimistic; the call counts are exact):
+Measured 2026-12-02, fourth session (2 cores; `.venv/bin/python benchmarks/reconcile.py --sizes
+100,1000 --backends sqlite,s3 --no-memory`), 1,000 rollouts, previous figures in brackets:
 
-- calls per pass are linear: idle 8 store calls per rollout + 1 (801 / 2,401 / 8,001 at 100 /
-  300 / 1,000), a look 10 + 1; on S3 13 HTTP requests per idle rollout + 1 (1,301 / 3,901 /
-  13,001), 18 per look.
-- SQLite, 1,000 rollouts: idle pass 17.8 s, look pass 26.1 s — over the 2 s target because every
-  drive re-parses the stored plan's YAML (pure-Python, for line numbers). With ``--plan-cache``
-  (parse once per process; proposed for ``runner.plan_of``): idle 0.76 s, look 5.05 s.
-- S3 on moto's server, 1,000 rollouts: idle 66 s, look 86 s; with 8 workers (a `--watch` pass)
-  47 s / 60 s. moto's single process (~5 ms a request) bounds it; what to cut is the serial
-  pass and the 13 requests per rollout: `drive` reads the record twice (after the listing had
-  it), the engine re-reads the journal's last events for commands every tick (record + 2
-  events), the sandbox reads its endpoint 3 times a tick, a lease costs GET+PUT twice.
-- `reconcile --watch`, 10,000 passes over a stream of 180 rollouts (20 active at a time): 141 s;
-  Python objects flat (35.8k at pass 1, 36.0k at pass 10,000), RSS 42.2 MiB at pass 1,000 and
-  42.2-43.9 MiB after.
+- calls per pass are linear: idle 0 store calls per rollout + 2 (the listing and the due index),
+  a look 8 per rollout (9); on S3 1 HTTP request per idle rollout (1), 14 per look (16): a drive's
+  first tick no longer re-reads the journal for commands it read under the lease.
+- SQLite: idle pass 0.03 s (0.05 s), look pass 1.62 s (2.65 s; target 2 s: met).
+- S3 on moto's server: idle 5.6 s (4.4 s on a busier run), look 75 s (71 s), with 8 workers
+  58 s (55 s); a new watcher's first pass, when nothing is due, 6.3 s and 1 request per
+  rollout (it drove every rollout: 11 requests each). The look pass is moto's pace, 5.4 ms a
+  request here: even the fewest requests a safe look can make (take the lease, read the record,
+  check the fence, write the event and the record, hand the lease back: 7) would take 38 s. The
+  4 sandbox endpoint reads of each look are the sandbox's (a cloud endpoint's reads go to its
+  platform, not the state store).
+- `reconcile --watch`, 10,000 passes over a stream of 180 rollouts (20 active at a time):
+  Python objects flat (38.9k at pass 1, 39.0k at pass 10,000), RSS 44.3-46.0 MiB. Before the
+  plan cache was bounded by the active rollouts it grew with every ended one (44.3k objects at
+  pass 1, 54.3k at pass 10,000, RSS 44.5 to 48.4 MiB: each ended rollout's parsed plan kept).
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import gc
 import json
 import os
@@ -94,18 +94,6 @@ class CountingStore:
 def plan(endpoint: str, speed: str = "1") -> str:
     text = TEMPLATE.replace("endpoint: churn-scoring", f"endpoint: {endpoint}")
     return text.replace("speed: max", f"speed: {speed}")
-
-
-def cache_plans() -> None:
-    """The change proposed for ``mlrollout/engine/runner.py`` (``--plan-cache``): parse each
-    stored plan once per process (plans are frozen pydantic models), not once per drive."""
-    from mlrollout.engine import runner
-
-    @functools.lru_cache(maxsize=4096)
-    def parsed(text: str, path: str) -> Any:
-        return parse_plan(text, path).plan
-
-    runner.plan_of = lambda record: parsed(str(record.plan["yaml"]), record.plan_path)
 
 
 # ----------------------------------------------------------------------------------- backends
@@ -353,14 +341,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=8, help="for the --watch passes on S3")
     parser.add_argument("--passes", type=int, default=10_000)
     parser.add_argument("--no-memory", action="store_true")
-    parser.add_argument(
-        "--plan-cache", action="store_true", help="measure with the runner.plan_of cache proposed"
-    )
     args = parser.parse_args()
-    if args.plan_cache:
-        cache_plans()
     sizes = [int(s) for s in args.sizes.split(",")]
-    figures: dict[str, Any] = {"plan_cache": args.plan_cache, "scaling": []}
+    figures: dict[str, Any] = {"scaling": []}
     for backend in filter(None, args.backends.split(",")):
         if backend == "sqlite":
             figures["scaling"] += scaling("sqlite", sizes, None, 1)

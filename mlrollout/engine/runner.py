@@ -4,13 +4,14 @@ loop ticks on the right clock until the rollout ends or waits for a human."""
 from __future__ import annotations
 
 import contextlib
-import functools
 import getpass
 import os
 import re
 import secrets
 import socket
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -149,12 +150,51 @@ def plan_of(record: RolloutRecord) -> Plan:
     """The plan a rollout was started with (stored verbatim, re-validated; parsed once per
     process for each text: a reconcile pass over a thousand rollouts would spend nearly all of
     its time parsing YAML)."""
-    return _parsed_plan(str(record.plan["yaml"]), record.plan_path)
+    return PLANS.get(str(record.plan["yaml"]), record.plan_path)
 
 
-@functools.lru_cache(maxsize=4096)
-def _parsed_plan(text: str, path: str) -> Plan:
-    return parse_plan(text, path).plan  # frozen models: safe to share
+class PlanCache:
+    """Stored plans parsed once per process, by their text (frozen models: safe to share), the
+    least recently used dropped beyond ``limit``. A watcher keeps the limit at what its passes
+    see active (:meth:`keep`), so a long watch over a stream of rollouts stays flat in memory
+    instead of holding every plan it ever drove."""
+
+    #: Plans kept beyond the active ones (a few just ended, a report being written).
+    SPARE = 16
+
+    def __init__(self, limit: int = 4096) -> None:
+        self.limit = limit
+        self._plans: OrderedDict[tuple[str, str], Plan] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, text: str, path: str) -> Plan:
+        key = (text, path)
+        with self._lock:
+            found = self._plans.get(key)
+            if found is not None:
+                self._plans.move_to_end(key)
+                return found
+        plan = parse_plan(text, path).plan
+        with self._lock:
+            self._plans[key] = plan
+            self._trim()
+        return plan
+
+    def keep(self, active: int) -> None:
+        """Keep the plans of ``active`` rollouts (and :data:`SPARE` more)."""
+        with self._lock:
+            self.limit = active + self.SPARE
+            self._trim()
+
+    def __len__(self) -> int:
+        return len(self._plans)
+
+    def _trim(self) -> None:
+        while len(self._plans) > self.limit:
+            self._plans.popitem(last=False)
+
+
+PLANS = PlanCache()
 
 
 def clock_for(

@@ -38,6 +38,7 @@ from mlrollout.clock import Clock, SystemClock
 from mlrollout.engine.engine import Engine, Listener, RolloutState, TickResult
 from mlrollout.engine.runner import (
     LEASE_TTL,
+    PLANS,
     Runner,
     RunOutcome,
     _not_due,
@@ -383,6 +384,7 @@ class Watcher:
         with self._lock:  # bounded memory: forget what is no longer active
             for rid in [rid for rid in self._seen if rid not in active]:
                 del self._seen[rid]
+        PLANS.keep(len(active))  # ... and the plans of the rollouts that ended
         done: list[Done]
         if pool is None or self.workers == 1:
             done = [self._work(source, record) for source, record in jobs]

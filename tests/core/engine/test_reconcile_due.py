@@ -167,3 +167,33 @@ def test_a_new_watcher_takes_the_due_index_as_seen_and_drives_only_what_is_due(
     second = watcher.run_pass()
     assert sorted(d.record.id for d in second.done) == sorted(ids)
     assert all(store.get_rollout(rid).last_seq > seqs[rid] for rid in ids)
+
+
+def test_the_plan_cache_keeps_the_active_plans_and_drops_the_least_recently_used() -> None:
+    from mlrollout.engine.runner import PlanCache
+
+    cache = PlanCache(limit=4096)
+    texts = [PLAN.replace("ENDPOINT", f"ep{i}") for i in range(30)]
+    first = cache.get(texts[0], "p.yaml")
+    assert cache.get(texts[0], "p.yaml") is first  # parsed once
+    for text in texts[1:]:
+        cache.get(text, "p.yaml")
+    cache.get(texts[0], "p.yaml")  # used again: the most recent
+    cache.keep(active=2)  # a watcher sees 2 rollouts active: those and SPARE more are kept
+    assert len(cache) == 2 + PlanCache.SPARE
+    assert cache.get(texts[0], "p.yaml") is first  # kept: recently used
+    assert cache.get(texts[1], "p.yaml").target.endpoint == "ep1"  # dropped, parsed again
+
+
+def test_a_long_watch_holds_the_plans_of_its_active_rollouts_only(tmp_path: Path) -> None:
+    from mlrollout.engine.runner import PLANS
+    from mlrollout.engine.watch import Watcher
+
+    store, _, wall, _ = _fleet(tmp_path, n=3)
+    watcher = Watcher(lambda: store, clock=wall, holder="pod@host pid 3")
+    before = PLANS.limit
+    try:
+        watcher.run_pass()
+        assert PLANS.limit == 3 + PLANS.SPARE and len(PLANS) <= PLANS.limit
+    finally:
+        PLANS.limit = before
