@@ -94,7 +94,7 @@ LIMITS: dict[tuple[str, str], Limit] = {
 _UNKNOWN = Limit(5.0, 10.0, "no published figure; a conservative one")
 
 _READS = ("describe", "list", "get", "head", "read", "search", "query", "lookup", "batch_get")
-_DELETES = ("delete", "remove", "begin_delete")
+_DELETES = ("delete", "remove")
 
 
 def call_class(service: str, operation: str) -> str:
@@ -107,7 +107,7 @@ def call_class(service: str, operation: str) -> str:
     if service == "aiplatform" and operation == "get_operation":
         return "operation"
     name = operation.lower().removeprefix("begin_")
-    if name.startswith(_DELETES) or name.startswith("delete"):
+    if name.startswith(_DELETES):
         return "delete"
     if name.startswith(_READS):
         return "read"
