@@ -335,6 +335,12 @@ class Engine:
 
     def _read_command(self) -> Event | None:
         """The newest unread command from the journal (abort wins over promote)."""
+        return self._take_command(aborts_only=False)
+
+    def _take_command(self, *, aborts_only: bool) -> Event | None:
+        """The newest unread command (an abort first), marking the journal read; with
+        ``aborts_only``, nothing is marked read unless there is an abort to act on (a promote
+        read then and not acted on would be lost)."""
         known, self._journal_seq = self._journal_seq, None
         if known is not None and known <= self.state.commands_seen + 1:
             # The journal as read under the lease ends at most one event past what was seen:
@@ -343,16 +349,21 @@ class Engine:
             self.state.commands_seen = max(self.state.commands_seen, known)
             return None
         events = self.store.events(self.rollout_id, after=self.state.commands_seen)
-        if not events:
-            return None
         commands = [e for e in events if e.kind in COMMANDS]
-        self.state.commands_seen = events[-1].seq
+        aborts = [e for e in commands if e.kind == EventKind.COMMAND_ABORT]
+        if aborts_only and not aborts:
+            return None
+        if events:
+            self.state.commands_seen = events[-1].seq
         if not commands:
             return None
-        aborts = [e for e in commands if e.kind == EventKind.COMMAND_ABORT]
         return aborts[-1] if aborts else commands[-1]
 
-    def _apply_command(self, command: Event) -> TickResult | None:
+    def _apply_command(
+        self, command: Event, abandoned: dict[str, Any] | None = None
+    ) -> TickResult | None:
+        """Act on a command; ``abandoned`` is the change in flight an abort gives up (it kept
+        failing), recorded with the rollback's start."""
         phase = self.state.phase_enum
         who = command.data.get("by", "someone")
         if command.data.get("reason"):
@@ -382,7 +393,10 @@ class Engine:
                     {"by": who, "reason": f"too late: {baseline} was already retired"},
                 )
                 return None
-            return self._start_rollback(f"aborted by {who}", {"by": who})
+            data: dict[str, Any] = {"by": who}
+            if abandoned is not None:
+                data["abandoned"] = abandoned
+            return self._start_rollback(f"aborted by {who}", data)
         if command.kind == EventKind.COMMAND_PROMOTE and phase in (
             Phase.PROGRESSING,
             Phase.WAITING,
@@ -552,7 +566,18 @@ class Engine:
                     f"rollback could not {pending['action']}: {exc}",
                     hint=f"fix the cause, then `mlrollout resume {self.rollout_id}`",
                 ) from exc
-            raise
+            # A forward change that keeps failing (a quota, a capacity the region lacks) is
+            # given up when someone aborts: the rollback works from the live endpoint, so it
+            # needs nothing the failed call would have done.
+            command = self._take_command(aborts_only=True)
+            if command is None:
+                raise
+            self.state.pending = None
+            handled = self._apply_command(command, abandoned={**pending, "error": str(exc)})
+            if handled is None:  # the abort was refused (too late): the change stays to do
+                self.state.pending = pending
+                raise
+            return handled
         return self._result(self.clock.now(), event)
 
     # ----------------------------------------------------------------------------- phases

@@ -22,10 +22,12 @@ from mlrollout.errors import (
     EndpointOwned,
     NeedsHuman,
     ProviderAuthError,
+    ProviderError,
     RolloutActive,
     StateLost,
 )
 from mlrollout.plan.loader import parse_plan
+from mlrollout.sandbox.endpoint import LocalEndpoint
 from mlrollout.sandbox.provider import LocalProvider
 from mlrollout.state.base import Event
 from mlrollout.state.sqlite import SqliteStateStore
@@ -104,6 +106,70 @@ def test_an_abort_recorded_while_a_traffic_change_is_in_flight_rolls_back(tmp_pa
     kinds = [e.kind for e in store.events(record.id)]
     assert "promoted" not in kinds
     assert kinds.count("set_traffic.requested") == kinds.count("set_traffic.applied")
+
+
+def test_an_abort_gives_up_a_forward_change_that_keeps_failing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The 50 % step fails for good (a quota the region lacks): every resume used to retry the
+    change in flight before reading any command, so an abort never got past it."""
+    store = SqliteStateStore(tmp_path / "state.db")
+    runner = Runner(store, holder="runner-1")
+    record = runner.create(plan())
+    shift = LocalEndpoint.set_traffic
+
+    def over_quota(self: LocalEndpoint, weights: Any) -> Any:
+        if weights.get("v2", 0.0) > 10.0:
+            raise ProviderError("ResourceLimitExceeded: no capacity for v2 at 50%")
+        return shift(self, weights)
+
+    monkeypatch.setattr(LocalEndpoint, "set_traffic", over_quota)
+    with pytest.raises(NeedsHuman) as failed:
+        runner.drive(record.id, clock=VirtualClock(START))
+    assert f"`mlrollout abort {record.id}` rolls back" in (failed.value.hint or "")
+    # resuming retries the change, and fails the same way: nothing else moves
+    with pytest.raises(NeedsHuman):
+        Runner(store, holder="runner-2").drive(record.id, clock=VirtualClock(START))
+    assert store.get_rollout(record.id).snapshot["pending"]["weights"]["v2"] == 50.0
+    assert sandbox_weights(store) == {"v1": 90.0, "v2": 10.0}
+    runner.command(record.id, "abort", by="alice", reason="no quota this week")
+    outcome = Runner(store, holder="runner-3").drive(record.id, clock=VirtualClock(START))
+    assert outcome.phase == Phase.ROLLED_BACK
+    assert "aborted by alice (no quota this week)" in (outcome.state.reason or "")
+    assert sandbox_weights(store) == {"v1": 100.0}
+    started = [e for e in store.events(record.id) if e.kind == "rollback.started"]
+    assert len(started) == 1
+    given_up = started[0].data["abandoned"]
+    assert given_up["action"] == "set_traffic" and given_up["weights"]["v2"] == 50.0
+    assert "ResourceLimitExceeded" in given_up["error"]
+    assert store.get_rollout(record.id).snapshot["pending"] is None
+
+
+def test_a_promote_recorded_while_a_change_keeps_failing_is_not_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only an abort gives the failing change up; a promote stays unread until it can act."""
+    store = SqliteStateStore(tmp_path / "state.db")
+    runner = Runner(store)
+    record = runner.create(plan())
+    shift = LocalEndpoint.set_traffic
+    broken = {"on": True}
+
+    def flaky(self: LocalEndpoint, weights: Any) -> Any:
+        if broken["on"] and weights.get("v2", 0.0) > 10.0:
+            raise ProviderError("ThrottlingException: rate exceeded")
+        return shift(self, weights)
+
+    monkeypatch.setattr(LocalEndpoint, "set_traffic", flaky)
+    with pytest.raises(NeedsHuman):
+        runner.drive(record.id, clock=VirtualClock(START))
+    runner.command(record.id, "promote", full=True)
+    with pytest.raises(NeedsHuman):
+        runner.drive(record.id, clock=VirtualClock(START))
+    broken["on"] = False
+    outcome = runner.drive(record.id, clock=VirtualClock(START))
+    assert outcome.phase == Phase.SUCCEEDED
+    assert "promote.forced" in [e.kind for e in store.events(record.id)]
 
 
 # ----------------------------------------------------------------------- 2: a failed start
