@@ -226,6 +226,8 @@ def render_live(live: dict[str, object], *, stderr: bool = False) -> None:
 def render_preview(data: dict[str, object], *, stderr: bool = False) -> None:
     from rich.table import Table
 
+    from mlrollout.plan.preview import api_calls
+
     out = console(stderr=stderr)
     out.print(
         f"[bold]{data['name']}[/]  {data['strategy']} on {data['provider']} endpoint "
@@ -290,34 +292,12 @@ def render_preview(data: dict[str, object], *, stderr: bool = False) -> None:
     assert isinstance(rollback, dict)
     auto = "automatic" if rollback["automatic"] else "manual (a failing gate pauses)"
     out.print(f"rollback: {auto}; {rollback['how']}")
-    before = data["before"]
-    assert isinstance(before, dict)
-    fleet = data.get("fleet")
-    fleet_targets: list[dict[str, Any]] = fleet["targets"] if isinstance(fleet, dict) else []
-    first_provider = fleet_targets[0]["provider"] if fleet_targets else None
-    if any(t["provider"] != first_provider for t in fleet_targets):
-        out.print(f"API calls `run` would make (for each {first_provider} target):")
+    by_provider = data.get("api_calls_by_provider")
+    if isinstance(by_provider, dict):  # a mixed fleet: each platform's calls
+        for provider, calls in by_provider.items():
+            _print_calls(out, f"API calls `run` would make (for each {provider} target):", calls)
     else:
-        out.print("API calls `run` would make:")
-    out.print(f"  before:        {', '.join(before['api_calls'])}")
-    ownership = data.get("ownership")
-    if isinstance(ownership, dict) and ownership["api_calls"]:
-        owner_calls = ", ".join(ownership["api_calls"])
-        out.print(f"  ownership:     {owner_calls}")
-    calls: dict[str, str] = {}
-    for step in steps:
-        if step["api_calls"]:
-            calls.setdefault(step["kind"], ", ".join(step["api_calls"]))
-    for kind, text in calls.items():
-        label = {
-            "weight": "each weight",
-            "analyze": "each look",
-            "native": "each look",
-            "mirror": "mirror",
-        }.get(kind, kind)
-        out.print(f"  {label + ':':14} {text}")
-    out.print(f"  promotion:     {', '.join(promotion['api_calls'])}")
-    out.print(f"  rollback:      {', '.join(rollback['api_calls'])}")
+        _print_calls(out, "API calls `run` would make:", api_calls(data))
     world = data.get("world")
     if isinstance(world, dict):
         users = world["users"]
@@ -334,6 +314,19 @@ def render_preview(data: dict[str, object], *, stderr: bool = False) -> None:
     assert isinstance(warnings, list)
     for warning in warnings:
         out.print(f"[yellow]{warning}[/]")
+
+
+def _print_calls(out: Any, title: str, calls: dict[str, Any]) -> None:
+    """One platform's API calls (:func:`mlrollout.plan.preview.api_calls`), by when."""
+    out.print(title)
+    out.print(f"  before:        {', '.join(calls['before'])}")
+    if calls["ownership"]:
+        out.print(f"  ownership:     {', '.join(calls['ownership'])}")
+    labels = {"weight": "each weight", "analyze": "each look", "native": "each look"}
+    for kind, made in calls["steps"].items():
+        out.print(f"  {labels.get(kind, kind) + ':':14} {', '.join(made)}")
+    out.print(f"  promotion:     {', '.join(calls['promotion'])}")
+    out.print(f"  rollback:      {', '.join(calls['rollback'])}")
 
 
 def _cited_backtest(path: str, plan_text: str) -> dict[str, object]:

@@ -152,8 +152,16 @@ def _fleet_preview(loaded: LoadedPlan) -> dict[str, Any]:
         f"{len(plan.targets)} targets ({', '.join(t.endpoint for t in plan.targets)})"
     )
     providers = list(dict.fromkeys(t.provider for t in plan.targets))
-    if len(providers) > 1:  # a mixed fleet: the timeline and the API calls are the first's
+    if len(providers) > 1:
+        # A mixed fleet: the timeline is the first target's; the API calls are each platform's,
+        # from its first target.
         data["provider"] = " and ".join(providers)
+        by_provider: dict[str, Any] = {}
+        for provider in providers:
+            index = next(i for i, t in enumerate(plan.targets) if t.provider == provider)
+            member = LoadedPlan(plan=member_plan(plan, index), path=loaded.path, text=loaded.text)
+            by_provider[provider] = api_calls(data if index == 0 else build_preview(member))
+        data["api_calls_by_provider"] = by_provider
     waves = plan.waves
     data["fleet"] = {
         "targets": [
@@ -166,6 +174,23 @@ def _fleet_preview(loaded: LoadedPlan) -> dict[str, Any]:
         "alpha_per_target": plan.analysis.alpha,
     }
     return data
+
+
+def api_calls(preview: dict[str, Any]) -> dict[str, Any]:
+    """The API calls a preview lists, by when they are made: ``before``, ``ownership``, each
+    kind of step (``weight``, ``analyze``, ...: the first step of a kind), ``promotion`` and
+    ``rollback``."""
+    steps: dict[str, list[str]] = {}
+    for step in preview["steps"]:
+        if step["api_calls"]:
+            steps.setdefault(step["kind"], step["api_calls"])
+    return {
+        "before": preview["before"]["api_calls"],
+        "ownership": preview["ownership"]["api_calls"],
+        "steps": steps,
+        "promotion": preview["promotion"]["api_calls"],
+        "rollback": preview["rollback"]["api_calls"],
+    }
 
 
 def build_preview(loaded: LoadedPlan) -> dict[str, Any]:

@@ -120,3 +120,24 @@ def test_the_preview_of_a_mixed_fleet_names_both_platforms(world: Any) -> None:
     data = build_preview(load_plan(str(world.plan(FLEET))))
     assert data["provider"] == "local and sagemaker"
     assert [t["provider"] for t in data["fleet"]["targets"]] == ["local", "sagemaker"]
+    # the API calls are each platform's (they used to be the first target's only)
+    calls = data["api_calls_by_provider"]
+    assert list(calls) == ["local", "sagemaker"]
+    sagemaker = " ".join(calls["sagemaker"]["steps"]["weight"] + calls["sagemaker"]["rollback"])
+    assert "UpdateEndpointWeightsAndCapacities" in sagemaker
+    assert not any("UpdateEndpoint" in c for c in calls["local"]["steps"]["weight"])
+
+
+def test_the_printed_preview_of_a_mixed_fleet_lists_each_platforms_calls(
+    world: Any, capsys: Any
+) -> None:
+    from mlrollout.cli.plan_cmds import render_preview
+    from mlrollout.plan.preview import build_preview
+
+    render_preview(build_preview(load_plan(str(world.plan(FLEET)))))
+    out = capsys.readouterr().out
+    local = out.index("API calls `run` would make (for each local target):")
+    sagemaker = out.index("API calls `run` would make (for each sagemaker target):")
+    assert local < sagemaker
+    assert "UpdateEndpointWeightsAndCapacities" in out[sagemaker:]
+    assert "UpdateEndpointWeightsAndCapacities" not in out[local:sagemaker]
