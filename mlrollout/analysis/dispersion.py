@@ -35,6 +35,14 @@ The factor used is the largest of these, never below 1:
   rules them out within a few intervals at high traffic). ``v`` is the split's binomial variance
   per interval, so the guard is about 1 where intervals hold few events.
 
+The **baseline's history** (its per-interval counts in the earlier stages of a rollout,
+:attr:`~mlrollout.analysis.rule.LookContext.baseline_history`) is read with the stage's for the
+baseline's own estimate and the guard's weight, each group of intervals around a rate of its own
+(the rate may have moved between them). A baseline that was clean for many intervals lifts the
+guard from a stage's first look; one that was bursty keeps it and carries its shape over at
+once. What this assumes: the baseline's bursts are now as they were (a change shows in the
+stage's own counts, more slowly).
+
 One arm (``max``/``min``) uses its own estimate and its own guard (``1 + v / ...``).
 
 The price, measured by ``benchmarks/decisions.py``: the first few looks of a stage need more
@@ -71,6 +79,9 @@ GUARD_POWER = 3.0
 GUARD_TEST_SHAPE = 1.0
 #: Below this the verdict does not mention the discount (it still applies).
 NOTE_AT = 1.05
+#: How many of the baseline's intervals before a stage the engine and :class:`Monitor` keep
+#: for it (the latest; read with the stage's for the baseline's own bursts).
+HISTORY = 60
 
 # (t_{df} / z)^2 at the one-sided 0.05 % quantile: how much a variance estimated with ``df``
 # degrees of freedom must be inflated to keep the normal tail probability there.
@@ -107,6 +118,8 @@ class Dispersion:
     #: True when the factor is the early guard's (too few intervals to rule bursts out), not
     #: bursts the counts show.
     guarded: bool = False
+    #: How many of the baseline's intervals before the stage were read with the stage's.
+    history: int = 0
 
     @property
     def discounted(self) -> bool:
@@ -128,11 +141,14 @@ class Dispersion:
     def numbers(self) -> Numbers:
         if not self.known:
             return {}
-        return {
+        out: Numbers = {
             "dispersion": self.factor,
             "dispersion_estimate": self.estimate,
             "dispersion_intervals": float(self.intervals),
         }
+        if self.history:
+            out["dispersion_history"] = float(self.history)
+        return out
 
 
 #: No intervals known: the binomial model as it is.
@@ -143,13 +159,34 @@ NONE = Dispersion()
 class _Fit:
     """Pearson residuals of one model summed over intervals: ``squares`` (residuals squared),
     ``v`` and ``v2`` (binomial variances and their squares), ``noise`` (the terms of the
-    estimate's null variance) and how many intervals had any."""
+    estimate's null variance), how many intervals had any, and ``expected`` (the squares'
+    expectation without bursts: ``v - v2 / v`` per group of intervals, each group's rate
+    fitted) over ``groups`` such groups."""
 
     squares: float = 0.0
     v: float = 0.0
     v2: float = 0.0
     noise: float = 0.0
     used: int = 0
+    expected: float = 0.0
+    groups: int = 1
+
+    def __add__(self, other: _Fit) -> _Fit:
+        """Two groups of intervals, each around its own rate (the baseline before the stage
+        and during it: its rate may have moved between them)."""
+        if other.used == 0:
+            return self
+        if self.used == 0:
+            return other
+        return _Fit(
+            self.squares + other.squares,
+            self.v + other.v,
+            self.v2 + other.v2,
+            self.noise + other.noise,
+            self.used + other.used,
+            self.expected + other.expected,
+            self.groups + other.groups,
+        )
 
     @property
     def k_eff(self) -> float:
@@ -158,7 +195,7 @@ class _Fit:
 
     @property
     def df(self) -> float:
-        return max(0.0, self.k_eff - 1.0)
+        return max(0.0, self.k_eff - self.groups)
 
     @property
     def per_interval(self) -> float:
@@ -168,9 +205,9 @@ class _Fit:
     @property
     def estimate(self) -> float | None:
         """The Pearson estimate, corrected for the fitted rate (``None``: under two intervals)."""
-        if self.df <= 0 or self.v <= 0:
+        if self.df <= 0 or self.v <= 0 or self.expected <= 0:
             return None
-        return self.squares / (self.v * (1.0 - 1.0 / self.k_eff))
+        return self.squares / self.expected
 
     def excess(self, noise_sd: float) -> float:
         """The estimate's excess over 1 after ``noise_sd`` standard deviations of its null noise
@@ -179,7 +216,7 @@ class _Fit:
         estimate = self.estimate
         if estimate is None:
             return 0.0
-        sd0 = math.sqrt(max(self.noise, 0.0)) / (self.v * (1.0 - 1.0 / self.k_eff))
+        sd0 = math.sqrt(max(self.noise, 0.0)) / self.expected
         return t_factor(self.df) * max(0.0, estimate - 1.0 - noise_sd * sd0)
 
     def bursts_weight(self) -> float:
@@ -199,69 +236,15 @@ class _Fit:
         return 1.0 + weight * extra * self.per_interval / GUARD_SHAPE / math.pow(k, GUARD_POWER)
 
 
-def two_sample(rows: Sequence[tuple[float, float, float, float]]) -> Dispersion:
-    """The dispersion of the candidate's share of each interval's events, ``rows`` of
-    ``(x_c, n_c, x_b, n_b)`` (see the module notes)."""
-    if not rows:
-        return NONE
-    xc = nc = xb = nb = 0.0
-    for x_c, n_c, x_b, n_b in rows:
-        xc += x_c
-        nc += n_c
-        xb += x_b
-        nb += n_b
-    if nc <= 0 or nb <= 0:
-        return Dispersion(known=True)
-    ratio = ((xc + 0.5) / nc) / ((xb + 0.5) / nb)
-    p_b = min(max(xb / nb, 0.5 / nb), 1.0 - 0.5 / nb)
-    q_b = p_b * (1.0 - p_b)
-    kurt_b = 1.0 - 6.0 * q_b
-    # the split's residuals (s_...) and the baseline's own around its pooled rate (b_...)
-    s_sq = s_v = s_v2 = s_noise = 0.0
-    b_sq = b_v = b_v2 = b_noise = 0.0
-    s_used = b_used = 0
-    for x_c, n_c, x_b, n_b in rows:
-        if n_b <= 0:
-            continue
-        var = n_b * q_b
-        res = x_b - n_b * p_b
-        b_sq += res * res
-        b_v += var
-        b_v2 += var * var
-        b_noise += 2.0 * var * var + var * kurt_b
-        b_used += 1
-        m = x_c + x_b
-        if m <= 0 or n_c <= 0:
-            continue
-        theta = n_c * ratio / (n_c * ratio + n_b)
-        q = theta * (1.0 - theta)
-        var = m * q
-        res = x_c - m * theta
-        s_sq += res * res
-        s_v += var
-        s_v2 += var * var
-        s_noise += 2.0 * var * var + var * (1.0 - 6.0 * q)
-        s_used += 1
-    split = _Fit(s_sq, s_v, s_v2, s_noise, s_used)
-    alone = _Fit(b_sq, b_v, b_v2, b_noise, b_used)
-    if split.used == 0 or split.v <= 0:
-        return Dispersion(1.0, None, split.used, True)
-    # the baseline's own bursts, as a shape, carried over to the split: 1 + 2 v / k
-    shape = alone.excess(NOISE_SD) / alone.per_interval if alone.per_interval > 0 else 0.0
-    shown = max(1.0, 1.0 + split.excess(SPLIT_NOISE_SD), 1.0 + 2.0 * split.per_interval * shape)
-    guard = split.guard(2.0, alone.bursts_weight())
-    return Dispersion(max(shown, guard), split.estimate, split.used, True, guard > shown)
-
-
-def one_sample(rows: Sequence[tuple[float, float]]) -> Dispersion:
-    """The dispersion of one arm's per-interval counts, ``rows`` of ``(x, n)``, around its pooled
-    rate (see the module notes)."""
-    if not rows:
-        return NONE
-    x_all = sum(r[0] for r in rows)
-    n_all = sum(r[1] for r in rows)
+def _fit_counts(rows: Sequence[tuple[float, float]]) -> _Fit:
+    """One arm's per-interval counts ``(x, n)`` around its pooled rate."""
+    x_all = n_all = 0.0
+    for x, n in rows:
+        if n > 0:
+            x_all += x
+            n_all += n
     if n_all <= 0:
-        return Dispersion(known=True)
+        return _Fit()
     p = min(max(x_all / n_all, 0.5 / n_all), 1.0 - 0.5 / n_all)
     q = p * (1.0 - p)
     kurt = 1.0 - 6.0 * q
@@ -277,7 +260,66 @@ def one_sample(rows: Sequence[tuple[float, float]]) -> Dispersion:
         v2 += var * var
         noise += 2.0 * var * var + var * kurt
         used += 1
-    fit = _Fit(sq, v, v2, noise, used)
+    return _Fit(sq, v, v2, noise, used, v - v2 / v if v > 0 else 0.0)
+
+
+def two_sample(
+    rows: Sequence[tuple[float, float, float, float]],
+    history: Sequence[tuple[float, float]] = (),
+) -> Dispersion:
+    """The dispersion of the candidate's share of each interval's events, ``rows`` of
+    ``(x_c, n_c, x_b, n_b)`` (see the module notes). ``history``: the baseline's own counts
+    ``(x_b, n_b)`` in intervals before the stage, read with the stage's for the baseline's
+    bursts (around a rate of their own)."""
+    if not rows:
+        return NONE
+    xc = nc = xb = nb = 0.0
+    for x_c, n_c, x_b, n_b in rows:
+        xc += x_c
+        nc += n_c
+        xb += x_b
+        nb += n_b
+    if nc <= 0 or nb <= 0:
+        return Dispersion(known=True)
+    ratio = ((xc + 0.5) / nc) / ((xb + 0.5) / nb)
+    # the split's residuals; the baseline's own around its pooled rate (before the stage too)
+    s_sq = s_v = s_v2 = s_noise = 0.0
+    s_used = 0
+    for x_c, n_c, x_b, n_b in rows:
+        m = x_c + x_b
+        if n_b <= 0 or m <= 0 or n_c <= 0:
+            continue
+        theta = n_c * ratio / (n_c * ratio + n_b)
+        q = theta * (1.0 - theta)
+        var = m * q
+        res = x_c - m * theta
+        s_sq += res * res
+        s_v += var
+        s_v2 += var * var
+        s_noise += 2.0 * var * var + var * (1.0 - 6.0 * q)
+        s_used += 1
+    split = _Fit(s_sq, s_v, s_v2, s_noise, s_used, s_v - s_v2 / s_v if s_v > 0 else 0.0)
+    before = _fit_counts(history)
+    alone = _fit_counts([(x_b, n_b) for _, _, x_b, n_b in rows]) + before
+    if split.used == 0 or split.v <= 0:
+        return Dispersion(1.0, None, split.used, True, history=before.used)
+    # the baseline's own bursts, as a shape, carried over to the split: 1 + 2 v / k
+    shape = alone.excess(NOISE_SD) / alone.per_interval if alone.per_interval > 0 else 0.0
+    shown = max(1.0, 1.0 + split.excess(SPLIT_NOISE_SD), 1.0 + 2.0 * split.per_interval * shape)
+    guard = split.guard(2.0, alone.bursts_weight())
+    return Dispersion(
+        max(shown, guard), split.estimate, split.used, True, guard > shown, history=before.used
+    )
+
+
+def one_sample(rows: Sequence[tuple[float, float]]) -> Dispersion:
+    """The dispersion of one arm's per-interval counts, ``rows`` of ``(x, n)``, around its pooled
+    rate (see the module notes)."""
+    if not rows:
+        return NONE
+    fit = _fit_counts(rows)
+    if fit.used == 0:
+        return Dispersion(known=True)
     if fit.v <= 0:
         return Dispersion(1.0, None, fit.used, True)
     shown = max(1.0, 1.0 + fit.excess(NOISE_SD))
@@ -326,11 +368,16 @@ def two_sample_rows(
     return rows
 
 
+def counts_of(gate: Gate, windows: Sequence[Window]) -> list[tuple[float, float]]:
+    """``gate``'s counts ``(x, n)`` in each window (one that lacks them is left out)."""
+    return [c for c in (_count(gate, w) for w in windows) if c is not None]
+
+
 def one_sample_rows(
     gate: Gate, intervals: Sequence[tuple[Window, Window]]
 ) -> list[tuple[float, float]]:
     """``gate``'s counts ``(x, n)`` in each interval of the candidate."""
-    return [c for c in (_count(gate, cand) for cand, _ in intervals) if c is not None]
+    return counts_of(gate, [cand for cand, _ in intervals])
 
 
 def two_sample_of(gate: Gate, intervals: Sequence[tuple[Window, Window]]) -> Dispersion:

@@ -166,6 +166,7 @@ class GateSet:
         look: int = 0,
         horizon: int | None = None,
         intervals: Sequence[tuple[Window, Window]] = (),
+        baseline_history: Sequence[Window] = (),
     ) -> Verdict:
         """Judge every gate on the windows of one look (cumulative over the stage). ``None`` is
         no data (HOLD, never PASS). ``candidate_share`` (a fraction: 0.1 for a 10 % canary)
@@ -176,9 +177,18 @@ class GateSet:
         any number of looks. ``intervals`` are the stage's per-look increments (candidate,
         baseline), oldest first, summing to ``candidate`` and ``baseline``: the rate tests
         discount their evidence by the bursts they show (:mod:`mlrollout.analysis.dispersion`;
-        none: the binomial model as it is). Never raises: a gate whose evaluation breaks is
-        held with the error as its reason."""
-        ctx = replace(self.context, look=max(0, look), horizon=horizon, intervals=tuple(intervals))
+        none: the binomial model as it is). ``baseline_history``: the baseline's per-interval
+        windows before this stage (the previous stages' increments), oldest first; with
+        ``intervals``, a baseline whose counts were clean before lifts the early guard of the
+        stage's first looks. Never raises: a gate whose evaluation breaks is held with the error
+        as its reason."""
+        ctx = replace(
+            self.context,
+            look=max(0, look),
+            horizon=horizon,
+            intervals=tuple(intervals),
+            baseline_history=tuple(baseline_history),
+        )
         cand, base = candidate or Window(), baseline or Window()
         verdicts = []
         for gate, criteria in zip(self.gates, self.criteria, strict=True):

@@ -12,6 +12,7 @@ import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from mlrollout.analysis.dispersion import HISTORY
 from mlrollout.analysis.gateset import GateSet
 from mlrollout.analysis.rule import DecisionRule
 from mlrollout.analysis.verdict import Verdict
@@ -110,6 +111,8 @@ class Monitor:
     looks: int = 0
     horizon: int | None = None
     intervals: list[tuple[Window, Window]] = field(default_factory=list)
+    #: The baseline's intervals in earlier stages (the latest :data:`HISTORY` of them).
+    baseline_history: list[Window] = field(default_factory=list)
 
     @classmethod
     def from_plan(
@@ -153,10 +156,15 @@ class Monitor:
             look=self.looks,
             horizon=self.horizon,
             intervals=self.intervals,
+            baseline_history=self.baseline_history,
         )
 
     def new_stage(self, candidate_share: float | None = None) -> None:
-        """Start a new stage (a new traffic split): the totals start again from zero."""
+        """Start a new stage (a new traffic split): the totals start again from zero; the
+        baseline's intervals so far are kept as its history (the rate tests read its bursts
+        from them)."""
+        kept = self.baseline_history + [base for _, base in self.intervals]
+        self.baseline_history = kept[-HISTORY:]
         self.candidate, self.baseline, self.looks = Window(), Window(), 0
         self.intervals = []
         self.candidate_share = candidate_share

@@ -44,6 +44,8 @@ class LookContext:
     increments ``(candidate, baseline)``, oldest first, summing to the look's cumulative windows:
     the rate tests estimate from them how bursty the counts are
     (:mod:`~mlrollout.analysis.dispersion`); empty means unknown (the binomial model as it is).
+    ``baseline_history`` are the baseline's own per-interval windows before the stage (the
+    previous stages', oldest first): they tell sooner whether its counts are bursty.
     """
 
     alpha_per_look: float
@@ -53,6 +55,7 @@ class LookContext:
     horizon: int | None = None  # the most looks the stage can have (None: no planned end)
     criteria: Criteria | None = None
     intervals: tuple[tuple[Window, Window], ...] = ()
+    baseline_history: tuple[Window, ...] = ()
 
     def z(self, split: int = 1) -> float:
         """The one-sided critical value at ``alpha_per_look / split``."""

@@ -66,6 +66,7 @@ from mlrollout.analysis.calibration import Pace
 from mlrollout.analysis.dispersion import (
     NONE,
     Dispersion,
+    counts_of,
     one_sample,
     one_sample_rows,
     two_sample,
@@ -986,7 +987,8 @@ class MixtureSPRT(RuleBase):
                 kind = kind_of(gate, mc)
                 if isinstance(mc, Counts) and isinstance(mb, Counts):
                     rows = two_sample_rows(gate, ctx.intervals) if ctx.intervals else []
-                    disp = two_sample(rows) if ctx.intervals else NONE
+                    before = counts_of(gate, ctx.baseline_history) if rows else []
+                    disp = two_sample(rows, before) if ctx.intervals else NONE
                     checks.append(
                         _rates_vs_baseline(
                             label, kind, mc, mb, margin, worse, alpha, pace, disp, rows

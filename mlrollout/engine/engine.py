@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from mlrollout.analysis import GateSet, Outcome, Verdict
+from mlrollout.analysis.dispersion import HISTORY
 from mlrollout.analysis.gateset import judged_stages
 from mlrollout.capture import (
     Bins,
@@ -110,6 +111,10 @@ class RolloutState:
     #: analysis estimates burstiness from: ``[candidate, baseline]`` of ``[requests, errors,
     #: {custom gate: [total, count]}]`` per look.
     stage_counts: list[list[Any]] = field(default_factory=list)
+    #: The baseline's per-look increments in the earlier stages (the latest
+    #: :data:`~mlrollout.analysis.dispersion.HISTORY`), ``[requests, errors, {custom gate:
+    #: [total, count]}]`` each: the rate tests read its bursts from them from a stage's first look.
+    baseline_history: list[list[Any]] = field(default_factory=list)
     now: float = 0.0  # engine clock at the last event (virtual clocks resume from it)
 
     def to_dict(self) -> dict[str, Any]:
@@ -821,6 +826,7 @@ class Engine:
             share = None
         mirrored = state.mirror.get(state.candidate, 0.0) > 0
         gates = self.gates if mirrored else self.unmirrored_gates
+        history = [_difference(counts, [0, 0, {}]) for counts in state.baseline_history]
         return gates.look(
             candidate,
             baseline,
@@ -828,6 +834,7 @@ class Engine:
             look=number,
             horizon=horizon,
             intervals=intervals,
+            baseline_history=history,
         )
 
     def _predictions(self, start: float, now: float) -> PredictionSummary | None:
@@ -1254,6 +1261,11 @@ class Engine:
         self.state.step_started_at = self.clock.now()
         self.state.next_look_at = None
         self.state.hold_since = None
+        if self.state.stage_counts:
+            kept = self.state.baseline_history + [
+                _counts(base) or [0, 0, {}] for _, base in _increments(self.state.stage_counts)
+            ]
+            self.state.baseline_history = kept[-HISTORY:]
         self.state.stage_counts = []
 
     def restart_step(self) -> None:

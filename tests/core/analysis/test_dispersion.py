@@ -197,3 +197,42 @@ def test_a_discount_from_the_early_guard_does_not_claim_bursts() -> None:
     parts = intervals(3, 40, 2.0)
     shown = two_sample([(c.errors, c.requests, b.errors, b.requests) for c, b in parts])
     assert not shown.guarded and shown.note("errors").startswith("errors arrive in bursts")
+
+
+def test_a_clean_baseline_history_lifts_the_early_guard() -> None:
+    """The baseline's intervals before the stage (an earlier stage's) show that its counts are
+    not bursty, so the stage's first looks need no extra evidence; bursty ones show bursts from
+    the first look."""
+    first = rows(intervals(5, 2, None))
+    guarded = two_sample(first)
+    assert guarded.guarded and guarded.factor > 1.5
+    clean = [(b.errors or 0, b.requests or 0) for _, b in intervals(6, 60, None)]
+    lifted = two_sample(first, clean)
+    assert not lifted.guarded and lifted.factor < 1.05
+    assert lifted.history == 60 and lifted.numbers()["dispersion_history"] == 60.0
+    assert "dispersion_history" not in guarded.numbers()
+    bursts = [(b.errors or 0, b.requests or 0) for _, b in intervals(7, 60, 2.0)]
+    kept = two_sample(first, bursts)
+    assert kept.guarded and kept.factor >= guarded.factor  # bursts are likely: the guard stays
+
+
+def test_a_history_at_another_rate_does_not_read_as_bursts() -> None:
+    """Each group is read around its own rate: a baseline at 2 % before the stage and 1 %
+    during it (the time of day moved) is not bursty."""
+    first = rows(intervals(8, 3, None))
+    before = [(b.errors or 0, b.requests or 0) for _, b in intervals(9, 60, None, p=0.02)]
+    assert two_sample(first, before).factor < 1.05
+
+
+def test_a_monitor_keeps_the_baselines_intervals_across_stages() -> None:
+    analysis = Analysis.model_validate({"alpha": 0.05, "min_requests": 100, "gates": [ERRORS_25]})
+    monitor = Monitor.from_plan(analysis, stages=2, candidate_share=0.1, horizon=60)
+    for c, b in intervals(10, 30, None):
+        monitor.observe(c, b)
+    monitor.new_stage(0.5)
+    assert len(monitor.baseline_history) == 30 and monitor.intervals == []
+    c, b = intervals(11, 1, None, n_c=5000, n_b=5000)[0]
+    verdict = monitor.observe(c, b)
+    [errors] = [g for g in verdict.gates if g.gate == "errors"]
+    assert errors.numbers["dispersion_history"] == 30.0
+    assert errors.numbers["dispersion"] < 1.05  # the second stage's first look: no guard

@@ -118,6 +118,29 @@ def test_good_candidate_is_promoted_and_baseline_retired(tmp_path: Path) -> None
     assert len(looks) == 20  # one per minute over two 10-minute analyses
 
 
+def test_a_later_stage_reads_the_baselines_bursts_from_the_earlier_ones(tmp_path: Path) -> None:
+    """The baseline's per-look increments of the first analysis are kept (in the snapshot, so a
+    resumed runner has them) and passed to the second's looks from its first: the early guard
+    is then lifted by what the baseline showed before."""
+    world = World(tmp_path, plan_text(candidate_error=0.01))
+    assert world.run_to_end() == Phase.SUCCEEDED
+    looks = [e for e in world.store.events(world.record.id) if e.kind in LOOK_KINDS]
+
+    def errors(event: Any) -> dict[str, float]:
+        [gate] = [g for g in event.data["verdict"]["gates"] if g["gate"] == "errors"]
+        return dict(gate["numbers"])
+
+    first = [errors(e) for e in looks if e.data["step"] == 1]
+    second = [errors(e) for e in looks if e.data["step"] == 3]
+    assert len(first) == len(second) == 10
+    assert all("dispersion_history" not in n for n in first)
+    assert [n["dispersion_history"] for n in second] == [10.0] * 10
+    snapshot = world.store.get_rollout(world.record.id).snapshot
+    history = snapshot["baseline_history"]
+    assert len(history) == 20  # both stages' ten looks, oldest first
+    assert sum(h[0] for h in history[:10]) == first[-1]["baseline_requests"]
+
+
 def test_tick_by_tick_each_tick_does_at_most_one_thing(tmp_path: Path) -> None:
     world = World(tmp_path, plan_text())
     engine = world.engine
