@@ -35,6 +35,8 @@ just before it (as ``Engine._historical_look`` does: no split, no intervals), un
 traffic cycle with a x3 swing and no true effect.
 
 Run: ``python benchmarks/decisions.py [--runs N] [--only SUBSTRING] [--json PATH]``
+(``--ablate dispersion,restarts``, ``--restart-share S`` and ``--restart-points N`` measure what
+each robust part costs)
 (``make bench``). Needs numpy (``pip install -e ".[bench]"``); the core never imports it.
 """
 
@@ -58,6 +60,7 @@ except ImportError:  # pragma: no cover - a hint instead of a traceback
     sys.exit('the benchmark needs numpy: pip install -e ".[bench]"')
 
 from mlrollout.analysis import GateSet, Outcome
+from mlrollout.analysis.dispersion import HISTORY
 from mlrollout.contracts import LatencyHistogram, Window
 from mlrollout.plan.model import Analysis
 from mlrollout.sandbox.traffic import LATENCY_BOUNDS
@@ -99,6 +102,9 @@ class Cell:
     gates: tuple[dict[str, Any], ...] = (ERRORS_25,)
     duration: float = 1800.0
     stages: tuple[tuple[float, float], ...] = ()  # (share, seconds): a whole rollout
+    # seconds of the baseline serving everything before the (first) stage: its intervals are
+    # the baseline's history (as the previous stages' are in a whole rollout)
+    history: float = 0.0
     comparators: bool = True
     expect: str = "pass"  # "pass" (A/A: a FAIL is false), "fail" (a regression), "hold"
 
@@ -175,6 +181,26 @@ def cells() -> list[Cell]:
         for k in (1.0, 2.0, 10.0)
     ]
     out.append(Cell("errors x2, bursts k=2", "bursts", ratio=2.0, bursts=2.0, expect="fail"))
+    # "+history": the baseline's 10 minutes alone before the stage (its history, as a later stage
+    # of a rollout has the earlier ones') tell whether its counts are bursty from the first look.
+    hist = 600.0
+    out += [
+        Cell("A/A p0=0.01 rps=100 +history", "history", history=hist),
+        Cell("errors x2 +history", "history", ratio=2.0, history=hist, expect="fail"),
+        Cell("errors x5 +history", "history", ratio=5.0, history=hist, expect="fail"),
+        Cell("hard failure +history", "history", p_candidate=0.5,
+             history=hist, expect="fail"),
+        Cell("errors x2 from minute 10 +history", "history", ratio=2.0, start=600.0,
+             history=hist, expect="fail"),
+        Cell("errors x2, bursts k=2 +history", "history", ratio=2.0, bursts=2.0,
+             history=hist, expect="fail"),
+    ]  # fmt: skip
+    out += [
+        Cell(f"A/A bursts k={k:g} rps={rps:g} +history", "history", rps=rps,
+             bursts=k, history=hist, comparators=False)
+        for rps in (100.0, 1000.0)
+        for k in (1.0, 2.0, 10.0)
+    ]  # fmt: skip
     out.append(
         Cell(
             "A/A historical baseline, daily cycle x3",
@@ -361,7 +387,7 @@ class RunResult:
     failed_by: tuple[str, ...] = ()  # the gates that failed at the rollback
 
 
-def run_ours(cell: Cell, stages: list[Stage]) -> list[RunResult]:
+def run_ours(cell: Cell, stages: list[Stage], before: Stage | None = None) -> list[RunResult]:
     analysis = Analysis.model_validate(
         {"alpha": ALPHA, "min_requests": 100, "gates": list(cell.gates)}
     )
@@ -371,6 +397,14 @@ def run_ours(cell: Cell, stages: list[Stage]) -> list[RunResult]:
     for r in range(runs):
         res = results[r]
         offset = 0.0
+        # The baseline's intervals before each stage, as the engine keeps them: the traffic
+        # before the rollout (``cell.history``), then each earlier stage's.
+        history: list[Window] = []
+        if before is not None:
+            history = [
+                Window(requests=n, errors=x)
+                for n, x in zip(before.n_b[r].tolist(), before.x_b[r].tolist(), strict=True)
+            ][-HISTORY:]
         for st in stages:
             cn = np.cumsum(st.n_c[r]).tolist()
             bn = np.cumsum(st.n_b[r]).tolist()
@@ -417,6 +451,7 @@ def run_ours(cell: Cell, stages: list[Stage]) -> list[RunResult]:
                     look=j + 1,
                     horizon=st.looks,
                     intervals=() if cell.historical else intervals,
+                    baseline_history=history,
                 )
                 outcome = verdict.outcome
                 if outcome is Outcome.PASS and (cand is None or not cand.requests):
@@ -437,6 +472,7 @@ def run_ours(cell: Cell, stages: list[Stage]) -> list[RunResult]:
                     break
             if res.failed_at is not None:
                 break
+            history = (history + [base for _, base in intervals])[-HISTORY:]
             offset += st.looks * LOOK
     return results
 
@@ -629,7 +665,12 @@ def run_cell(cell: Cell, runs: int) -> tuple[list[dict[str, Any]], float]:
     rng = np.random.default_rng(seed)
     plan = cell.stages or ((cell.share, cell.duration),)
     stages = [simulate(cell, runs, rng, share, seconds) for share, seconds in plan]
-    results = run_ours(cell, stages)
+    before = None
+    if cell.history:  # the baseline alone, healthy, from its own stream (the others unchanged)
+        calm = replace(cell, ratio=1.0, p_candidate=None, start=0.0, incident=None, latency=None,
+                       missing=0.0, observed_share=None)  # fmt: skip
+        before = simulate(calm, runs, np.random.default_rng(seed + 2), 0.0, cell.history)
+    results = run_ours(cell, stages, before)
     rows = [
         summarize(
             cell,
@@ -744,6 +785,27 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             print(f"{'':<40}({'; '.join(notes)})")
 
 
+def ablate(parts: tuple[str, ...], share: float | None, points: int | None = None) -> None:
+    """Switch parts of the robust rate tests off (what each costs; see ``docs/analysis.md``):
+    ``dispersion`` (the factor is 1), ``restarts`` (the whole-stage test keeps the whole
+    budget); ``share`` is the restarted tests' share of it instead of ``onset.SHARE``, ``points``
+    their number in a stage instead of ``onset.RESTARTS``. For measurement only: the engine
+    always runs every part as it is."""
+    from mlrollout.analysis import onset, sequential
+    from mlrollout.analysis.dispersion import NONE
+
+    if "dispersion" in parts:
+        sequential.two_sample = lambda rows: NONE  # type: ignore[assignment]
+        sequential.one_sample = lambda rows: NONE  # type: ignore[assignment]
+    if "restarts" in parts:
+        sequential._fail_share = lambda ev, *args, **kw: ev  # type: ignore[assignment]
+        sequential._restarted = lambda *args, **kw: None  # type: ignore[assignment]
+    if share is not None:
+        onset.SHARE = share  # type: ignore[misc]
+    if points is not None:
+        onset.RESTARTS = points  # type: ignore[misc]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=2000, help="runs per cell (default 2000)")
@@ -751,7 +813,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip", default="", help="leave out the cells whose name contains this")
     parser.add_argument("--json", default="", help="also write the JSON here")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--ablate",
+        default="",
+        help="switch parts of the robust rate tests off, comma-separated: dispersion, restarts "
+        "(to measure what each costs)",
+    )
+    parser.add_argument(
+        "--restart-share",
+        type=float,
+        default=None,
+        help="the restarted tests' share of a rollback test's budget (default 0.25)",
+    )
+    parser.add_argument(
+        "--restart-points",
+        type=int,
+        default=None,
+        help="how many restart points a stage has (default 12)",
+    )
     args = parser.parse_args(argv)
+    parts = tuple(p.strip() for p in args.ablate.split(",") if p.strip())
+    unknown = sorted(set(parts) - {"dispersion", "restarts"})
+    if unknown:
+        parser.error(f"--ablate: unknown part {', '.join(unknown)} (dispersion, restarts)")
+    if args.restart_share is not None and not 0 < args.restart_share < 1:
+        parser.error("--restart-share is between 0 and 1")
+    if args.restart_points is not None and args.restart_points < 1:
+        parser.error("--restart-points is at least 1")
+    knobs = (parts, args.restart_share, args.restart_points)
     chosen = [
         c
         for c in cells()
@@ -765,7 +854,10 @@ def main(argv: list[str] | None = None) -> int:
     # go to stderr as soon as it is done (a long run stopped early keeps what it measured).
     order = sorted(chosen, key=lambda c: (-len(c.stages), c.expect != "fail"))
     done: dict[str, list[dict[str, Any]]] = {}
-    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+    ablate(*knobs)
+    with ProcessPoolExecutor(
+        max_workers=max(1, args.jobs), initializer=ablate, initargs=knobs
+    ) as pool:
         futures = {pool.submit(run_cell, c, args.runs): c for c in order}
         for future in as_completed(futures):
             cell = futures[future]
@@ -778,12 +870,20 @@ def main(argv: list[str] | None = None) -> int:
     cost = look_cost()
     elapsed = time.perf_counter() - started
     print(f"\n{args.runs} runs per cell, a look every {LOOK:g}s, alpha {ALPHA:g}; {elapsed:.0f}s")
+    if parts or args.restart_share is not None or args.restart_points is not None:
+        print(
+            f"ablated: {', '.join(parts) or 'nothing'}; restart share {args.restart_share}, "
+            f"points {args.restart_points} (None: as the engine has it)"
+        )
     print_table(rows)
     print(
         f"\none look over 10 gates: median {cost['median_ms']:.3f} ms, p95 {cost['p95_ms']:.3f} ms"
     )
     out = {
         "runs": args.runs,
+        "ablate": list(parts),
+        "restart_share": args.restart_share,
+        "restart_points": args.restart_points,
         "seconds": elapsed,
         "look_cost": cost,
         "cells": rows,
