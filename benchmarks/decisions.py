@@ -35,9 +35,9 @@ just before it (as ``Engine._historical_look`` does: no split, no intervals), un
 traffic cycle with a x3 swing and no true effect.
 
 Run: ``python benchmarks/decisions.py [--runs N] [--only SUBSTRING] [--json PATH]``
-(``--ablate dispersion,restarts``, ``--restart-share S`` and ``--restart-points N`` measure what
-each robust part costs)
-(``make bench``). Needs numpy (``pip install -e ".[bench]"``); the core never imports it.
+(``make bench``; ``--ablate dispersion,guard,split,carry,restarts``, ``--restart-share S`` and
+``--restart-points N`` measure what each robust part costs). Needs numpy
+(``pip install -e ".[bench]"``); the core never imports it.
 """
 
 from __future__ import annotations
@@ -453,6 +453,11 @@ def run_ours(cell: Cell, stages: list[Stage], before: Stage | None = None) -> li
                     intervals=() if cell.historical else intervals,
                     baseline_history=history,
                 )
+                # the benchmark's windows never fail, so an error here is the rule's own: a
+                # cell must not quietly count a crashing rule as "never rolled back"
+                broken = next((g.error for g in verdict.gates if g.error), None)
+                if broken:
+                    raise RuntimeError(f"{cell.name}: {broken}")
                 outcome = verdict.outcome
                 if outcome is Outcome.PASS and (cand is None or not cand.requests):
                     res.passes_without_data += 1
@@ -785,18 +790,33 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             print(f"{'':<40}({'; '.join(notes)})")
 
 
+#: What ``ablate`` sets a part's threshold to (finite: times a zero noise it must stay zero).
+OUT_OF_REACH = 1e9
+#: The parts ``--ablate`` knows.
+PARTS = ("dispersion", "guard", "split", "carry", "restarts")
+
+
 def ablate(parts: tuple[str, ...], share: float | None, points: int | None = None) -> None:
     """Switch parts of the robust rate tests off (what each costs; see ``docs/analysis.md``):
-    ``dispersion`` (the factor is 1), ``restarts`` (the whole-stage test keeps the whole
+    ``dispersion`` (the factor is 1), or one of its parts alone: ``guard`` (the early guard),
+    ``split`` (the split's own estimate), ``carry`` (the baseline's bursts carried over to the
+    split; one arm's own estimate too); ``restarts`` (the whole-stage test keeps the whole
     budget); ``share`` is the restarted tests' share of it instead of ``onset.SHARE``, ``points``
     their number in a stage instead of ``onset.RESTARTS``. For measurement only: the engine
     always runs every part as it is."""
-    from mlrollout.analysis import onset, sequential
+    from mlrollout.analysis import dispersion, onset, sequential
     from mlrollout.analysis.dispersion import NONE
 
+    # a part is off when its threshold is out of reach (its term is then exactly 1)
+    if "guard" in parts:
+        dispersion.GUARD_SHAPE = OUT_OF_REACH  # type: ignore[misc]
+    if "split" in parts:
+        dispersion.SPLIT_NOISE_SD = OUT_OF_REACH  # type: ignore[misc]
+    if "carry" in parts:
+        dispersion.NOISE_SD = OUT_OF_REACH  # type: ignore[misc]
     if "dispersion" in parts:
-        sequential.two_sample = lambda rows: NONE  # type: ignore[assignment]
-        sequential.one_sample = lambda rows: NONE  # type: ignore[assignment]
+        sequential.two_sample = lambda *args, **kw: NONE  # type: ignore[assignment]
+        sequential.one_sample = lambda *args, **kw: NONE  # type: ignore[assignment]
     if "restarts" in parts:
         sequential._fail_share = lambda ev, *args, **kw: ev  # type: ignore[assignment]
         sequential._restarted = lambda *args, **kw: None  # type: ignore[assignment]
@@ -816,8 +836,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--ablate",
         default="",
-        help="switch parts of the robust rate tests off, comma-separated: dispersion, restarts "
-        "(to measure what each costs)",
+        help="switch parts of the robust rate tests off, comma-separated: dispersion (all of "
+        "burst protection), or its parts guard, split, carry; restarts (to measure what each "
+        "costs)",
     )
     parser.add_argument(
         "--restart-share",
@@ -833,9 +854,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     parts = tuple(p.strip() for p in args.ablate.split(",") if p.strip())
-    unknown = sorted(set(parts) - {"dispersion", "restarts"})
+    unknown = sorted(set(parts) - set(PARTS))
     if unknown:
-        parser.error(f"--ablate: unknown part {', '.join(unknown)} (dispersion, restarts)")
+        parser.error(f"--ablate: unknown part {', '.join(unknown)} ({', '.join(PARTS)})")
     if args.restart_share is not None and not 0 < args.restart_share < 1:
         parser.error("--restart-share is between 0 and 1")
     if args.restart_points is not None and args.restart_points < 1:

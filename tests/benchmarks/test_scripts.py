@@ -75,12 +75,13 @@ def test_the_decision_benchmark_has_bursty_cells_fed_with_intervals(tmp_path: Pa
 
 
 def test_the_decision_benchmark_measures_what_the_robust_parts_cost(tmp_path: Path) -> None:
-    """``--ablate`` switches the dispersion factor and the restarted tests off (issue 14's
-    measurements): on the same seeds, a clean doubling is found sooner without them."""
+    """``--ablate`` switches the dispersion factor (or one of its parts) and the restarted tests
+    off (issue 14's measurements): on the same seeds, a clean doubling is found sooner without
+    them."""
     cell = "errors x2, 30% looks missing"
 
     def mean(*extra: str) -> float:
-        target = tmp_path / f"{len(extra)}.json"
+        target = tmp_path / f"{'-'.join(extra) or 'as-is'}.json"
         run("decisions.py", "--runs", "60", "--only", cell, "--json", str(target), *extra)
         data = json.loads(target.read_text())
         ours = next(r for r in data["cells"] if r["method"] == "mixture-sprt")
@@ -90,11 +91,38 @@ def test_the_decision_benchmark_measures_what_the_robust_parts_cost(tmp_path: Pa
     robust = mean()
     bare = mean("--ablate", "dispersion,restarts")
     assert bare < robust  # the early guard and the restarts' share of the budget cost time
+    # burst protection is its three parts: all three off is the factor off
+    assert mean("--ablate", "guard,split,carry,restarts") == bare
+    assert bare < mean("--ablate", "guard,restarts") < mean("--ablate", "restarts")
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "decisions.py"), "--ablate", "guard"],
+        [sys.executable, str(ROOT / "benchmarks" / "decisions.py"), "--ablate", "bursts"],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
-    assert done.returncode == 2 and "unknown part guard" in done.stderr
+    assert done.returncode == 2 and "unknown part bursts" in done.stderr
+
+
+def test_a_decision_cell_whose_rule_crashes_fails_instead_of_counting_no_rollback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The gate set holds a gate whose rule raises (a rollout must not crash); the benchmark must
+    not read those holds as "never rolled back" (an ablation with a stale signature once did)."""
+    import importlib.util
+
+    from mlrollout.analysis import sequential
+
+    spec = importlib.util.spec_from_file_location("decisions", ROOT / "benchmarks" / "decisions.py")
+    assert spec is not None and spec.loader is not None
+    decisions = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "decisions", decisions)  # its dataclasses look it up
+    spec.loader.exec_module(decisions)
+
+    def broken(*args: object, **kw: object) -> None:
+        raise ValueError("a rule bug")
+
+    monkeypatch.setattr(sequential, "two_sample", broken)
+    cell = next(c for c in decisions.cells() if c.name == "errors x2")
+    with pytest.raises(RuntimeError, match="errors x2: could not evaluate the gate: ValueError"):
+        decisions.run_cell(cell, 3)
 
 
 def test_the_winner_benchmark_runs_its_a_a_cells() -> None:
