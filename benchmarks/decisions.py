@@ -798,15 +798,16 @@ PARTS = ("dispersion", "guard", "split", "carry", "restarts")
 
 def ablate(parts: tuple[str, ...], share: float | None, points: int | None = None) -> None:
     """Switch parts of the robust rate tests off (what each costs; see ``docs/analysis.md``):
-    ``dispersion`` (the factor is 1), or one of its parts alone: ``guard`` (the early guard),
-    ``split`` (the split's own estimate), ``carry`` (the baseline's bursts carried over to the
-    split; one arm's own estimate too); ``restarts`` (the whole-stage test keeps the whole
-    budget); ``share`` is the restarted tests' share of it instead of ``onset.SHARE``, ``points``
-    their number in a stage instead of ``onset.RESTARTS``. For measurement only: the engine
-    always runs every part as it is."""
+    ``dispersion`` (the factor is 1: its three parts off), or one part alone: ``guard`` (the
+    early guard), ``split`` (the split's own estimate), ``carry`` (the baseline's bursts carried
+    over to the split; one arm's own estimate too); ``restarts`` (the whole-stage test keeps the
+    whole budget); ``share`` is the restarted tests' share of it instead of ``onset.SHARE``,
+    ``points`` their number in a stage instead of ``onset.RESTARTS``. For measurement only: the
+    engine always runs every part as it is."""
     from mlrollout.analysis import dispersion, onset, sequential
-    from mlrollout.analysis.dispersion import NONE
 
+    if "dispersion" in parts:  # the factor is the largest of its three parts' terms
+        parts = (*parts, "guard", "split", "carry")
     # a part is off when its threshold is out of reach (its term is then exactly 1)
     if "guard" in parts:
         dispersion.GUARD_SHAPE = OUT_OF_REACH  # type: ignore[misc]
@@ -814,9 +815,6 @@ def ablate(parts: tuple[str, ...], share: float | None, points: int | None = Non
         dispersion.SPLIT_NOISE_SD = OUT_OF_REACH  # type: ignore[misc]
     if "carry" in parts:
         dispersion.NOISE_SD = OUT_OF_REACH  # type: ignore[misc]
-    if "dispersion" in parts:
-        sequential.two_sample = lambda *args, **kw: NONE  # type: ignore[assignment]
-        sequential.one_sample = lambda *args, **kw: NONE  # type: ignore[assignment]
     if "restarts" in parts:
         sequential._fail_share = lambda ev, *args, **kw: ev  # type: ignore[assignment]
         sequential._restarted = lambda *args, **kw: None  # type: ignore[assignment]

@@ -91,8 +91,7 @@ def test_the_decision_benchmark_measures_what_the_robust_parts_cost(tmp_path: Pa
     robust = mean()
     bare = mean("--ablate", "dispersion,restarts")
     assert bare < robust  # the early guard and the restarts' share of the budget cost time
-    # burst protection is its three parts: all three off is the factor off
-    assert mean("--ablate", "guard,split,carry,restarts") == bare
+    # one part of burst protection off: between the two
     assert bare < mean("--ablate", "guard,restarts") < mean("--ablate", "restarts")
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "decisions.py"), "--ablate", "bursts"],
